@@ -1,0 +1,207 @@
+"""Structured config schema, registered in Hydra's ConfigStore so a misspelt key fails at start-up.
+
+Values live in YAML under ``conf/``; this file only fixes the *shape* (keys and types). Combinations that are
+individually valid but impossible together (a flow scheduler with an eps model, ...) are checked by
+:func:`validate` before any work is done.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A bad config value. ``str(err)`` is the one line shown to the user."""
+
+    def __init__(self, key: str, value: Any, allowed: str, why: str = ""):
+        self.key, self.value, self.allowed = key, value, allowed
+        msg = f"{key}={value!r} is not allowed: {allowed}"
+        if why:
+            msg += f" ({why})"
+        super().__init__(msg)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # toy2d | digits | folder | shapes
+    toy: str = "moons"  # toy2d only: moons | gmm
+    num_train: int = 0  # toy2d: points to draw; images: cap on the train split (0 = all)
+    image_size: int = 8  # images are resized to image_size x image_size
+    channels: int = 1
+    path: Optional[str] = None  # folder: root of an image folder (optionally class sub-folders)
+    center_crop: bool = True  # folder: centre-crop to square before resize
+    hflip: bool = False  # random horizontal flip in training
+    class_conditional: bool = True  # use labels when the data set has them
+    test_fraction: float = 0.2  # held-out split for reference statistics / evaluators
+    split_seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # mlp | unet
+    # mlp (toy2d)
+    hidden: int = 128
+    layers: int = 3
+    time_embed_dim: int = 64
+    # unet (diffusers UNet2DModel)
+    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    down_block_types: List[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: List[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+    # a local diffusers pipeline / UNet directory or hub id (loaded, not trained) when set
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = MISSING  # eps | v | x0 | flow
+    loss_weighting: str = "uniform"  # uniform | min_snr
+    min_snr_gamma: float = 5.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = MISSING  # linear | scaled_linear | cosine
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    flow_shift: float = 1.0  # flow objective: sigma shift (1.0 = plain rectified flow)
+
+
+@dataclass
+class SamplerConfig:
+    name: str = MISSING  # ddpm | ddim | dpmpp | euler | heun | unipc | flow_euler | lcm
+    eta: float = 0.0  # ddim: 0 deterministic, 1 DDPM-like
+    timestep_spacing: str = "trailing"  # leading | linspace | trailing
+    solver_order: int = 2  # dpmpp / unipc
+    use_karras_sigmas: bool = False  # euler / heun / dpmpp
+    # sigma_max policy for sigma-space samplers (euler/heun) when alphas_cumprod[T-1] ~ 0 (cosine):
+    # "clip" caps sigma_max at max_sigma, "error" refuses, "allow" keeps the huge value (logged).
+    sigma_max_policy: str = "clip"
+    max_sigma: float = 80.0
+
+
+@dataclass
+class SamplingConfig:
+    num_inference_steps: int = 20
+    guidance_scale: float = 1.0  # diffusers convention: 0 = unconditional, 1 = conditional, >1 = CFG
+    num_samples: int = 1000
+    batch_size: int = 250
+    seed: int = 0  # image i of a cell uses seed + i
+    save_samples: bool = False  # samples.npz (uint8 NHWC) per cell
+    grid_size: int = 100  # images in grid.png
+    deterministic: bool = False  # torch.use_deterministic_algorithms + no TF32 (GPU)
+
+
+@dataclass
+class TrainConfig:
+    """Training-relevant knobs besides data/model/objective/schedule. Part of the model cache key."""
+
+    max_steps: int = 2000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cond_drop_prob: float = 0.1  # CFG label dropout
+    seed: int = 0
+    checkpoint_every: int = 500  # steps between resumable Lightning checkpoints
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer arguments that do not change the trained weights (not in the cache key)."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class MetricConfig:
+    name: str = MISSING  # toy2d | digits | inception | none
+    fid: bool = True
+    kid: bool = True
+    inception_score: bool = True
+    clip_score: bool = False
+    feature_net: str = "auto"  # auto | digits_cnn | inception | none
+    inception_weights: Optional[str] = None  # local file; or env BENCH_INCEPTION_WEIGHTS
+    clip_model: str = "offline"  # offline | an open_clip model name
+    clip_pretrained: Optional[str] = None  # open_clip pretrained tag or local checkpoint path
+    reference_split: str = "train"  # train | test
+    reference_stats: Optional[str] = None  # imported npz (clean-fid / pytorch-fid mu/sigma, ADM batch)
+    kid_subsets: int = 50
+    kid_subset_size: int = 100
+    repeats: int = 1  # independent seed blocks -> mean and std
+    bootstrap: int = 0  # bootstrap resamples over features (0 = off)
+    toy_num_reference: int = 10000  # toy2d: fresh samples of the true distribution
+    swd_projections: int = 256
+
+
+@dataclass
+class TrackerConfig:
+    name: str = "none"  # wandb | none
+    project: str = "bench"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled; None = WANDB_MODE, else offline without API key
+    dir: Optional[str] = None  # where offline runs go (default: <results root>)
+
+
+@dataclass
+class DistillConfig:
+    method: str = "none"  # none | progressive | consistency
+    teacher_steps: int = 64  # progressive: DDIM steps of the first teacher
+    student_steps: int = 4  # progressive: stop at this many steps; consistency: sampled with LCM at any steps
+    steps_per_round: int = 500
+    lr: float = 5e-4
+    num_ddim_timesteps: int = 50  # consistency: skip-step schedule size
+    ema_decay: float = 0.95
+    guidance_scale: float = 1.0  # guidance-distilled student (w embedded); 1.0 = off
+
+
+@dataclass
+class BenchConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    objective: ObjectiveConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    metric: MetricConfig = MISSING
+    tracker: TrackerConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    name: str = "default"  # results go to ${out_dir}/${name}
+    out_dir: str = "runs"
+    cache_dir: str = "${oc.env:BENCH_CACHE,.cache/bench}"
+    device: str = "auto"  # auto | cpu | cuda
+    fail_fast: bool = False  # stop the sweep on a failed cell (default: record it as failed and go on)
+
+
+GROUPS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "objective": ObjectiveConfig,
+    "schedule": ScheduleConfig,
+    "sampler": SamplerConfig,
+    "metric": MetricConfig,
+    "tracker": TrackerConfig,
+}
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="bench_schema", node=BenchConfig)
+    for group, node in GROUPS.items():
+        cs.store(group=group, name=f"{group}_schema", node=node)
