@@ -1,0 +1,98 @@
+"""Pre-flight: compose and validate *every* cell a command would run, before Hydra writes or trains anything.
+
+Hydra's multirun validates composition job by job, so a bad value in the fifth cell of a sweep would only show after
+four cells ran. Here each combination of the sweep (command-line sweep overrides and `hydra.sweeper.params` from the
+chosen experiment/sweep files) is composed with Hydra's compose API and passed to `bench.validate.validate`.
+This is validation only; Hydra's launcher still runs the jobs.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Iterable
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from bench.schema import ConfigError, register
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+MAX_CELLS = 2000
+_PASS_FLAGS = {"-m", "--multirun"}
+
+
+class CompositionError(ValueError):
+    """Hydra could not compose the config (unknown group option, misspelt key, wrong type): one line."""
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg.replace("Available options in", "; allowed options in")
+
+
+def compose_cfg(overrides: list[str], return_hydra_config: bool = False):
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("bench", overrides=overrides, return_hydra_config=return_hydra_config)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise CompositionError(f"{key}: {_one_line(e)}" if key else _one_line(e)) from None
+    except Exception as e:  # hydra.errors.* (ConfigCompositionException, OverrideParseException, ...)
+        raise CompositionError(_one_line(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def expand(argv: Iterable[str]) -> list[list[str]] | None:
+    """The override list of every cell `bench argv` would run; None when argv asks Hydra for something else."""
+    argv = list(argv)
+    if any(a.startswith("-") and a not in _PASS_FLAGS for a in argv):
+        return None  # --help, --cfg, --config-name, ...: leave to Hydra
+    multirun = any(a in _PASS_FLAGS for a in argv)
+    overrides = [a for a in argv if a not in _PASS_FLAGS]
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as e:
+        raise CompositionError(_one_line(e)) from None
+    base, sweeps = [], {}
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            sweeps[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            base.append(o.input_line)
+    first = [vals[0] for vals in sweeps.values()]
+    hcfg = compose_cfg(base + first, return_hydra_config=True)
+    if multirun or sweeps or hcfg.hydra.mode == "MULTIRUN":
+        params = OmegaConf.to_container(hcfg.hydra.sweeper.params or {}, resolve=False)
+        cli_keys = {o.get_key_element() for o in parsed}
+        for key, value in params.items():
+            if key in cli_keys:
+                continue  # the command line wins, as in Hydra's BasicSweeper
+            o = parser.parse_override(f"{key}={value}")
+            sweeps[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                           else [o.input_line])
+    combos = list(itertools.islice(itertools.product(*sweeps.values()), MAX_CELLS + 1))
+    return [base + list(c) for c in combos]
+
+
+def check(argv: Iterable[str]) -> int:
+    """Compose + validate every cell; raise ConfigError/CompositionError on the first bad one. Returns #cells."""
+    from bench.validate import validate
+
+    cells = expand(argv)
+    if cells is None:
+        return 0
+    for overrides in cells[:MAX_CELLS]:
+        cfg = compose_cfg(overrides)
+        try:
+            validate(cfg)
+        except MissingMandatoryValue as e:
+            raise ConfigError(str(e.full_key), "???", "a value (it has no default)") from None
+    return len(cells)

@@ -1,0 +1,109 @@
+"""`bench`: the Hydra app. One Hydra job = one sweep cell.
+
+    config (Hydra compose) -> validate -> model (cache hit, or train and cache) -> sample (per-image seeds, cost
+    counters) -> scores (streamed) -> one results row -> tracker
+
+Sweeps are Hydra multiruns (`bench -m sweep=scheduler_steps`); the default experiment is itself a small multirun.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from bench import preflight
+from bench.schema import ConfigError, register
+from bench.utils import atomic_write_json, atomic_write_text, config_hash, to_plain
+
+log = logging.getLogger("bench")
+register()
+
+# Keys that do not change a cell's numbers: excluded from its key, so changing them does not re-run finished cells.
+# batch_size is here on purpose: per-image seeds make samples independent of it.
+NON_RESULT_KEYS = ("tracker", "trainer", "out_dir", "cache_dir", "name", "fail_fast", "device")
+NON_RESULT_SAMPLING_KEYS = ("batch_size", "save_samples", "grid_size")
+
+
+def results_root(cfg: DictConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.name
+
+
+def cell_config(cfg: DictConfig) -> dict:
+    """The part of the config that determines a cell's numbers; its hash is the cell key."""
+    c = to_plain(cfg)
+    for k in NON_RESULT_KEYS:
+        c.pop(k, None)
+    for k in NON_RESULT_SAMPLING_KEYS:
+        c["sampling"].pop(k, None)
+    return c
+
+
+def cell_key(cfg: DictConfig) -> str:
+    return config_hash(cell_config(cfg))
+
+
+def _drop_empty_root(root: Path) -> None:
+    """After a config error: remove what Hydra wrote if the root holds no results (nothing half-written)."""
+    if root.exists() and not (root / "results.jsonl").exists() and not (root / "cells").exists():
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fail(msg: str, root: Path | None = None, code: int = 2):
+    if root is not None:
+        _drop_empty_root(root)
+    print(f"bench: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run_cell(cfg: DictConfig) -> dict | None:
+    from bench import pipeline
+
+    root = results_root(cfg)
+    try:
+        info = pipeline.prepare(cfg)
+    except ConfigError as e:
+        fail(str(e), root)
+    return pipeline.run_cell(cfg, info, root, cell_key(cfg), cell_config(cfg))
+
+
+@hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
+def app(cfg: DictConfig) -> Any:
+    return run_cell(cfg)
+
+
+class SweepSummary(Callback):
+    """At the end of a run or sweep: print the results table and where things are; log the ablation table."""
+
+    def _summarise(self, config: DictConfig) -> None:
+        from bench import pipeline
+
+        pipeline.summarise(config)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._summarise(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._summarise(config)
+
+
+def main() -> None:
+    """Console entry: validate every cell of the requested run/sweep, then hand over to Hydra."""
+    try:
+        preflight.check(sys.argv[1:])
+    except ConfigError as e:
+        fail(str(e))
+    except preflight.CompositionError as e:
+        fail(str(e))
+    app()
+
+
+if __name__ == "__main__":
+    main()

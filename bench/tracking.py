@@ -1,0 +1,98 @@
+"""Experiment tracking: W&B (offline unless told otherwise) or nothing.
+
+Results are always written locally first (results.jsonl); the tracker is a mirror. A tracker failure (W&B missing,
+misconfigured, crashing mid-run) is a warning, never a lost cell; offline runs can be synced later with
+``wandb sync <dir>/wandb/offline-run-*``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(requested: Optional[str]) -> str:
+    """Explicit config wins, then WANDB_MODE, then online only when an API key is configured, else offline."""
+    if requested:
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    return "offline"
+
+
+class Tracker:
+    """One tracker run per sweep cell (``log_cell``) plus one ablation run per sweep (``log_table``)."""
+
+    def __init__(self, tracker_cfg: Any, root: str | os.PathLike):
+        self.cfg = tracker_cfg
+        self.enabled = tracker_cfg.name == "wandb"
+        self.dir = Path(tracker_cfg.dir or root)
+        if tracker_cfg.name not in ("wandb", "none"):
+            from bench.schema import ConfigError
+
+            raise ConfigError("tracker.name", tracker_cfg.name, "one of wandb, none")
+
+    def _init(self, **kwargs):
+        import wandb
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return wandb.init(project=self.cfg.project, entity=self.cfg.entity, dir=str(self.dir),
+                          mode=wandb_mode(self.cfg.mode), reinit="finish_previous", **kwargs)
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # a tracker must never cost a result
+            msg = f"tracker: {what} failed ({type(e).__name__}: {e}); results are still in results.jsonl"
+            warnings.warn(msg)
+            log.warning(msg)
+            return None
+
+    def log_cell(self, config: dict, row: dict, grid: Optional[str] = None) -> Optional[str]:
+        """Log one cell: its config, its metric row and its sample grid. Returns the run directory."""
+
+        def _do():
+            import wandb
+
+            name = f"{row.get('sampler')}-{row.get('num_inference_steps')}-g{row.get('guidance_scale')}-{row['cell_key'][:6]}"
+            run = self._init(group=row.get("name"), name=name, job_type="cell", config=config)
+            try:
+                scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                payload: dict = dict(scalars)
+                if grid and Path(grid).exists():
+                    payload["samples"] = wandb.Image(str(grid))
+                run.log(payload)
+                run.summary.update({**scalars, "status": row.get("status"), "cell_key": row["cell_key"]})
+                return run.dir
+            finally:
+                run.finish()
+
+        return self._guard("logging the cell", _do)
+
+    def log_table(self, group: str, rows: list[dict], key: str = "ablation") -> Optional[str]:
+        """Log all rows of a sweep as one ``wandb.Table`` in an 'ablation' run of the sweep's group."""
+
+        def _do():
+            import pandas as pd
+            import wandb
+
+            df = pd.DataFrame(rows)
+            for col in df.columns:  # W&B tables want one type per column
+                if df[col].map(lambda v: isinstance(v, (dict, list))).any():
+                    df[col] = df[col].map(lambda v: str(v) if isinstance(v, (dict, list)) else v)
+            run = self._init(group=group, name=f"{group}-{key}", job_type=key)
+            try:
+                run.log({key: wandb.Table(dataframe=df)})
+                return run.dir
+            finally:
+                run.finish()
+
+        return self._guard("logging the ablation table", _do)
