@@ -8,6 +8,7 @@ This is validation only; Hydra's launcher still runs the jobs.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -28,9 +29,37 @@ class CompositionError(ValueError):
     """Hydra could not compose the config (unknown group option, misspelt key, wrong type): one line."""
 
 
+def _group_options(group: str) -> list[str]:
+    d = Path(CONF_DIR) / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
 def _one_line(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    return msg.replace("Available options in", "; allowed options in")
+    """Hydra/OmegaConf errors span lines (search paths, object types); keep what names the key and the value."""
+    text = str(e)
+    m = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    if m:
+        group, value = m.groups()
+        allowed = _group_options(group)
+        if allowed:
+            return f"{group}={value} is not allowed: one of {', '.join(allowed)} (config group '{group}')"
+    cause = e.__cause__ or e.__context__
+    m = re.search(r"Key '(\w+)' not in '(\w+)'", text + " " + str(cause or ""))
+    o = re.search(r"override '([\w.]+)'", text)
+    if m:
+        import dataclasses
+
+        from bench import schema
+
+        node = getattr(schema, m.group(2), None)
+        keys = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "?"
+        where = o.group(1) if o else m.group(1)
+        return f"{where}: no such key in {m.group(2)}; allowed keys: {keys}"
+    first = text.split("Config search path")[0].split("full_key:")[0]
+    msg = " ".join(first.split())
+    if cause is not None and str(cause) and str(cause) not in msg:
+        msg += ": " + " ".join(str(cause).split("full_key:")[0].split())
+    return msg
 
 
 def compose_cfg(overrides: list[str], return_hydra_config: bool = False):
@@ -69,7 +98,7 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
             base.append(o.input_line)
     first = [vals[0] for vals in sweeps.values()]
     hcfg = compose_cfg(base + first, return_hydra_config=True)
-    if multirun or sweeps or hcfg.hydra.mode == "MULTIRUN":
+    if multirun or sweeps or str(hcfg.hydra.mode).endswith("MULTIRUN"):
         params = OmegaConf.to_container(hcfg.hydra.sweeper.params or {}, resolve=False)
         cli_keys = {o.get_key_element() for o in parsed}
         for key, value in params.items():
