@@ -26,6 +26,19 @@ def wandb_mode(requested: Optional[str]) -> str:
     return "offline"
 
 
+def _table_frame(rows: list[dict]):
+    """Rows -> DataFrame with one type per column (W&B tables need that): nested values become JSON strings."""
+    import json
+
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for col in df.columns:
+        if df[col].map(lambda v: isinstance(v, (dict, list))).any():
+            df[col] = df[col].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+    return df
+
+
 class Tracker:
     """One tracker run per sweep cell (``log_cell``) plus one ablation run per sweep (``log_table``)."""
 
@@ -67,6 +80,8 @@ class Tracker:
             try:
                 scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 payload: dict = dict(scalars)
+                # the full row as a one-row table too: offline runs keep tables as readable JSON files
+                payload["cell"] = wandb.Table(dataframe=_table_frame([row]))
                 if grid and Path(grid).exists():
                     payload["samples"] = wandb.Image(str(grid))
                 run.log(payload)
@@ -81,13 +96,9 @@ class Tracker:
         """Log all rows of a sweep as one ``wandb.Table`` in an 'ablation' run of the sweep's group."""
 
         def _do():
-            import pandas as pd
             import wandb
 
-            df = pd.DataFrame(rows)
-            for col in df.columns:  # W&B tables want one type per column
-                if df[col].map(lambda v: isinstance(v, (dict, list))).any():
-                    df[col] = df[col].map(lambda v: str(v) if isinstance(v, (dict, list)) else v)
+            df = _table_frame(rows)
             run = self._init(group=group, name=f"{group}-{key}", job_type=key)
             try:
                 run.log({key: wandb.Table(dataframe=df)})
