@@ -1,0 +1,87 @@
+"""Training batches whose order is a pure function of (seed, step), so an interrupted training resumes exactly."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class MirroredDataset(Dataset):
+    """The data set and its horizontal mirror images (items n..2n-1): random flips as a deterministic index."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return 2 * len(self.base)
+
+    def __getitem__(self, i):
+        n = len(self.base)
+        x, y = self.base[i % n]
+        return (torch.flip(x, dims=[-1]) if i >= n else x), y
+
+
+class StepBatchSampler(Sampler):
+    """Endless shuffled batches: the stream is epoch permutations ``default_rng([seed, epoch]).permutation(n)``
+    concatenated; step s of rank r takes stream items [(s·W + r)·B, (s·W + r + 1)·B). Starts at ``start_step``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+
+    def batch(self, step: int) -> list[int]:
+        start = (step * self.world_size + self.rank) * self.batch_size
+        out, pos = [], start
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(pos, self.n)
+            perm = self._perm(epoch)
+            take = perm[offset:offset + self.batch_size - len(out)]
+            out.extend(take.tolist())
+            pos += len(take)
+        return out
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if getattr(self, "_cached_epoch", None) != epoch:
+            self._cached_epoch, self._cached_perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._cached_perm
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+class BenchDataModule(L.LightningDataModule):
+    """Train loader over ``build_dataset(cfg.data, "train")`` (+ mirrors when ``data.hflip`` on images), with
+    batches ``StepBatchSampler(seed=cfg.train.seed)`` resumed at the trainer's restored ``global_step``."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.train_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            from bench.data import build_dataset, get_data_info
+
+            ds = build_dataset(self.cfg.data, "train")
+            if self.cfg.data.hflip and get_data_info(self.cfg.data).kind == "images":
+                ds = MirroredDataset(ds)
+            self.train_set = ds
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        trainer = self.trainer
+        # Lightning restores the checkpoint's loop state before it asks for the loader, so global_step is the
+        # step to resume at.
+        start = int(trainer.global_step) if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = StepBatchSampler(len(self.train_set), int(self.cfg.train.batch_size), int(self.cfg.train.seed),
+                                   start, rank, world)
+        workers = int(self.cfg.data.num_workers)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,87 @@
+"""Procedurally rendered coloured shapes at positions, with captions: a small text-to-image stand-in.
+
+Class k = (colour, shape, position), 4 x 3 x 4 = 48 classes; caption "a red circle at the top left". Every item is
+drawn from its own seeded generator, so the data set is a pure function of (split_seed, split, index).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+SHAPES_COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (235, 215, 40)}
+SHAPES_KINDS = ("circle", "square", "triangle")
+SHAPES_POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+BACKGROUND = (16, 16, 24)
+SUPERSAMPLE = 4  # draw at 4x, then box-downsample: antialiased edges
+SIZE_RANGE = (0.55, 0.95)  # shape extent as a fraction of its quadrant's side
+DEFAULT_NUM_TRAIN = 6000
+_SPLIT_CODE = {"train": 0, "test": 1}
+
+
+def shapes_class(k: int) -> tuple[str, str, str]:
+    """(colour, shape, position) of class ``k``; k = (colour * 3 + shape) * 4 + position."""
+    colour, rest = divmod(int(k), len(SHAPES_KINDS) * len(SHAPES_POSITIONS))
+    kind, position = divmod(rest, len(SHAPES_POSITIONS))
+    return list(SHAPES_COLOURS)[colour], SHAPES_KINDS[kind], SHAPES_POSITIONS[position]
+
+
+def shapes_caption(k: int) -> str:
+    colour, kind, position = shapes_class(k)
+    return f"a {colour} {kind} at the {position}"
+
+
+def render_shape(colour: str, kind: str, position: str, size: float, rng: np.random.Generator,
+                 image_size: int = 16) -> np.ndarray:
+    """One uint8 (H, W, 3) image: a ``colour`` ``kind`` of side ``size`` (fraction of its quadrant, 0..1) placed
+    at a random offset (``rng``) inside the ``position`` quadrant of a dark background."""
+    side = image_size * SUPERSAMPLE
+    quad = side / 2
+    extent = float(np.clip(size, 0.05, 1.0)) * quad
+    row, col = position.split()
+    x0 = (quad if col == "right" else 0.0) + rng.uniform(0.0, quad - extent)
+    y0 = (quad if row == "bottom" else 0.0) + rng.uniform(0.0, quad - extent)
+    x1, y1 = x0 + extent, y0 + extent
+    img = Image.new("RGB", (side, side), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    fill = SHAPES_COLOURS[colour]
+    if kind == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif kind == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    elif kind == "triangle":
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    else:
+        raise ValueError(f"shape kind={kind!r} is not allowed: {' | '.join(SHAPES_KINDS)}")
+    return np.asarray(img.resize((image_size, image_size), Image.Resampling.BOX))
+
+
+class ShapesDataset(Dataset):
+    """Item i has class i % 48 (balanced), size and offset from ``default_rng([split_seed, split, i])``."""
+
+    num_classes = len(SHAPES_COLOURS) * len(SHAPES_KINDS) * len(SHAPES_POSITIONS)
+
+    @staticmethod
+    def num_items(data_cfg, split: str) -> int:
+        n = int(data_cfg.num_train) or DEFAULT_NUM_TRAIN
+        return n if split == "train" else max(1, int(round(n * data_cfg.test_fraction)))
+
+    def __init__(self, data_cfg, split: str):
+        n, size = self.num_items(data_cfg, split), int(data_cfg.image_size)
+        self.y = torch.arange(n, dtype=torch.int64) % self.num_classes
+        imgs = np.empty((n, size, size, 3), np.uint8)
+        for i in range(n):
+            rng = np.random.default_rng([int(data_cfg.split_seed), _SPLIT_CODE[split], i])
+            colour, kind, position = shapes_class(int(self.y[i]))
+            imgs[i] = render_shape(colour, kind, position, rng.uniform(*SIZE_RANGE), rng, size)
+        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if int(data_cfg.channels) == 1:  # ITU-R 601 luma, as PIL's convert("L")
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        self.x = x.contiguous()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]

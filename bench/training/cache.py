@@ -1,0 +1,138 @@
+"""Train once, reuse forever: models are cached by a hash of everything that changes their weights.
+
+Layout: ``<cache_dir>/models/<model_key>/`` = model.safetensors (EMA weights), config.yaml, meta.json, last.ckpt.
+A training runs in ``.<model_key>.partial/`` (resuming its last.ckpt after an interruption) and is renamed into
+place when complete; a file lock makes concurrent jobs wait for one training instead of repeating it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lightning as L
+import torch
+from filelock import FileLock
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from bench.data import BenchDataModule, get_data_info
+from bench.models import build_model, num_params
+from bench.utils import atomic_write_json, atomic_write_text, config_hash, resolve_device, to_plain, versions
+
+from .module import DiffusionModule
+
+KEY_GROUPS = ("data", "model", "objective", "schedule", "train")
+NOT_IN_KEY = {"data": ("num_workers",)}  # loader speed only: the batch order is fixed by (train.seed, step)
+WEIGHTS, CKPT = "model.safetensors", "last.ckpt"
+
+
+def key_config(cfg) -> dict:
+    """The training-relevant config (resolved); ``model_key`` hashes it and ``config.yaml`` records it."""
+    if cfg.model.pretrained:
+        return {"pretrained": str(cfg.model.pretrained), "objective": to_plain(cfg.objective),
+                "schedule": to_plain(cfg.schedule)}
+    out = {g: to_plain(cfg[g]) for g in KEY_GROUPS}
+    for g, keys in NOT_IN_KEY.items():
+        for k in keys:
+            out[g].pop(k, None)
+    return out
+
+
+def model_key(cfg) -> str:
+    return config_hash(key_config(cfg))
+
+
+def models_root(cfg) -> Path:
+    return Path(cfg.cache_dir) / "models"
+
+
+def partial_dir(cfg) -> Path:
+    return models_root(cfg) / f".{model_key(cfg)}.partial"
+
+
+def fit(cfg, info, workdir: str | os.PathLike, callbacks=()) -> DiffusionModule:
+    """Train per ``cfg.train`` / ``cfg.trainer`` in ``workdir``, resuming ``workdir/last.ckpt`` when present."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
+    module = DiffusionModule(cfg, info)
+    every = int(cfg.train.checkpoint_every)
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0,
+                                                  every_n_train_steps=every if every > 0 else None)
+    tr = cfg.trainer
+    trainer = L.Trainer(max_steps=int(cfg.train.max_steps), accelerator=tr.accelerator, devices=tr.devices,
+                        precision=tr.precision, strategy=tr.strategy, logger=False,
+                        enable_progress_bar=bool(tr.enable_progress_bar), log_every_n_steps=int(tr.log_every_n_steps),
+                        gradient_clip_val=float(cfg.train.grad_clip) or None, enable_model_summary=False,
+                        callbacks=[ckpt_cb, *callbacks], default_root_dir=str(workdir),
+                        use_distributed_sampler=False, num_sanity_val_steps=0)
+    last = workdir / CKPT
+    trainer.fit(module, datamodule=BenchDataModule(cfg), ckpt_path=str(last) if last.exists() else None,
+                weights_only=True)
+    if trainer.global_step and not (last.exists() and every and trainer.global_step % every == 0):
+        trainer.save_checkpoint(last)  # the final state, when the cadence did not just write it
+    module.trained_steps = int(trainer.global_step)
+    return module
+
+
+def load_model_dir(path: str | os.PathLike, cfg, info, device: str | None = None) -> torch.nn.Module:
+    """``build_model(cfg, info)`` with the weights of ``path/model.safetensors``, in eval mode on ``device``."""
+    model = build_model(cfg, info)
+    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)
+    return model.eval().to(device or resolve_device(cfg.device))
+
+
+def _write_model_dir(module: DiffusionModule, cfg, info, workdir: Path) -> dict:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.ema.state_dict().items()}
+    save_file(state, str(workdir / WEIGHTS))
+    atomic_write_text(workdir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(key_config(cfg))))
+    losses = module.losses()
+    chunk = max(1, len(losses) // 200)  # at most ~200 points of the curve in meta.json
+    curve = [sum(losses[i:i + chunk]) / len(losses[i:i + chunk]) for i in range(0, len(losses), chunk)]
+    meta = {"model_key": model_key(cfg), "train_steps": module.trained_steps, "train_seconds": module.elapsed(),
+            "num_params": num_params(module.model), "data_id": info.id, "final_loss": curve[-1] if curve else None,
+            "loss_curve": curve, "loss_curve_chunk": chunk, "created_at": datetime.now(timezone.utc).isoformat(),
+            "versions": {**versions(), "lightning": L.__version__}}
+    atomic_write_json(workdir / "meta.json", meta)
+    return meta
+
+
+def _train_info(cfg, path: Path, meta: dict, cached: bool) -> dict:
+    return {"model_key": model_key(cfg), "path": str(path), "train_steps": int(meta["train_steps"]),
+            "train_seconds": float(meta["train_seconds"]), "cached": cached, "num_params": int(meta["num_params"])}
+
+
+def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode with EMA weights on ``cfg.device``, info) — from the cache, or trained and cached.
+
+    info: model_key, path, train_steps, train_seconds, cached, num_params. ``model.pretrained`` set → that model,
+    loaded and never trained (cached=True, train_steps=0)."""
+    info = get_data_info(cfg.data)
+    device = resolve_device(cfg.device)
+    key = model_key(cfg)
+    if cfg.model.pretrained:
+        model = build_model(cfg, info).eval().to(device)
+        return model, {"model_key": key, "path": str(cfg.model.pretrained), "train_steps": 0, "train_seconds": 0.0,
+                       "cached": True, "num_params": num_params(model)}
+    root = models_root(cfg)
+    final = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{key}.lock")):
+        if (final / "meta.json").exists():
+            meta = json.loads((final / "meta.json").read_text())
+            return load_model_dir(final, cfg, info, device), _train_info(cfg, final, meta, cached=True)
+        work = partial_dir(cfg)
+        module = fit(cfg, info, work)
+        meta = _write_model_dir(module, cfg, info, work)
+        try:
+            os.replace(work, final)
+        except OSError:
+            if not (final / "meta.json").exists():
+                raise
+            shutil.rmtree(work, ignore_errors=True)  # another process (without the lock) finished first: use theirs
+            meta = json.loads((final / "meta.json").read_text())
+    return load_model_dir(final, cfg, info, device), _train_info(cfg, final, meta, cached=False)

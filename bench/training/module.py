@@ -1,0 +1,91 @@
+"""The Lightning module that trains a denoiser on one objective, with CFG label dropout, warm-up and EMA."""
+from __future__ import annotations
+
+import copy
+import time
+
+import lightning as L
+import torch
+
+from bench.models import build_model
+
+from . import objectives as obj
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains ``build_model(cfg, info)`` with :func:`objectives.diffusion_loss`; ``self.ema`` holds the EMA weights
+    used for sampling. All per-step randomness (t, noise, label dropout) comes from a generator seeded by
+    (train.seed, global_step), so a resumed run repeats an uninterrupted one exactly."""
+
+    def __init__(self, cfg, info):
+        super().__init__()
+        self.cfg, self.info = cfg, info
+        self.model = build_model(cfg, info)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        if cfg.objective.name != "flow":
+            self.register_buffer("alphas_cumprod", obj.alphas_cumprod(cfg.schedule), persistent=False)
+        else:
+            self.alphas_cumprod = None
+        obj.loss_weight(cfg.objective, torch.ones(1), torch.ones(1))  # fail on a bad weighting before training
+        self.loss_history: list = []  # per step; tensors until read (no GPU sync per step)
+        self.train_seconds = 0.0  # accumulated across resumes (stored in the checkpoint)
+        self._t0: float | None = None
+
+    def forward(self, x, t, class_labels=None):
+        return self.model(x, t, class_labels)
+
+    def training_step(self, batch, batch_idx):
+        x0, y = batch
+        g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.cfg.train.seed, self.global_step))
+        labels = None
+        if self.info.num_classes:
+            drop = torch.rand(x0.shape[0], generator=g, device=x0.device) < float(self.cfg.train.cond_drop_prob)
+            labels = torch.where(drop, torch.full_like(y, self.info.num_classes), y)
+        loss = obj.diffusion_loss(self.model, x0, labels, self.cfg.objective, self.cfg.schedule, g,
+                                  self.alphas_cumprod)
+        self.loss_history.append(loss.detach())
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()  # here, not on_train_batch_end: checkpoints are written before that hook runs
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """θ_ema ← d θ_ema + (1 - d) θ with the warm-up d = min(ema_decay, (1 + n)/(10 + n)) (TF's
+        ExponentialMovingAverage ``num_updates``), so early weights do not dominate a short run."""
+        n = float(self.ema_updates)
+        d = min(float(self.cfg.train.ema_decay), (1 + n) / (10 + n))
+        ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema_p, [q.detach() for q in p], 1.0 - d)
+        for be, b in zip(self.ema.buffers(), self.model.buffers()):
+            be.copy_(b)
+        self.ema_updates += 1
+
+    def configure_optimizers(self):
+        tc = self.cfg.train
+        opt = torch.optim.AdamW(self.model.parameters(), lr=float(tc.lr), weight_decay=float(tc.weight_decay))
+        warmup = int(tc.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- bookkeeping kept in the checkpoint: wall time and the loss curve survive a resume ---
+    def on_train_start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.train_seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def losses(self) -> list[float]:
+        self.loss_history = [float(v) for v in self.loss_history]
+        return self.loss_history
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["bench"] = {"train_seconds": self.elapsed(), "loss_history": self.losses()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("bench", {})
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.loss_history = list(state.get("loss_history", []))

@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import pytest
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@pytest.fixture
+def bench_cache(tmp_path, monkeypatch):
+    """A private model/reference cache: sets BENCH_CACHE (what cfg.cache_dir resolves to) to a tmp dir."""
+    path = tmp_path / "cache"
+    path.mkdir()
+    monkeypatch.setenv("BENCH_CACHE", str(path))
+    return path
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(*overrides) -> the real conf/bench.yaml with experiment=smoke (+ overrides), shrunk for tests."""
+    from hydra import compose, initialize_config_dir
+
+    from bench.schema import register
+
+    register()
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("bench", overrides=["experiment=smoke", "tracker=none", *overrides])
+
+    return _compose
