@@ -1,0 +1,331 @@
+"""Which study the rows are, the mixed-settings guard, and ablation tables (pandas pivot + fixed formatting)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .load import ReportError, fmt_value, norm, sort_key
+
+# Coordinates of a cell (what a sweep varies). `seed` is not one: rows differing only in seed are repeats.
+FACTORS = ("data", "model", "objective", "schedule", "sampler", "method", "eta", "timestep_spacing",
+           "num_inference_steps", "guidance_scale", "distill_method", "distill_steps", "batch_size", "train_steps")
+QUALITY = ("fid", "kid", "is", "clip_score", "swd", "mmd")
+COST = ("latency_p50", "latency_p95", "images_per_s", "peak_mem_mb", "nfe", "wall_s")
+DEFAULT_METRICS = QUALITY + ("latency_p50",)
+HIGHER_IS_BETTER = {"is", "clip_score", "images_per_s"}
+# Every choice that moves a score must be equal down a column, else the column mixes incomparable numbers.
+SETTINGS = {m: ("feature_net", "feature_net_hash", "resize", "ref_id", "ref_hash", "n_ref", "num_samples")
+            for m in QUALITY}
+SETTINGS.update({m: ("hardware", "device") for m in COST})
+LABELS = {"fid": "FID", "kid": "KID ×10³", "is": "IS", "clip_score": "CLIP score", "swd": "SWD", "mmd": "MMD",
+          "latency_p50": "latency p50 (ms/img)", "latency_p95": "latency p95 (ms/img)", "images_per_s": "images/s",
+          "peak_mem_mb": "peak memory (MB)", "nfe": "NFE", "wall_s": "wall (s)",
+          "num_inference_steps": "steps", "guidance_scale": "guidance scale", "eta": "η",
+          "timestep_spacing": "spacing", "distill_method": "distillation", "distill_steps": "distill steps"}
+# Display scales (CSV keeps raw units): s → ms per image; KID ×10³ as in the GAN/diffusion literature.
+SCALE = {"latency_p50": 1000.0, "latency_p95": 1000.0, "kid": 1000.0}
+DECIMALS = {"fid": 2, "kid": 2, "is": 2, "clip_score": 2, "nfe": 0, "images_per_s": 1, "peak_mem_mb": 0}
+KINDS = ("auto", "steps", "eta", "guidance", "distill", "generic")
+KIND_TITLES = {"steps": "sampler × steps", "eta": "DDIM η × steps", "guidance": "classifier-free guidance scale",
+               "distill": "distillation vs DDIM", "generic": "ablation"}
+
+
+def label(col: str) -> str:
+    return LABELS.get(col, col)
+
+
+def arrow(metric: str) -> str:
+    return "↑" if metric in HIGHER_IS_BETTER else "↓"
+
+
+@dataclass
+class Plan:
+    kind: str
+    rows: list[str]
+    cols: list[str]
+    metrics: list[str]
+    split_by: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what auto did (shown under the tables and on stderr)
+
+
+@dataclass
+class Cell:
+    text: str
+    best: bool = False
+
+
+@dataclass
+class Table:
+    name: str  # file stem: table_<name>.csv
+    title: str
+    header: list[str]
+    nkeys: int  # leading key columns (left-aligned)
+    body: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+    long: pd.DataFrame | None = None  # tidy numbers behind the table (CSV, W&B)
+    split: dict = field(default_factory=dict)
+
+
+def varying(df: pd.DataFrame, cols=FACTORS) -> list[str]:
+    return [c for c in cols if c in df and len({norm(v) for v in df[c]}) > 1]
+
+
+def has_distill(df: pd.DataFrame) -> bool:
+    return "distill_method" in df and any(norm(v) not in (None, "none") for v in df["distill_method"])
+
+
+def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None, split_by=()) -> Plan:
+    """Pick rows × columns from what varies (or take them from the command line), and check nothing else varies."""
+    if kind not in KINDS:
+        raise ReportError(f"--kind={kind!r} is not allowed: one of {', '.join(KINDS)}")
+    for c in [*(rows or []), *(cols or []), *split_by]:
+        if c not in df:
+            raise ReportError(f"column {c!r} is not in the result rows (have: {', '.join(sorted(map(str, df.columns)))})")
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        raise ReportError(f"no row has status 'ok' ({len(df)} failed); nothing to tabulate")
+    var = varying(df)
+    if kind == "auto":
+        kind = ("distill" if has_distill(df) else "guidance" if "guidance_scale" in var else
+                "eta" if "eta" in var else "steps" if {"sampler", "num_inference_steps"} & set(var) else "generic")
+    steps = ["num_inference_steps"] if "num_inference_steps" in var else []
+    auto_rows = {"steps": ["sampler"] if "sampler" in var else [], "eta": ["eta"], "guidance": ["guidance_scale"],
+                 "distill": ["method"], "generic": []}[kind]
+    auto_cols = [] if kind == "guidance" else [c for c in steps if c not in auto_rows]
+    plan = Plan(kind, list(rows) if rows is not None else auto_rows, list(cols) if cols is not None else auto_cols,
+                [], list(split_by))
+    # Anything else that varies inside a cell would silently mix rows: add it to the rows (auto) or refuse.
+    for f in var:
+        keys = plan.split_by + plan.rows + plan.cols
+        if f in keys:
+            continue
+        clash = _values_within(df, keys, f)
+        if clash is None:
+            continue
+        if rows is not None:
+            raise ReportError(f"{f} varies within table cells ({', '.join(map(fmt_value, clash))}) but is not in "
+                              f"--rows/--cols/--split-by; add it or filter with --where {f}=...")
+        plan.rows.append(f)
+        plan.notes.append(f"{f} varies too, so it was added to the rows")
+    if not plan.rows and not plan.cols:
+        plan.rows = ["name"] if "name" in df else ["cell_key"]
+    plan.metrics = _pick_metrics(ok, metrics, plan)
+    return plan
+
+
+def _values_within(df, keys, f):
+    """The values of f inside the first cell (by keys) where it takes more than one, else None."""
+    seen: dict = {}
+    for _, r in df.iterrows():
+        seen.setdefault(tuple(norm(r[k]) for k in keys), set()).add(norm(r[f]))
+    for vals in seen.values():
+        if len(vals) > 1:
+            return sorted(vals, key=sort_key)
+    return None
+
+
+def _pick_metrics(ok, metrics, plan):
+    if metrics:
+        for m in metrics:
+            if m not in ok or ok[m].isna().all():
+                have = [c for c in (*QUALITY, *COST) if c in ok and ok[c].notna().any()]
+                raise ReportError(f"no ok row has metric {m!r} (present: {', '.join(have) or 'none'})")
+            missing = ok[ok[m].isna()]
+            if len(missing):
+                r = missing.iloc[0]
+                where = ", ".join(f"{k}={fmt_value(r[k])}" for k in plan.rows + plan.cols) or f"cell_key={r['cell_key']}"
+                raise ReportError(f"column {m} missing in {len(missing)} of {len(ok)} ok rows (e.g. {where}); "
+                                  f"filter with --where or choose --metric")
+        return list(metrics)
+    picked = []
+    for m in DEFAULT_METRICS:
+        if m not in ok or ok[m].isna().all():
+            continue
+        if ok[m].isna().any():
+            plan.notes.append(f"{m} skipped: present in only {int(ok[m].notna().sum())} of {len(ok)} ok rows")
+            continue
+        picked.append(m)
+    if not picked:
+        raise ReportError(f"ok rows carry none of the metric columns {', '.join(DEFAULT_METRICS)}")
+    return picked
+
+
+def guard_settings(ok: pd.DataFrame, metric: str, split_by: list[str]) -> None:
+    """Refuse a column that mixes feature networks, reference sets, N, resize (quality) or hardware (cost)."""
+    for s in SETTINGS.get(metric, ()):
+        if s not in ok:
+            continue
+        vals = sorted({norm(v) for v in ok.loc[ok[metric].notna(), s]}, key=sort_key)
+        if len(vals) > 1:
+            shown = "{" + ",".join(fmt_value(v) if v is not None else "missing" for v in vals) + "}"
+            raise ReportError(f"column {metric} mixes {s} {shown}; split with --split-by {s} or filter with "
+                              f"--where {s}={fmt_value(vals[0])}")
+
+
+def groups(df: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """Rows grouped by keys, groups in the fixed sort order; [({}, df)] without keys."""
+    if not keys:
+        return [({}, df)]
+    out: dict = {}
+    for i, r in df.iterrows():
+        out.setdefault(tuple(norm(r[k]) for k in keys), []).append(i)
+    order = sorted(out, key=lambda t: tuple(sort_key(v) for v in t))
+    return [(dict(zip(keys, t)), df.loc[out[t]]) for t in order]
+
+
+def aggregate(ok: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """Long form: keys…, mean, std (over repeats, ddof=1; else the row's own <metric>_std), n — sorted by keys."""
+    d = ok[ok[metric].notna()]
+    recs = []
+    for coords, g in groups(d, keys):
+        vals = g[metric].astype(float)
+        n = len(vals)
+        std = float(vals.std(ddof=1)) if n > 1 else norm(g[f"{metric}_std"].iloc[0]) if f"{metric}_std" in g else None
+        recs.append({**coords, "mean": float(vals.mean()), "std": std, "n": n})
+    return pd.DataFrame(recs, columns=[*keys, "mean", "std", "n"])
+
+
+def decimals(metric: str, values) -> int:
+    """Fixed decimals for metrics with a known scale, else one count for the whole column: at least 3 significant
+    digits of its largest and 2 of its smallest value (so every value is readable and all line up)."""
+    if metric in DECIMALS:
+        return DECIMALS[metric]
+    vals = [abs(v) for v in values if v is not None and math.isfinite(v) and v != 0]
+    if not vals:
+        return 3
+    d = max(2 - math.floor(math.log10(max(vals))), 1 - math.floor(math.log10(min(vals))))
+    return min(6, max(0, d))
+
+
+def fmt_stat(mean, std, n, d, show_n) -> str:
+    s = f"{mean:.{d}f}"
+    if std is not None and math.isfinite(std):
+        s += f" ± {std:.{d}f}"
+    if show_n:
+        s += f" (n={n})"
+    return s
+
+
+def _best(values: list, metric: str, d: int) -> set:
+    """Indices of the best (rounded as displayed, so ties read as ties); none when fewer than two values."""
+    shown = [(i, round(v, d)) for i, v in enumerate(values) if v is not None]
+    if len(shown) < 2:
+        return set()
+    pick = max if metric in HIGHER_IS_BETTER else min
+    b = pick(v for _, v in shown)
+    return {i for i, v in shown if v == b}
+
+
+def _failed_coords(failed: pd.DataFrame, keys: list[str]) -> set:
+    return {tuple(norm(r[k]) for k in keys) for _, r in failed.iterrows()}
+
+
+def _stats_note(longs: list[pd.DataFrame]) -> tuple[bool, str]:
+    ns = sorted({int(n) for lg in longs for n in lg["n"]})
+    if ns == [1]:
+        own = any(lg["std"].notna().any() for lg in longs)
+        return False, ("± = the metric's own std (e.g. over KID subsets or metric repeats); " if own else "")
+    if len(ns) == 1:
+        return False, f"mean ± std over n={ns[0]} seeds per cell; "
+    return True, "mean ± std over the n seeds of each cell; "
+
+
+def pivot_table(ok, failed, plan: Plan, metric: str, split: dict) -> Table:
+    """metric by plan.rows × plan.cols; best per column in bold."""
+    keys = plan.rows + plan.cols
+    lg = aggregate(ok, keys, metric)
+    scale = SCALE.get(metric, 1.0)
+    d = decimals(metric, [v * scale for v in lg["mean"]])
+    show_n, note = _stats_note([lg])
+    cells = {tuple(norm(r[k]) for k in keys): r for _, r in lg.iterrows()}
+    fails = _failed_coords(failed, keys)
+    row_vals = sorted({k[:len(plan.rows)] for k in cells | dict.fromkeys(fails)}, key=lambda t: tuple(map(sort_key, t)))
+    col_vals = sorted({k[len(plan.rows):] for k in cells | dict.fromkeys(fails)}, key=lambda t: tuple(map(sort_key, t)))
+    body = [[Cell(fmt_value(v)) for v in rv] for rv in row_vals]
+    for ci, cv in enumerate(col_vals):
+        means = [cells[rv + cv]["mean"] * scale if rv + cv in cells else None for rv in row_vals]
+        best = _best(means, metric, d)
+        for ri, rv in enumerate(row_vals):
+            r = cells.get(rv + cv)
+            if r is None:
+                body[ri].append(Cell("failed" if rv + cv in fails else "—"))
+            else:
+                std = r["std"] * scale if r["std"] is not None and not pd.isna(r["std"]) else None
+                body[ri].append(Cell(fmt_stat(r["mean"] * scale, std, int(r["n"]), d, show_n), ri in best))
+    col_label = ", ".join(label(c) for c in plan.cols)
+    header = [label(c) for c in plan.rows] + [", ".join(fmt_value(v) for v in cv) for cv in col_vals]
+    if plan.cols:
+        header[0] = f"{header[0]} \\ {col_label}" if len(plan.rows) == 1 else header[0]
+    dims = " × ".join(filter(None, [" × ".join(label(c) for c in plan.rows), col_label]))
+    title = f"{label(metric)} {arrow(metric)} by {dims}" + _split_title(split)
+    notes = [note + f"**bold** = best per column ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better); "
+             "'failed' = every run of the cell failed (see Failed cells); '—' = not run."]
+    return Table(metric, title, header, len(plan.rows), body, notes, _csv_frame(lg, metric), split)
+
+
+def metrics_table(ok, failed, plan: Plan, split: dict) -> Table:
+    """One-factor studies (e.g. guidance scale): rows × metrics, best per metric column in bold."""
+    keys = plan.rows
+    longs = {m: aggregate(ok, keys, m) for m in plan.metrics}
+    show_n, note = _stats_note(list(longs.values()))
+    fails = _failed_coords(failed, keys)
+    row_vals = sorted({tuple(norm(r[k]) for k in keys) for lg in longs.values() for _, r in lg.iterrows()} | fails,
+                      key=lambda t: tuple(map(sort_key, t)))
+    body = [[Cell(fmt_value(v)) for v in rv] for rv in row_vals]
+    for m, lg in longs.items():
+        scale = SCALE.get(m, 1.0)
+        cells = {tuple(norm(r[k]) for k in keys): r for _, r in lg.iterrows()}
+        d = decimals(m, [v * scale for v in lg["mean"]])
+        best = _best([cells[rv]["mean"] * scale if rv in cells else None for rv in row_vals], m, d)
+        for ri, rv in enumerate(row_vals):
+            r = cells.get(rv)
+            if r is None:
+                body[ri].append(Cell("failed" if rv in fails else "—"))
+            else:
+                std = r["std"] * scale if r["std"] is not None and not pd.isna(r["std"]) else None
+                body[ri].append(Cell(fmt_stat(r["mean"] * scale, std, int(r["n"]), d, show_n), ri in best))
+    header = [label(c) for c in keys] + [f"{label(m)} {arrow(m)}" for m in plan.metrics]
+    title = f"{', '.join(label(m) for m in plan.metrics)} by {' × '.join(label(c) for c in keys)}" + _split_title(split)
+    notes = [note + "**bold** = best per column (arrow: ↓ lower / ↑ higher is better); "
+             "'failed' = every run of the cell failed (see Failed cells); '—' = not run."]
+    return Table("summary", title, header, len(keys), body, notes, None, split)
+
+
+def _split_title(split: dict) -> str:
+    return (" — " + ", ".join(f"{k}={fmt_value(v)}" for k, v in split.items())) if split else ""
+
+
+def _csv_frame(lg: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return lg.rename(columns={"mean": metric, "std": f"{metric}_std"})
+
+
+def build_tables(df: pd.DataFrame, plan: Plan) -> tuple[list[Table], dict[str, pd.DataFrame]]:
+    """Display tables (per metric when there are columns, one metrics table otherwise) and one tidy frame per metric."""
+    ok, failed = df[df["status"] == "ok"], df[df["status"] == "failed"]
+    tables, csvs = [], {}
+    split_groups = groups(ok, plan.split_by)
+    for split, part in split_groups:
+        for m in plan.metrics:
+            try:
+                guard_settings(part, m, plan.split_by)
+            except ReportError as e:
+                if split:
+                    raise ReportError(f"{e} (within {_split_title(split)[3:]})") from None
+                raise
+    for m in plan.metrics:
+        frames = []
+        for split, part in split_groups:
+            lg = _csv_frame(aggregate(part, plan.rows + plan.cols, m), m)
+            frames.append(pd.concat([pd.DataFrame({k: [v] * len(lg) for k, v in split.items()}), lg], axis=1))
+        csvs[m] = pd.concat(frames, ignore_index=True)
+    for split, part in split_groups:
+        fpart = failed
+        for k, v in split.items():
+            fpart = fpart[[norm(x) == v for x in fpart[k]]] if k in fpart else fpart.iloc[0:0]
+        if plan.cols:
+            tables += [pivot_table(part, fpart, plan, m, split) for m in plan.metrics]
+        else:
+            tables.append(metrics_table(part, fpart, plan, split))
+    return tables, csvs
