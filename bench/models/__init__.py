@@ -6,9 +6,7 @@ guidance, Ho & Salimans 2022); ``None`` means the null class.
 """
 from __future__ import annotations
 
-import os
 
-import torch
 from torch import nn
 
 from bench.schema import ConfigError

@@ -56,12 +56,13 @@ def load_pretrained_unet(path: str, info=None) -> UNetDenoiser:
     try:
         if os.path.isdir(path):
             sub = "unet" if os.path.isfile(os.path.join(path, "unet", "config.json")) else None
-            unet = UNet2DModel.from_pretrained(path, subfolder=sub)
+            unet = UNet2DModel.from_pretrained(path, subfolder=sub, low_cpu_mem_usage=False)
         else:
             try:
-                unet = UNet2DModel.from_pretrained(path, local_files_only=True)
+                unet = UNet2DModel.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
             except Exception:
-                unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+                unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True,
+                                                    low_cpu_mem_usage=False)
     except Exception as e:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError("model.pretrained", path,
