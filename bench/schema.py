@@ -129,12 +129,12 @@ class TrainerConfig:
 
 @dataclass
 class MetricConfig:
-    name: str = MISSING  # toy2d | digits | inception | none
+    name: str = MISSING  # auto (by data set) | inception | none
     fid: bool = True
     kid: bool = True
     inception_score: bool = True
     clip_score: bool = False
-    feature_net: str = "auto"  # auto | digits_cnn | inception | none
+    feature_net: str = "auto"  # auto | digits_cnn | inception | clip
     inception_weights: Optional[str] = None  # local file; or env BENCH_INCEPTION_WEIGHTS
     clip_model: str = "offline"  # offline | an open_clip model name
     clip_pretrained: Optional[str] = None  # open_clip pretrained tag or local checkpoint path
@@ -146,6 +146,12 @@ class MetricConfig:
     bootstrap: int = 0  # bootstrap resamples over features (0 = off)
     toy_num_reference: int = 10000  # toy2d: fresh samples of the true distribution
     swd_projections: int = 256
+    # added by the metrics engineer (bench/metrics, bench/evaluators):
+    num_reference: int = 0  # reference images from metric.reference_split (0 = the whole split); part of the ref key
+    is_splits: int = 10  # Inception Score: mean/std over this many splits
+    seed: int = 0  # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
+    mmd_bandwidth: Optional[float] = None  # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
+    inception_sha256: Optional[str] = None  # expected sha256 of metric.inception_weights (default: the official file)
 
 
 @dataclass

@@ -1,0 +1,204 @@
+"""Scores of one sweep cell, streamed: ``Scorer(cfg, info, cell_dir).update(batch)`` per batch, ``.compute()``.
+
+Images: quantised to uint8 (as a saved PNG), one pass of the feature network per batch gives features (folded
+into float64 running statistics) and logits; FID (Heusel et al. 2017), KID (Bińkowski et al. 2018), IS (Salimans
+et al. 2016) and, for captioned data, CLIPScore (Hessel et al. 2021) against cached reference statistics
+(``refstats``). Points (toy2d): sliced W1 and RBF MMD² against fresh samples of the true distribution.
+
+Which scores: ``metric.name`` auto picks by data set — toy2d -> swd/mmd; digits -> digits-CNN FID/KID/IS
+("digits-FID"); shapes -> FID/KID/IS on the offline CLIP's image embeddings (IS from its zero-shot logits over the
+48 captions) + CLIP score; folder -> Inception-v3. ``metric.name=inception`` forces Inception-v3.
+Uncertainty: ``metric.repeats`` = r > 1 splits the cell's images into r independent seed blocks (image i is in
+block i·r // num_samples) and reports the mean and std of r FIDs, each on N/r images (``fid_n``);
+``metric.bootstrap`` = B > 0 resamples the generated features B times: ``fid_std`` and a 95 % percentile interval.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from bench.metrics import distances, toy
+from bench.metrics.stats import QUANTIZE, FeatureStats, quantize_uint8, save_npz_atomic
+from bench.schema import ConfigError
+
+TRUE_SAMPLE_SEED = 7_000_000  # + metric.seed: toy2d reference points never share a seed with train/test points
+METRIC_NAMES = ("auto", "inception", "none")
+
+
+def metric_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for key, dist in (("torchmetrics", "torchmetrics"), ("cleanfid", "clean-fid"), ("open_clip", "open_clip_torch"),
+                      ("torch_fidelity", "torch-fidelity"), ("scipy", "scipy")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def _float(x) -> float:
+    return float(np.asarray(x, dtype=np.float64))
+
+
+class Scorer:
+    def __init__(self, cfg, info, cell_dir=None):
+        self.cfg, self.info, self.m = cfg, info, cfg.metric
+        self.cell_dir = Path(cell_dir) if cell_dir is not None else None
+        if self.m.name not in METRIC_NAMES:
+            raise ConfigError("metric.name", self.m.name, " | ".join(METRIC_NAMES))
+        self.seed = int(self.m.seed)
+        self.num_samples = int(cfg.sampling.num_samples)
+        self.n_gen = 0
+        if self.m.name == "none":
+            self.mode = "none"
+        elif info.kind == "points":
+            self.mode = "points"
+            self.points: list[np.ndarray] = []
+        else:
+            self.mode = "images"
+            self._init_images(cfg, info)
+
+    # ---- images -------------------------------------------------------------------------------------------
+    def _init_images(self, cfg, info) -> None:
+        from bench.evaluators import load_feature_net
+        from bench.metrics.refstats import get_reference
+
+        m = self.m
+        self.repeats = int(m.repeats)
+        if self.repeats < 1:
+            raise ConfigError("metric.repeats", self.repeats, "an integer >= 1")
+        self.net = load_feature_net(cfg, info)
+        self.ref = get_reference(cfg, info, self.net) if (m.fid or m.kid) else None
+        self.blocks = [FeatureStats() for _ in range(self.repeats)]
+        self.logits: list[torch.Tensor] = []
+        self.want_clip = bool(m.clip_score) or (m.name == "auto" and cfg.data.name == "shapes")
+        self.clip_scores: list[torch.Tensor] = []
+        self.clip = None
+        if self.want_clip:
+            if not info.class_names or not info.num_classes:
+                raise ConfigError("metric.clip_score", True, "a captioned, text-conditioned data set (data=shapes)",
+                                  f"data={cfg.data.name} has no captions to score against")
+            if self.net.name == "clip":
+                self.clip = self.net
+            else:
+                from bench.evaluators.clip import load_clip
+
+                self.clip = load_clip(cfg, info)
+            self.text_embeds = self.clip.encode_text(list(info.class_names))
+
+    def update(self, batch) -> None:
+        x = batch.x.detach().cpu()
+        self.n_gen += x.shape[0]
+        if self.mode == "none":
+            return
+        if self.mode == "points":
+            self.points.append(x.double().numpy())
+            return
+        u8 = quantize_uint8(x)
+        feats, logits = self.net(u8)
+        block = (batch.index.cpu().long() * self.repeats // max(self.num_samples, 1)).clamp(0, self.repeats - 1)
+        for b in block.unique().tolist():
+            self.blocks[b].update(feats[block == b])
+        if logits is not None:
+            self.logits.append(logits.double().cpu())
+        if self.clip is not None and batch.labels is not None:
+            img = feats if self.clip is self.net else self.clip(u8)[0]
+            self.clip_scores.append(distances.clip_score(img, self.text_embeds[batch.labels.cpu().long()]))
+
+    def compute(self) -> dict:
+        if self.mode == "none":
+            return {"n_gen": self.n_gen}
+        if self.n_gen < 2:
+            raise ValueError(f"scorer got {self.n_gen} samples; need at least 2")
+        if self.mode == "points":
+            return self._compute_points()
+        return self._compute_images()
+
+    def _compute_images(self) -> dict:
+        m, ref = self.m, self.ref
+        gen = FeatureStats()
+        blocks = [b for b in self.blocks if b.n > 0]
+        feats = np.concatenate([b.features() for b in blocks])
+        gen.update(feats)  # all images: one set of statistics for the npz
+        row = {"feature_net": self.net.name, "feature_net_hash": self.net.weights_hash, "resize": self.net.resize,
+               "quantize": QUANTIZE, "n_gen": gen.n, "metric_versions": metric_versions()}
+        if self.net.meta.get("test_accuracy") is not None:
+            row["feature_net_accuracy"] = round(float(self.net.meta["test_accuracy"]), 4)
+        if self.cell_dir is not None:
+            self.cell_dir.mkdir(parents=True, exist_ok=True)
+            save_npz_atomic(self.cell_dir / "gen_stats.npz", mu=gen.mu, sigma=gen.sigma, n=np.int64(gen.n))
+        if ref is not None:
+            row.update(ref_id=ref.meta["ref_id"], ref_hash=ref.meta["ref_hash"], n_ref=int(ref.n),
+                       reference_split=ref.meta.get("split", "import"))
+            if gen.dim != ref.mu.shape[0]:
+                from bench.metrics.refstats import RefStatsError
+
+                raise RefStatsError(f"generated features are {gen.dim}-d but reference {ref.meta['ref_id']} is "
+                                    f"{ref.mu.shape[0]}-d (other feature network?)")
+        if m.fid and ref is not None:
+            row.update(self._fid(gen, blocks, feats))
+        if m.kid and ref is not None:
+            if ref.features is None:
+                row["kid_skipped"] = "reference has mu/sigma only (no features)"
+            else:
+                k, k_std, size = distances.kid(feats, ref.features, int(m.kid_subsets), int(m.kid_subset_size),
+                                               self.seed)
+                row.update(kid=k, kid_std=k_std, kid_subset_size=size)
+        if m.inception_score and self.logits:
+            logits = torch.cat(self.logits)
+            splits = min(int(m.is_splits), logits.shape[0])
+            row["is"], row["is_std"] = distances.inception_score(logits, splits, self.seed)
+            row["is_splits"] = splits
+        if self.clip is not None:
+            if self.clip_scores:
+                s = torch.cat(self.clip_scores)
+                row.update(clip_score=float(s.mean()), clip_score_std=float(s.std()) if len(s) > 1 else 0.0)
+            else:
+                row["clip_score_skipped"] = "no labels (unconditional samples have no caption)"
+            if self.clip is not self.net:
+                row.update(clip_net=self.clip.name, clip_net_hash=self.clip.weights_hash)
+        return row
+
+    def _fid(self, gen: FeatureStats, blocks: list, feats: np.ndarray) -> dict:
+        ref, m = self.ref, self.m
+        fd = lambda s: distances.frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)  # noqa: E731
+        if self.repeats > 1:
+            if len(blocks) < 2 or min(b.n for b in blocks) < 2:
+                raise ValueError(f"metric.repeats={self.repeats} needs >= 2 images in each of {self.repeats} blocks "
+                                 f"(got {[b.n for b in self.blocks]})")
+            per = np.array([fd(b) for b in blocks])
+            return {"fid": float(per.mean()), "fid_std": float(per.std(ddof=1)), "fid_repeats": len(per),
+                    "fid_n": int(round(np.mean([b.n for b in blocks])))}
+        out = {"fid": fd(gen), "fid_n": gen.n}
+        if int(m.bootstrap) > 0:
+            rng = np.random.default_rng(self.seed)
+            boots = np.array([fd(FeatureStats.from_features(feats[rng.integers(0, len(feats), len(feats))], False))
+                              for _ in range(int(m.bootstrap))])
+            lo, hi = np.percentile(boots, [2.5, 97.5])
+            out.update(fid_std=float(boots.std(ddof=1)), fid_ci_low=float(lo), fid_ci_high=float(hi),
+                       fid_bootstrap=int(m.bootstrap))
+        return out
+
+    # ---- points (toy2d) ------------------------------------------------------------------------------------
+    def _compute_points(self) -> dict:
+        from bench.data import sample_true
+
+        m = self.m
+        x = np.concatenate(self.points)
+        n_ref = int(m.toy_num_reference)
+        y = np.asarray(sample_true(self.cfg.data, n_ref, seed=TRUE_SAMPLE_SEED + self.seed), dtype=np.float64)
+        mmd, h = toy.mmd_rbf(x, y, m.mmd_bandwidth, seed=self.seed)
+        if self.cell_dir is not None:
+            self.cell_dir.mkdir(parents=True, exist_ok=True)
+            s = FeatureStats.from_features(x, keep_features=False)
+            save_npz_atomic(self.cell_dir / "gen_stats.npz", mu=s.mu, sigma=s.sigma, n=np.int64(s.n))
+        return {"swd": toy.sliced_wasserstein(x, y, int(m.swd_projections), self.seed), "mmd": mmd,
+                "mmd_bandwidth": h, "mmd_bandwidth_rule": "fixed" if m.mmd_bandwidth else "median",
+                "swd_projections": int(m.swd_projections), "n_gen": len(x), "n_ref": n_ref,
+                "ref_id": f"{self.info.id}:true-sampler:seed{TRUE_SAMPLE_SEED + self.seed}",
+                "feature_net": "none", "metric_versions": metric_versions()}
