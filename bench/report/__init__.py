@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split-by", help="comma-separated settings to split tables by, e.g. feature_net_hash")
     p.add_argument("--where", action="append", default=None, metavar="KEY=VALUE", help="keep rows with KEY=VALUE")
     p.add_argument("--title", help="report title (default: <name>: <study>)")
+    p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
     p.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B (offline without API key)")
     p.add_argument("--wandb-project", default="bench")
     p.add_argument("--wandb-dir", help="W&B run directory (default: <out>/wandb)")
@@ -120,7 +121,8 @@ def provenance(df: pd.DataFrame, sources: list[Source], command: str, plan) -> l
 
 
 def build_report(results: list[str], out: str | None = None, *, rows=None, cols=None, metric=None, kind=None,
-                 split_by=None, where=None, title=None, command: str | None = None) -> tuple[Report, Path]:
+                 split_by=None, where=None, title=None, command: str | None = None, plots: bool = True
+                 ) -> tuple[Report, Path]:
     """Read rows, check them, and write the report to a temp dir that replaces `out` only when all went well."""
     df, sources = load(results)
     df = _where(df, where)
@@ -143,7 +145,7 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        report.figures = make_plots(df, plan, tmp / "plots")
+        report.figures = make_plots(df, plan, tmp / "plots") if plots else []
         write_all(report, tmp)
         _swap(tmp, out_dir)
     except BaseException:
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         report, out = build_report(args.results, args.out, rows=o.get("rows"), cols=o.get("cols"),
                                    metric=o.get("metric"), kind=o.get("kind"), split_by=o.get("split_by"),
                                    where=o.get("where"), title=o.get("title"),
-                                   command="bench-report " + shlex.join(argv))
+                                   command="bench-report " + shlex.join(argv), plots=not args.no_plots)
         for n in report.notes:
             print(f"note: {n}", file=sys.stderr)
         print(f"wrote {out}/report.md, report.tex, report.html, {len(report.csvs)} CSV, {len(report.figures)} plots")

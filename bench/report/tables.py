@@ -109,8 +109,8 @@ def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None
                               f"--rows/--cols/--split-by; add it or filter with --where {f}=...")
         plan.rows.append(f)
         plan.notes.append(f"{f} varies too, so it was added to the rows")
-    if not plan.rows and not plan.cols:
-        plan.rows = ["name"] if "name" in df else ["cell_key"]
+    if not plan.rows:  # one varying factor (or none): rows of that factor × metric columns
+        plan.rows, plan.cols = plan.cols or (["name"] if "name" in df else ["cell_key"]), []
     plan.metrics = _pick_metrics(ok, metrics, plan)
     return plan
 

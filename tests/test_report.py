@@ -1,0 +1,240 @@
+"""bench-report on synthetic rows in the documented row format (tests/fixtures/report_rows.py)."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from report_rows import row, study, write  # noqa: E402
+
+from bench.report import ReportError, build_report, main  # noqa: E402
+from bench.report.load import load  # noqa: E402
+from bench.report.tables import build_tables, decimals, plan_study  # noqa: E402
+
+
+def tables_for(tmp_path, data, **kw):
+    path = write(tmp_path / "runs", data)
+    df, _ = load([str(path)])
+    plan = plan_study(df, kw.pop("kind", "auto"), kw.pop("rows", None), kw.pop("cols", None), kw.pop("metric", None),
+                      kw.pop("split_by", []))
+    return plan, *build_tables(df, plan)
+
+
+# ---------------------------------------------------------------- pivoting
+
+def test_pivot_places_row_values_in_their_cells(tmp_path):
+    rows = [row(sampler=s, steps=n, fid=f) for (s, n), f in
+            {("ddim", 10): 12.3456, ("ddim", 20): 7.891, ("heun", 10): 9.5, ("heun", 20): 8.004}.items()]
+    plan, tables, csvs = tables_for(tmp_path, rows, metric=["fid"])
+    assert (plan.kind, plan.rows, plan.cols) == ("steps", ["sampler"], ["num_inference_steps"])
+    t = tables[0]
+    assert t.header == ["sampler \\ steps", "10", "20"]
+    assert [[c.text for c in r] for r in t.body] == [["ddim", "12.35", "7.89"], ["heun", "9.50", "8.00"]]
+    assert [[c.best for c in r] for r in t.body] == [[False, False, True], [False, True, False]]
+
+
+def test_repeats_aggregate_to_mean_std_n(tmp_path):
+    rows = [row(steps=10, seed=s, fid=f) for s, f in [(0, 10.0), (1, 12.0), (2, 14.5)]] + [row(steps=20, fid=6.0)]
+    _, tables, csvs = tables_for(tmp_path, rows, metric=["fid"])
+    sd = statistics.stdev([10.0, 12.0, 14.5])
+    assert tables[0].header == ["steps", "FID ↓"]  # one factor: rows of it
+    assert tables[0].body[0][1].text == f"{12.1666666:.2f} ± {sd:.2f} (n=3)"  # n differs across cells → shown
+    assert tables[0].body[1][1].text == "6.00 (n=1)"
+    c = csvs["fid"].set_index("num_inference_steps")
+    assert c.loc[10, "fid"] == pytest.approx(36.5 / 3) and c.loc[10, "fid_std"] == pytest.approx(sd)
+    assert c.loc[10, "n"] == 3
+
+
+def test_best_marks_higher_for_is_and_ties(tmp_path):
+    rows = [row(sampler="ddim", steps=10, **{"is": 9.001}), row(sampler="heun", steps=10, **{"is": 9.004}),
+            row(sampler="ddpm", steps=10, **{"is": 5.0})]
+    _, tables, _ = tables_for(tmp_path, rows, metric=["is"])
+    assert {r[0].text: r[1].best for r in tables[0].body} == {"ddim": True, "ddpm": False, "heun": True}
+
+
+def test_one_factor_study_gives_one_metrics_table(tmp_path):
+    plan, tables, csvs = tables_for(tmp_path, study("guidance"))
+    assert (plan.kind, plan.rows, plan.cols) == ("guidance", ["guidance_scale"], [])
+    assert len(tables) == 1 and tables[0].header[0] == "guidance scale"
+    assert tables[0].header[1:] == ["FID ↓", "KID ×10³ ↓", "IS ↑", "latency p50 (ms/img) ↓"]
+    assert [r[0].text for r in tables[0].body] == ["0", "1", "1.5", "2", "3", "5", "7.5"]
+    assert set(csvs) == {"fid", "kid", "is", "latency_p50"}
+
+
+@pytest.mark.parametrize("kind,rows,cols", [("eta", ["eta"], ["num_inference_steps"]),
+                                            ("distill", ["method"], ["num_inference_steps"]),
+                                            ("steps", ["sampler"], ["num_inference_steps"])])
+def test_auto_kind(tmp_path, kind, rows, cols):
+    plan, _, _ = tables_for(tmp_path, study(kind))
+    assert (plan.kind, plan.rows, plan.cols) == (kind, rows, cols)
+
+
+def test_unplanned_varying_factor_is_added_or_refused(tmp_path):
+    rows = [row(steps=10, timestep_spacing=s, fid=f) for s, f in [("leading", 9.0), ("trailing", 8.0)]]
+    plan, tables, _ = tables_for(tmp_path, rows, metric=["fid"])
+    assert plan.rows == ["timestep_spacing"] and len(tables[0].body) == 2  # never averaged together
+    with pytest.raises(ReportError, match="timestep_spacing varies within table cells"):
+        tables_for(tmp_path, rows, rows=["sampler"], cols=["num_inference_steps"])
+
+
+def test_failed_cells_are_marked_not_averaged(tmp_path):
+    _, tables, _ = tables_for(tmp_path, study("steps"), metric=["fid"])
+    euler = next(r for r in tables[0].body if r[0].text == "euler")
+    assert [c.text for c in euler[1:]] == ["failed", "—", "—", "—"]
+
+
+# ---------------------------------------------------------------- formatting
+
+def test_decimals_are_fixed_per_column():
+    assert decimals("fid", [123.4, 0.5]) == 2
+    assert decimals("swd", [0.5, 0.0123]) == 3  # 3 significant digits of the largest, 2 of the smallest
+    assert decimals("mmd", [0.00042]) == 6
+
+
+def test_outputs_markdown_latex_csv_html(tmp_path):
+    write(tmp_path / "runs", study("steps", seeds=(0, 1)), grids=True)
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--metric", "fid"]) == 0
+    md, tex = (out / "report.md").read_text(), (out / "report.tex").read_text()
+    df, _ = load([str(tmp_path / "runs")])
+    ok = df[(df.status == "ok") & (df.sampler == "dpmpp") & (df.num_inference_steps == 5)]
+    mean, sd = ok.fid.mean(), ok.fid.std()
+    assert f"**{mean:.2f} ± {sd:.2f}**" in md  # dpmpp is the best sampler at 5 steps in the fixture
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\textbf{", "$\\pm$", "\\begin{tabular}{lrrrr}"):
+        assert rule in tex
+    assert "Published (CIFAR-10, Inception FID — shapes only, not comparable values)" in md
+    assert "## Failed cells" in md and "NonFiniteError" in md
+    assert f"bench-report {tmp_path / 'runs'} --out {out} --metric fid" in md  # regenerating command
+    back = pd.read_csv(out / "table_fid.csv")
+    got = back[(back.sampler == "dpmpp") & (back.num_inference_steps == 5)].iloc[0]
+    assert got.fid == mean and got.fid_std == pytest.approx(sd) and got.n == 2  # exact float round trip
+    html = (out / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') == 3 and "<b>" in html
+    for stem in ("fid_vs_nfe", "fid_vs_latency", "grids"):
+        assert (out / "plots" / f"{stem}.png").stat().st_size > 1000 and (out / "plots" / f"{stem}.pdf").exists()
+
+
+def test_regeneration_is_byte_for_byte(tmp_path):
+    write(tmp_path / "runs", study("eta"), grids=True)
+    out = tmp_path / "rep"
+    args = [str(tmp_path / "runs"), "--out", str(out)]
+    assert main(args) == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(args) == 0
+    second = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert first.keys() == second.keys()
+    for name in first:  # tables must match; plots match too on one machine (dates stripped)
+        assert first[name] == second[name], name
+
+
+def test_split_by_gives_titled_tables(tmp_path):
+    rows = [row(steps=10, fid=9.0), row(steps=20, fid=7.0),
+            row(steps=10, seed=1, fid=3.0, feature_net="inception", feature_net_hash="ffff")]
+    _, tables, csvs = tables_for(tmp_path, rows, metric=["fid"], split_by=["feature_net_hash"])
+    assert [t.title for t in tables] == ["FID by steps — feature_net_hash=a1b2c3d4e5f6",
+                                         "FID by steps — feature_net_hash=ffff"]
+    assert [[c.text for c in r] for r in tables[1].body] == [["10", "3.00"]]
+    assert list(csvs["fid"].columns) == ["feature_net_hash", "num_inference_steps", "fid", "fid_std", "n"]
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("setting,value", [("feature_net_hash", "ffff"), ("num_samples", 1000), ("resize", "bicubic"),
+                                           ("ref_hash", "eeee")])
+def test_mixed_metric_settings_refused(tmp_path, setting, value):
+    rows = [row(steps=10, fid=9.0), row(steps=20, fid=7.0, **{setting: value})]
+    with pytest.raises(ReportError, match=f"column fid mixes {setting} .*--split-by {setting}"):
+        tables_for(tmp_path, rows, metric=["fid"])
+
+
+def test_mixed_hardware_refused_for_latency(tmp_path):
+    rows = [row(steps=10), row(steps=20, hardware="NVIDIA H100")]
+    with pytest.raises(ReportError, match="column latency_p50 mixes hardware"):
+        tables_for(tmp_path, rows, metric=["latency_p50"])
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("", "empty results file"),
+    ("\n\n", "empty results file"),
+    ("a,b,c\n1,2,3\n", "not JSON Lines"),
+    ('{"loss": 0.1, "step": 3}\n', "not a bench results row \\(missing schema_version, cell_key, status\\)"),
+    ("[1, 2]\n", "not a bench results row"),
+])
+def test_empty_or_foreign_file(tmp_path, capsys, content, msg):
+    (tmp_path / "results.jsonl").write_text(content)
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "results.jsonl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ReportError: ") and err.count("\n") == 1
+    assert pytest.importorskip("re").search(msg, err)
+    assert not out.exists() and not list(tmp_path.glob(".rep*"))  # nothing written
+
+
+def test_missing_metric_and_columns(tmp_path):
+    rows = [row(steps=10), row(steps=20)]
+    with pytest.raises(ReportError, match="no ok row has metric 'clip_score'"):
+        tables_for(tmp_path, rows, metric=["clip_score"])
+    partial = [row(steps=10), {k: v for k, v in row(steps=20).items() if k != "fid"}]
+    with pytest.raises(ReportError, match="column fid missing in 1 of 2 ok rows"):
+        tables_for(tmp_path, partial, metric=["fid"])
+    plan, _, _ = tables_for(tmp_path, partial)  # auto: skip the incomplete metric, say so
+    assert "fid" not in plan.metrics and any("fid skipped" in n for n in plan.notes)
+    with pytest.raises(ReportError, match="column 'solver' is not in the result rows"):
+        tables_for(tmp_path, rows, rows=["solver"])
+
+
+def test_all_failed_and_bad_paths(tmp_path):
+    write(tmp_path / "runs", [row(status="failed")])
+    with pytest.raises(ReportError, match="no row has status 'ok'"):
+        build_report([str(tmp_path / "runs")], str(tmp_path / "rep"))
+    with pytest.raises(ReportError, match="no such file or directory"):
+        build_report([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="directory has no results.jsonl"):
+        build_report([str(tmp_path / "empty")])
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    write(tmp_path / "runs", [row(steps=10), row(steps=20)])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("x = 1\n")
+    with pytest.raises(ReportError, match="not a bench report directory"):
+        build_report([str(tmp_path / "runs")], str(tmp_path / "src"), plots=False)
+    assert (tmp_path / "src" / "main.py").read_text() == "x = 1\n"
+
+
+def test_later_ok_row_supersedes_failed_attempt_and_where_filters(tmp_path):
+    failed = row(steps=10, status="failed")
+    ok = row(steps=10, fid=5.0, cell_key=failed["cell_key"])  # the same cell re-run after a failure
+    rows = [failed, ok, row(steps=20, fid=4.0), row(sampler="heun", steps=20, fid=3.0)]
+    _, tables, _ = tables_for(tmp_path, rows, metric=["fid"])
+    assert [c.text for c in tables[0].body[0]] == ["ddim", "5.00", "4.00"]
+    report, _ = build_report([str(tmp_path / "runs")], str(tmp_path / "rep"), plots=False)
+    assert report.failed is None
+    report, _ = build_report([str(tmp_path / "runs")], str(tmp_path / "rep"), where=["sampler=heun"], plots=False)
+    assert len(report.tables[0].body) == 1 and report.tables[0].body[0][1].text == "3.00"
+
+
+def test_report_config_file(tmp_path):
+    write(tmp_path / "runs", study("eta"))
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("rows: [num_inference_steps]\ncols: [eta]\nmetric: [fid]\ntitle: My eta study\n")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--config", str(cfg), "--no-plots"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.startswith("# My eta study") and "| steps \\ η" in md and not (tmp_path / "rep" / "table_kid.csv").exists()
+
+
+def test_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    write(tmp_path / "runs", study("guidance"))
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--wandb", "--no-plots"]) == 0
+    runs = list((out / "wandb").rglob("*.wandb"))
+    assert runs and runs[0].stat().st_size > 0
