@@ -238,3 +238,21 @@ def test_wandb_offline(tmp_path, monkeypatch):
     assert main([str(tmp_path / "runs"), "--out", str(out), "--wandb", "--no-plots"]) == 0
     runs = list((out / "wandb").rglob("*.wandb"))
     assert runs and runs[0].stat().st_size > 0
+
+
+def test_two_sweeps_or_models_are_not_averaged_as_seeds(tmp_path):
+    rows = [row(name="a", steps=10, fid=9.0), row(name="b", steps=10, fid=5.0),
+            row(name="a", steps=20, fid=7.0, model_key="other"), row(name="a", steps=20, fid=6.0)]
+    plan, tables, _ = tables_for(tmp_path, rows, metric=["fid"])
+    assert set(plan.rows) >= {"name", "model_key"}
+    assert all("±" not in c.text for t in tables for r in t.body for c in r)
+
+
+def test_reads_rows_written_by_bench_results(tmp_path):
+    results = pytest.importorskip("bench.results")
+    for r in study("eta"):
+        r.pop("schema_version")
+        assert results.append_row(tmp_path / "sweep", r)
+    report, _ = build_report([str(tmp_path / "sweep")], str(tmp_path / "rep"), plots=False)
+    assert [t.name for t in report.tables] == ["fid", "kid", "is", "latency_p50"]
+    assert report.tables[0].header == ["η \\ steps", "10", "20", "50"]

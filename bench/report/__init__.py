@@ -133,7 +133,7 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     command = command or "bench-report " + shlex.join(results + (["--out", str(out)] if out else []))
     var = set(varying(df))
     fixed = [(label(f), fmt_value(df[f].iloc[0])) for f in FACTORS
-             if f in df and f not in var and f != "method" and norm(df[f].iloc[0]) is not None]
+             if f in df and f not in var and f not in ("name", "method", "model_key") and norm(df[f].iloc[0]) is not None]
     n_ok = int((df["status"] == "ok").sum())
     summary = (f"Study: {KIND_TITLES[plan.kind]} (--kind {plan.kind}); {n_ok} ok rows, "
                f"{len(df) - n_ok} failed, from {len(sources)} results file{'s' * (len(sources) != 1)}. "

@@ -8,16 +8,23 @@ import pandas as pd
 
 from .load import ReportError, fmt_value, norm, sort_key
 
-# Coordinates of a cell (what a sweep varies). `seed` is not one: rows differing only in seed are repeats.
-FACTORS = ("data", "model", "objective", "schedule", "sampler", "method", "eta", "timestep_spacing",
-           "num_inference_steps", "guidance_scale", "distill_method", "distill_steps", "batch_size", "train_steps")
+# Coordinates of a cell (what a sweep varies). `seed` is not one: rows differing only in seed are repeats. `name`
+# and `model_key` are, so two sweeps or two trained models are never averaged together as if they were seeds.
+FACTORS = ("name", "data", "model", "objective", "schedule", "sampler", "method", "eta", "timestep_spacing",
+           "num_inference_steps", "guidance_scale", "distill_method", "distill_steps", "batch_size", "train_steps",
+           "model_key")
 QUALITY = ("fid", "kid", "is", "clip_score", "swd", "mmd")
 COST = ("latency_p50", "latency_p95", "images_per_s", "peak_mem_mb", "nfe", "wall_s")
 DEFAULT_METRICS = QUALITY + ("latency_p50",)
 HIGHER_IS_BETTER = {"is", "clip_score", "images_per_s"}
 # Every choice that moves a score must be equal down a column, else the column mixes incomparable numbers.
-SETTINGS = {m: ("feature_net", "feature_net_hash", "resize", "ref_id", "ref_hash", "n_ref", "num_samples")
-            for m in QUALITY}
+# (Columns as written by bench.metrics.scorer; absent ones are skipped.)
+_IMAGE = ("feature_net", "feature_net_hash", "resize", "quantize", "ref_id", "ref_hash", "n_ref", "num_samples",
+          "repeats")
+_TOY = ("n_ref", "num_samples")  # toy2d ref_id carries the seed (fresh true samples per seed): not a setting
+SETTINGS = {"fid": _IMAGE + ("fid_n",), "kid": _IMAGE + ("kid_subset_size",), "is": _IMAGE + ("is_splits",),
+            "clip_score": ("clip_net", "clip_net_hash", "feature_net_hash", "resize", "num_samples"),
+            "swd": _TOY + ("swd_projections",), "mmd": _TOY + ("mmd_bandwidth_rule",)}
 SETTINGS.update({m: ("hardware", "device") for m in COST})
 LABELS = {"fid": "FID", "kid": "KID ×10³", "is": "IS", "clip_score": "CLIP score", "swd": "SWD", "mmd": "MMD",
           "latency_p50": "latency p50 (ms/img)", "latency_p95": "latency p95 (ms/img)", "images_per_s": "images/s",
