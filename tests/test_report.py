@@ -139,7 +139,7 @@ def test_split_by_gives_titled_tables(tmp_path):
     assert [t.title for t in tables] == ["FID by steps — feature_net_hash=a1b2c3d4e5f6",
                                          "FID by steps — feature_net_hash=ffff"]
     assert [[c.text for c in r] for r in tables[1].body] == [["10", "3.00"]]
-    assert list(csvs["fid"].columns) == ["feature_net_hash", "num_inference_steps", "fid", "fid_std", "n"]
+    assert list(csvs["fid"].columns) == ["feature_net_hash", "num_inference_steps", "fid", "fid_std", "fid_ci95", "n"]
 
 
 # ---------------------------------------------------------------- bad input
@@ -256,3 +256,14 @@ def test_reads_rows_written_by_bench_results(tmp_path):
     report, _ = build_report([str(tmp_path / "sweep")], str(tmp_path / "rep"), plots=False)
     assert [t.name for t in report.tables] == ["fid", "kid", "is", "latency_p50"]
     assert report.tables[0].header == ["η \\ steps", "10", "20", "50"]
+
+
+def test_ci95_option(tmp_path):
+    rows = [row(steps=10, seed=s, fid=f) for s, f in [(0, 10.0), (1, 12.0), (2, 14.0)]] + \
+        [row(steps=20, seed=s, fid=f) for s, f in [(0, 5.0), (1, 6.0), (2, 7.0)]]
+    write(tmp_path / "runs", rows)
+    report, out = build_report([str(tmp_path / "runs")], str(tmp_path / "rep"), metric="fid", err="ci95", plots=False)
+    half = 4.302652729911275 * 2.0 / 3 ** 0.5  # t(0.975, 2) · s / √n
+    assert report.tables[0].body[0][1].text == f"12.00 ± {half:.2f}"
+    assert "95% CI" in report.tables[0].notes[0]
+    assert pd.read_csv(out / "table_fid.csv")["fid_ci95"][0] == pytest.approx(half)

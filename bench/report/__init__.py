@@ -27,6 +27,9 @@ from .tables import FACTORS, KIND_TITLES, KINDS, build_tables, label, plan_study
 __all__ = ["ReportError", "build_report", "main"]
 
 
+CONFIG_KEYS = ("rows", "cols", "metric", "kind", "title", "split_by", "where", "err")
+
+
 def _csv(s: str | None) -> list[str] | None:
     if s is None:
         return None
@@ -37,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench-report", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="results.jsonl files or directories holding them (sweep roots)")
     p.add_argument("--out", help="output directory (default: reports/<name>)")
-    p.add_argument("--config", help="report config YAML (keys: rows, cols, metric, kind, title, split_by, where); "
+    p.add_argument("--config", help="report config YAML (keys: rows, cols, metric, kind, title, split_by, where, err); "
                    "command-line options win")
     p.add_argument("--rows", help="comma-separated row factors, e.g. sampler")
     p.add_argument("--cols", help="comma-separated column factors, e.g. num_inference_steps ('none' = a metrics table)")
@@ -45,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS, help="study kind (default auto: from which columns vary)")
     p.add_argument("--split-by", help="comma-separated settings to split tables by, e.g. feature_net_hash")
     p.add_argument("--where", action="append", default=None, metavar="KEY=VALUE", help="keep rows with KEY=VALUE")
+    p.add_argument("--err", choices=("std", "ci95"), help="± over repeated seeds: std (default) or 95%% CI")
     p.add_argument("--title", help="report title (default: <name>: <study>)")
     p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
     p.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B (offline without API key)")
@@ -62,16 +66,15 @@ def _options(args: argparse.Namespace) -> dict:
             opts = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True) or {}
         except Exception as e:
             raise ReportError(f"--config {args.config}: cannot read ({type(e).__name__}: {e})".splitlines()[0]) from None
-        unknown = set(opts) - {"rows", "cols", "metric", "kind", "title", "split_by", "where"}
+        unknown = set(opts) - set(CONFIG_KEYS)
         if unknown:
-            raise ReportError(f"--config {args.config}: unknown keys {sorted(unknown)}; allowed: rows, cols, metric, "
-                              "kind, title, split_by, where")
+            raise ReportError(f"--config {args.config}: unknown keys {sorted(unknown)}; allowed: {', '.join(CONFIG_KEYS)}")
         if isinstance(opts.get("where"), str):
             opts["where"] = [opts["where"]]
         for k in ("rows", "cols", "metric", "split_by"):
             if isinstance(opts.get(k), list):
                 opts[k] = ",".join(map(str, opts[k])) if opts[k] else "none"
-    for k in ("rows", "cols", "metric", "kind", "title", "split_by", "where"):
+    for k in CONFIG_KEYS:
         v = getattr(args, k)
         if v is not None:
             opts[k] = v
@@ -121,12 +124,12 @@ def provenance(df: pd.DataFrame, sources: list[Source], command: str, plan) -> l
 
 
 def build_report(results: list[str], out: str | None = None, *, rows=None, cols=None, metric=None, kind=None,
-                 split_by=None, where=None, title=None, command: str | None = None, plots: bool = True
+                 split_by=None, where=None, title=None, err=None, command: str | None = None, plots: bool = True
                  ) -> tuple[Report, Path]:
     """Read rows, check them, and write the report to a temp dir that replaces `out` only when all went well."""
     df, sources = load(results)
     df = _where(df, where)
-    plan = plan_study(df, kind or "auto", _csv(rows), _csv(cols), _csv(metric), _csv(split_by) or [])
+    plan = plan_study(df, kind or "auto", _csv(rows), _csv(cols), _csv(metric), _csv(split_by) or [], err or "std")
     tables, csvs = build_tables(df, plan)
     names = sorted({str(v) for v in df.get("name", []) if norm(v) is not None}) or ["report"]
     out_dir = Path(out) if out else Path("reports") / "+".join(names)
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         o = _options(args)
         report, out = build_report(args.results, args.out, rows=o.get("rows"), cols=o.get("cols"),
                                    metric=o.get("metric"), kind=o.get("kind"), split_by=o.get("split_by"),
-                                   where=o.get("where"), title=o.get("title"),
+                                   where=o.get("where"), title=o.get("title"), err=o.get("err"),
                                    command="bench-report " + shlex.join(argv), plots=not args.no_plots)
         for n in report.notes:
             print(f"note: {n}", file=sys.stderr)

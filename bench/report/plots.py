@@ -46,7 +46,7 @@ def _save(fig, plots: Path, stem: str, caption: str) -> Figure:
 
 
 def _slug(split: dict) -> str:
-    return "".join("__" + re.sub(r"[^A-Za-z0-9._=-]", "-", f"{k}={fmt_value(v)}") for k, v in split.items())
+    return "".join("__" + re.sub(r"[^A-Za-z0-9.-]", "-", f"{k}-{fmt_value(v)}") for k, v in split.items())
 
 
 def _series(ok: pd.DataFrame, plan: Plan, x: str, metric: str):

@@ -54,6 +54,7 @@ class Plan:
     cols: list[str]
     metrics: list[str]
     split_by: list[str] = field(default_factory=list)
+    err: str = "std"  # std | ci95: what ± shows where a cell has repeats
     notes: list[str] = field(default_factory=list)  # what auto did (shown under the tables and on stderr)
 
 
@@ -83,7 +84,7 @@ def has_distill(df: pd.DataFrame) -> bool:
     return "distill_method" in df and any(norm(v) not in (None, "none") for v in df["distill_method"])
 
 
-def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None, split_by=()) -> Plan:
+def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None, split_by=(), err="std") -> Plan:
     """Pick rows × columns from what varies (or take them from the command line), and check nothing else varies."""
     if kind not in KINDS:
         raise ReportError(f"--kind={kind!r} is not allowed: one of {', '.join(KINDS)}")
@@ -101,8 +102,10 @@ def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None
     auto_rows = {"steps": ["sampler"] if "sampler" in var else [], "eta": ["eta"], "guidance": ["guidance_scale"],
                  "distill": ["method"], "generic": []}[kind]
     auto_cols = [] if kind == "guidance" else [c for c in steps if c not in auto_rows]
+    if err not in ("std", "ci95"):
+        raise ReportError(f"--err={err!r} is not allowed: std or ci95")
     plan = Plan(kind, list(rows) if rows is not None else auto_rows, list(cols) if cols is not None else auto_cols,
-                [], list(split_by))
+                [], list(split_by), err)
     # Anything else that varies inside a cell would silently mix rows: add it to the rows (auto) or refuse.
     for f in var:
         keys = plan.split_by + plan.rows + plan.cols
@@ -183,15 +186,19 @@ def groups(df: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]
 
 
 def aggregate(ok: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    """Long form: keys…, mean, std (over repeats, ddof=1; else the row's own <metric>_std), n — sorted by keys."""
+    """Long form: keys…, mean, std (over repeats, ddof=1; else the row's own <metric>_std), ci95 (half-width of
+    the Student-t 95% interval of the mean over repeats), n — sorted by keys."""
+    from scipy.stats import t as student_t
+
     d = ok[ok[metric].notna()]
     recs = []
     for coords, g in groups(d, keys):
         vals = g[metric].astype(float)
         n = len(vals)
         std = float(vals.std(ddof=1)) if n > 1 else norm(g[f"{metric}_std"].iloc[0]) if f"{metric}_std" in g else None
-        recs.append({**coords, "mean": float(vals.mean()), "std": std, "n": n})
-    return pd.DataFrame(recs, columns=[*keys, "mean", "std", "n"])
+        ci = float(student_t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else None
+        recs.append({**coords, "mean": float(vals.mean()), "std": std, "ci95": ci, "n": n})
+    return pd.DataFrame(recs, columns=[*keys, "mean", "std", "ci95", "n"])
 
 
 def decimals(metric: str, values) -> int:
@@ -229,14 +236,21 @@ def _failed_coords(failed: pd.DataFrame, keys: list[str]) -> set:
     return {tuple(norm(r[k]) for k in keys) for _, r in failed.iterrows()}
 
 
-def _stats_note(longs: list[pd.DataFrame]) -> tuple[bool, str]:
+def _stats_note(longs: list[pd.DataFrame], err: str) -> tuple[bool, str]:
     ns = sorted({int(n) for lg in longs for n in lg["n"]})
+    what = "std" if err == "std" else "95% CI (Student t)"
     if ns == [1]:
-        own = any(lg["std"].notna().any() for lg in longs)
+        own = err == "std" and any(lg["std"].notna().any() for lg in longs)
         return False, ("± = the metric's own std (e.g. over KID subsets or metric repeats); " if own else "")
     if len(ns) == 1:
-        return False, f"mean ± std over n={ns[0]} seeds per cell; "
-    return True, "mean ± std over the n seeds of each cell; "
+        return False, f"mean ± {what} over n={ns[0]} seeds per cell; "
+    return True, f"mean ± {what} over the n seeds of each cell (no ± where n=1); " if err != "std" else \
+        "mean ± std over the n seeds of each cell; "
+
+
+def _err(r, plan: Plan, scale: float):
+    e = r["std"] if plan.err == "std" else r["ci95"]
+    return e * scale if e is not None and not pd.isna(e) else None
 
 
 def pivot_table(ok, failed, plan: Plan, metric: str, split: dict) -> Table:
@@ -245,7 +259,7 @@ def pivot_table(ok, failed, plan: Plan, metric: str, split: dict) -> Table:
     lg = aggregate(ok, keys, metric)
     scale = SCALE.get(metric, 1.0)
     d = decimals(metric, [v * scale for v in lg["mean"]])
-    show_n, note = _stats_note([lg])
+    show_n, note = _stats_note([lg], plan.err)
     cells = {tuple(norm(r[k]) for k in keys): r for _, r in lg.iterrows()}
     fails = _failed_coords(failed, keys)
     row_vals = sorted({k[:len(plan.rows)] for k in cells | dict.fromkeys(fails)}, key=lambda t: tuple(map(sort_key, t)))
@@ -259,8 +273,8 @@ def pivot_table(ok, failed, plan: Plan, metric: str, split: dict) -> Table:
             if r is None:
                 body[ri].append(Cell("failed" if rv + cv in fails else "—"))
             else:
-                std = r["std"] * scale if r["std"] is not None and not pd.isna(r["std"]) else None
-                body[ri].append(Cell(fmt_stat(r["mean"] * scale, std, int(r["n"]), d, show_n), ri in best))
+                body[ri].append(Cell(fmt_stat(r["mean"] * scale, _err(r, plan, scale), int(r["n"]), d, show_n),
+                                     ri in best))
     col_label = ", ".join(label(c) for c in plan.cols)
     header = [label(c) for c in plan.rows] + [", ".join(fmt_value(v) for v in cv) for cv in col_vals]
     if plan.cols:
@@ -276,7 +290,7 @@ def metrics_table(ok, failed, plan: Plan, split: dict) -> Table:
     """One-factor studies (e.g. guidance scale): rows × metrics, best per metric column in bold."""
     keys = plan.rows
     longs = {m: aggregate(ok, keys, m) for m in plan.metrics}
-    show_n, note = _stats_note(list(longs.values()))
+    show_n, note = _stats_note(list(longs.values()), plan.err)
     fails = _failed_coords(failed, keys)
     row_vals = sorted({tuple(norm(r[k]) for k in keys) for lg in longs.values() for _, r in lg.iterrows()} | fails,
                       key=lambda t: tuple(map(sort_key, t)))
@@ -291,8 +305,8 @@ def metrics_table(ok, failed, plan: Plan, split: dict) -> Table:
             if r is None:
                 body[ri].append(Cell("failed" if rv in fails else "—"))
             else:
-                std = r["std"] * scale if r["std"] is not None and not pd.isna(r["std"]) else None
-                body[ri].append(Cell(fmt_stat(r["mean"] * scale, std, int(r["n"]), d, show_n), ri in best))
+                body[ri].append(Cell(fmt_stat(r["mean"] * scale, _err(r, plan, scale), int(r["n"]), d, show_n),
+                                     ri in best))
     header = [label(c) for c in keys] + [f"{label(m)} {arrow(m)}" for m in plan.metrics]
     title = f"{', '.join(label(m) for m in plan.metrics)} by {' × '.join(label(c) for c in keys)}" + _split_title(split)
     notes = [note + "**bold** = best per column (arrow: ↓ lower / ↑ higher is better); "
@@ -305,7 +319,7 @@ def _split_title(split: dict) -> str:
 
 
 def _csv_frame(lg: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return lg.rename(columns={"mean": metric, "std": f"{metric}_std"})
+    return lg.rename(columns={"mean": metric, "std": f"{metric}_std", "ci95": f"{metric}_ci95"})
 
 
 def build_tables(df: pd.DataFrame, plan: Plan) -> tuple[list[Table], dict[str, pd.DataFrame]]:
