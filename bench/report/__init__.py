@@ -95,10 +95,7 @@ def _where(df: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
 
 
 def _uniq(df: pd.DataFrame, *cols: str, sep=" ") -> str:
-    if not all(c in df for c in cols):
-        return "—"
-    vals = sorted({tuple(norm(v) for v in r) for r in df[list(cols)].itertuples(index=False)},
-                  key=lambda t: tuple(map(sort_key, t)))
+    vals = sorted({tuple(norm(r.get(c)) for c in cols) for _, r in df.iterrows()}, key=lambda t: tuple(map(sort_key, t)))
     return "; ".join(sep.join(fmt_value(v) for v in t) for t in vals) or "—"
 
 
