@@ -4,6 +4,7 @@ Reports only read rows and saved artifacts; nothing here recomputes a score.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -44,8 +45,6 @@ def find_results(arg: str) -> list[Path]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    import hashlib
-
     try:
         data = path.read_bytes()
         text = data.decode("utf-8")

@@ -10,8 +10,9 @@ import jinja2
 import markupsafe
 import pandas as pd
 
+from .load import fmt_value
 from .plots import Figure
-from .tables import Cell, Table
+from .tables import Cell, Table, label
 
 
 @dataclass
@@ -169,8 +170,6 @@ def write_all(r: Report, out: Path) -> list[Path]:
 
 
 def failed_table(failed: pd.DataFrame, keys: list[str]) -> Table | None:
-    from .load import fmt_value
-
     if failed.empty:
         return None
     cols = [k for k in keys if k in failed] + [c for c in ("seed", "failed_step") if c in failed]
@@ -178,6 +177,4 @@ def failed_table(failed: pd.DataFrame, keys: list[str]) -> Table | None:
     for _, row in failed.iterrows():
         err = " ".join(str(row.get("error") or "").split())
         body.append([Cell(fmt_value(row[c])) for c in cols] + [Cell(err[:200] + ("…" if len(err) > 200 else ""))])
-    from .tables import label
-
     return Table("failed", "Failed cells", [label(c) for c in cols] + ["error"], len(cols) + 1, body)
