@@ -56,6 +56,8 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     ``class_labels[i]`` if given, else ``i % num_classes`` (num_classes > 0 and guidance_scale > 0).
     Raises NonFiniteError(step) on NaN/Inf after a step.
     """
+    if num_samples <= 0 or batch_size <= 0:
+        raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be > 0")
     device = torch.device(device)
     net = counting(model, cost)
     step_params = inspect.signature(scheduler.step).parameters
@@ -64,30 +66,29 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
     conditional = num_classes > 0 and guidance_scale > 0
     num_batches = -(-num_samples // batch_size)
-    bar = tqdm(total=num_samples, disable=not progress, desc=type(scheduler).__name__, unit="img")
-    for i0 in range(0, num_samples, batch_size):
-        i1 = min(i0 + batch_size, num_samples)
-        index = torch.arange(i0, i1)
-        labels = None
-        if conditional:
-            labels = (torch.as_tensor([class_labels[i] for i in range(i0, i1)]) if class_labels is not None
-                      else index % num_classes).long()
-        gens = image_generators(seed, i0, i1)
-        if "generator" in step_params:
-            step_kwargs["generator"] = gens
-        with torch.no_grad(), cost.batch(i1 - i0):
-            scheduler.set_timesteps(num_inference_steps, device=device)  # also resets multistep/Heun state
-            x = initial_noise(gens, shape).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
-            y = labels.to(device) if labels is not None else None
-            timesteps = scheduler.timesteps
-            for k, t in enumerate(timesteps):
-                tb = t.float().expand(x.shape[0]).to(device)
-                out = guided(net, scale(x, t), tb, y, guidance_scale, num_classes)
-                x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-                if not torch.isfinite(x).all():
-                    raise NonFiniteError(k, float(t), len(timesteps))
-            x = x.float().cpu()
-        bar.update(i1 - i0)
-        bar.set_postfix(batch=f"{i0 // batch_size + 1}/{num_batches}")
-        yield Batch(x=x, labels=labels, index=index)
-    bar.close()
+    with tqdm(total=num_samples, disable=not progress, desc=type(scheduler).__name__, unit="img") as bar:
+        for i0 in range(0, num_samples, batch_size):
+            i1 = min(i0 + batch_size, num_samples)
+            index = torch.arange(i0, i1)
+            labels = None
+            if conditional:
+                labels = (torch.as_tensor([class_labels[i] for i in range(i0, i1)]) if class_labels is not None
+                          else index % num_classes).long()
+            gens = image_generators(seed, i0, i1)
+            if "generator" in step_params:
+                step_kwargs["generator"] = gens  # row k's step noise from image k's generator (randn_tensor)
+            with torch.no_grad(), cost.batch(i1 - i0):
+                scheduler.set_timesteps(num_inference_steps, device=device)  # also resets multistep/Heun state
+                x = initial_noise(gens, shape).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
+                y = labels.to(device) if labels is not None else None
+                timesteps = scheduler.timesteps
+                for k, t in enumerate(timesteps):
+                    tb = t.float().expand(x.shape[0])
+                    out = guided(net, scale(x, t), tb, y, guidance_scale, num_classes)
+                    x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+                    if not torch.isfinite(x).all():
+                        raise NonFiniteError(k, float(t), len(timesteps))
+                x = x.float().cpu()
+            bar.update(i1 - i0)
+            bar.set_postfix(batch=f"{i0 // batch_size + 1}/{num_batches}")
+            yield Batch(x=x, labels=labels, index=index)
