@@ -28,3 +28,14 @@ def compose_cfg():
             return compose("bench", overrides=["experiment=smoke", "tracker=none", *overrides])
 
     return _compose
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls (~7x here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

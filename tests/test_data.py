@@ -8,6 +8,8 @@ from bench.data import (SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, BenchDat
                         shapes_class)
 from bench.schema import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _xs(ds):
     return torch.stack([ds[i][0] for i in range(len(ds))]), torch.stack([ds[i][1] for i in range(len(ds))])
@@ -152,6 +154,11 @@ def test_datamodule_flip_and_batches(compose_cfg):
     assert xb.shape == (16, 1, 8, 8) and yb.shape == (16,)
     xb2, _ = next(iter(BenchDataModule(cfg).train_dataloader()))
     assert torch.equal(xb, xb2)
+    # the batched fetch equals per-item reads (mirrors included)
+    idx = StepBatchSampler(len(dm.train_set), 16, int(cfg.train.seed)).batch(0)
+    assert any(i >= 1437 for i in idx) and any(i < 1437 for i in idx)
+    assert torch.equal(xb, torch.stack([dm.train_set[i][0] for i in idx]))
+    assert torch.equal(yb, torch.stack([dm.train_set[i][1] for i in idx]))
 
 
 def test_bad_names_fail_in_one_line(compose_cfg):

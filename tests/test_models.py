@@ -6,6 +6,8 @@ from bench.data import get_data_info
 from bench.models import MLPDenoiser, UNetDenoiser, build_model, num_params
 from bench.schema import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_default_unet_size_and_interface(compose_cfg):
     cfg = compose_cfg("experiment=default")  # the real default model: block_out_channels [32, 64] on digits 8x8

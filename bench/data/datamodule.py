@@ -6,7 +6,7 @@ from typing import Iterator
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
 class MirroredDataset(Dataset):
@@ -22,6 +22,32 @@ class MirroredDataset(Dataset):
         n = len(self.base)
         x, y = self.base[i % n]
         return (torch.flip(x, dims=[-1]) if i >= n else x), y
+
+    def get_batch(self, indices: list[int]):
+        idx = torch.as_tensor(indices)
+        n = len(self.base)
+        x, y = _fetch(self.base, (idx % n).tolist())
+        flip = (idx >= n).view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(flip, torch.flip(x, dims=[-1]), x), y
+
+
+def _fetch(ds: Dataset, indices: list[int]):
+    """One batch: ``ds.get_batch`` (one indexing op, in-memory data sets) or per-item reads + collate."""
+    get_batch = getattr(ds, "get_batch", None)
+    return get_batch(indices) if get_batch is not None else default_collate([ds[i] for i in indices])
+
+
+class _Batches(Dataset):
+    """Indexed by a list of indices (what the batch sampler yields), returns the whole batch."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, indices: list[int]):
+        return _fetch(self.ds, indices)
 
 
 class StepBatchSampler(Sampler):
@@ -83,5 +109,7 @@ class BenchDataModule(L.LightningDataModule):
         sampler = StepBatchSampler(len(self.train_set), int(self.cfg.train.batch_size), int(self.cfg.train.seed),
                                    start, rank, world)
         workers = int(self.cfg.data.num_workers)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
+        # batch_size=None: the sampler yields whole batches and _Batches fetches each in one go (in-memory data
+        # sets index their tensors once instead of 512 __getitem__ calls + collate)
+        return DataLoader(_Batches(self.train_set), sampler=sampler, batch_size=None, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())

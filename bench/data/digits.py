@@ -34,3 +34,6 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+    def get_batch(self, indices):
+        return self.x[indices], self.y[indices]

@@ -85,3 +85,6 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+    def get_batch(self, indices):
+        return self.x[indices], self.y[indices]

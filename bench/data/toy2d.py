@@ -54,3 +54,6 @@ class PointsDataset(Dataset):
 
     def __getitem__(self, i):
         return self.x[i], torch.tensor(-1, dtype=torch.int64)
+
+    def get_batch(self, indices):
+        return self.x[indices], torch.full((len(indices),), -1, dtype=torch.int64)
