@@ -5,7 +5,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from bench.data import get_data_info

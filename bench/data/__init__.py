@@ -2,7 +2,9 @@
 
 One entry point per question: :func:`get_data_info` (what the data looks like, cheap), :func:`build_dataset`
 (the items), :func:`sample_true` (toy2d's exact sampler), :class:`BenchDataModule` (training batches).
-Items are ``(x, y)``: ``x`` float32 in [-1, 1] (CHW images or (2,) points), ``y`` int64 label or -1.
+Items are ``(x, y)``: ``x`` float32, CHW images in [-1, 1] or (2,) toy points (standardised, ~unit std), ``y`` int64
+label or -1 (unlabelled). Labels stay in the items even when ``data.class_conditional`` is false; only
+``DataInfo.num_classes`` (what the model is conditioned on) drops to 0.
 """
 from __future__ import annotations
 

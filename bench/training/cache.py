@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def fit(cfg, info, workdir: str | os.PathLike, callbacks=()) -> DiffusionModule:
     trainer.fit(module, datamodule=BenchDataModule(cfg), ckpt_path=str(last) if last.exists() else None,
                 weights_only=True)
     if trainer.global_step and not (last.exists() and every and trainer.global_step % every == 0):
-        trainer.save_checkpoint(last)  # the final state, when the cadence did not just write it
+        trainer.save_checkpoint(last, weights_only=False)  # the final state, when the cadence did not just write it
     module.trained_steps = int(trainer.global_step)
     return module
 
