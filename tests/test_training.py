@@ -196,6 +196,32 @@ def test_interrupted_training_resumes_exactly(compose_cfg, bench_cache, tmp_path
         assert torch.equal(a, b), k
 
 
+def test_another_process_finishing_first_wins(compose_cfg, bench_cache, monkeypatch):
+    """If the final dir appears while we train (a process that bypassed the lock), keep theirs, drop ours."""
+    import shutil
+
+    import bench.training.cache as cache
+
+    cfg = compose_cfg(*CPU, "data=toy2d", "model=mlp", "train.max_steps=5", "data.num_train=256",
+                      "train.batch_size=64")
+    real_fit = cache.fit
+
+    def fit_then_race(cfg, info, workdir, callbacks=()):
+        module = real_fit(cfg, info, workdir, callbacks)
+        theirs = bench_cache / "models" / model_key(cfg)
+        theirs.mkdir()
+        cache._write_model_dir(module, cfg, info, theirs)
+        (theirs / "meta.json").write_text(json.dumps({**json.loads((theirs / "meta.json").read_text()),
+                                                      "train_seconds": 123.0}))
+        return module
+
+    monkeypatch.setattr(cache, "fit", fit_then_race)
+    model, info = load_or_train(cfg)
+    assert info["train_seconds"] == 123.0 and not partial_dir(cfg).exists()
+    assert model(torch.zeros(2, 2), torch.tensor([1.0, 2.0])).shape == (2, 2)
+    shutil.rmtree(bench_cache / "models")
+
+
 def test_flow_on_toy2d_reduces_loss(compose_cfg, bench_cache):
     cfg = compose_cfg(*CPU, "data=toy2d", "model=mlp", "objective=flow", "train.max_steps=300",
                       "train.batch_size=256", "train.lr=1e-3", "train.cond_drop_prob=0", "data.num_train=5000")
