@@ -99,7 +99,9 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
     first = [vals[0] for vals in sweeps.values()]
     hcfg = compose_cfg(base + first, return_hydra_config=True)
     if multirun or sweeps or str(hcfg.hydra.mode).endswith("MULTIRUN"):
-        params = OmegaConf.to_container(hcfg.hydra.sweeper.params or {}, resolve=False)
+        params = hcfg.hydra.sweeper.params or {}
+        if not isinstance(params, dict):
+            params = OmegaConf.to_container(params, resolve=False)
         cli_keys = {o.get_key_element() for o in parsed}
         for key, value in params.items():
             if key in cli_keys:

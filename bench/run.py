@@ -74,7 +74,7 @@ def run_cell(cfg: DictConfig) -> dict | None:
     return pipeline.run_cell(cfg, info, root, cell_key(cfg), cell_config(cfg))
 
 
-@hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
+@hydra.main(config_path=preflight.CONF_DIR, config_name="bench", version_base="1.3")
 def app(cfg: DictConfig) -> Any:
     return run_cell(cfg)
 

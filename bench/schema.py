@@ -84,7 +84,7 @@ class SamplerConfig:
     # sigma_max policy for sigma-space samplers (euler/heun) when alphas_cumprod[T-1] ~ 0 (cosine):
     # "clip" caps sigma_max at max_sigma, "error" refuses, "allow" keeps the huge value (logged).
     sigma_max_policy: str = "clip"
-    max_sigma: float = 80.0
+    max_sigma: float = 200.0  # above the linear schedule's 157, below cosine's 2e4
 
 
 @dataclass
