@@ -83,6 +83,9 @@ class Scorer:
             if not info.class_names or not info.num_classes:
                 raise ConfigError("metric.clip_score", True, "a captioned, text-conditioned data set (data=shapes)",
                                   f"data={cfg.data.name} has no captions to score against")
+            if m.clip_model == "offline" and cfg.data.name != "shapes":
+                raise ConfigError("metric.clip_score", True, "data=shapes with metric.clip_model=offline",
+                                  f"the offline CLIP only knows the shapes captions, not data={cfg.data.name}'s")
             if self.net.name == "clip":
                 self.clip = self.net
             else:
