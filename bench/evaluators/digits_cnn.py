@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from bench.evaluators import EvaluatorError
+from bench.evaluators import EvaluatorError, one_thread
 from bench.metrics.stats import quantize_uint8
 from bench.utils import atomic_write_json, config_hash, file_sha256
 
@@ -148,7 +148,8 @@ def load_digits_cnn(cfg, info=None) -> DigitsFeatureNet:
     root = Path(cfg.cache_dir) / "evaluators"
     path = root / f"digits_cnn-{key}"
     if not (path / "meta.json").exists():
-        model, meta = train_digits_cnn(data_cfg)
+        with one_thread():
+            model, meta = train_digits_cnn(data_cfg)
         if meta["test_accuracy"] < MIN_ACCURACY:
             raise EvaluatorError(f"digits_cnn reached held-out accuracy {meta['test_accuracy']:.4f} < "
                                  f"{MIN_ACCURACY} required; not cached (training config {TRAIN})")
