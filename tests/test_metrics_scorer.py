@@ -142,7 +142,8 @@ def test_imported_reference_stats(digits, tmp_path):
 
 def test_repeats_and_bootstrap_give_spread(digits):
     cfg, info, x, y = digits
-    row = score(compose("data=digits", "sampling.num_samples=360", "metric.repeats=3", "metric.kid_subset_size=100"),
+    # the runner samples repeats x num_samples images; block r = images [r N, (r + 1) N)
+    row = score(compose("data=digits", "sampling.num_samples=120", "metric.repeats=3", "metric.kid_subset_size=100"),
                 info, x)
     assert row["fid_repeats"] == 3 and row["fid_n"] == 120 and row["fid_std"] > 0 and row["n_gen"] == 360
     boot = score(compose("data=digits", "sampling.num_samples=360", "metric.bootstrap=20", "metric.kid_subset_size=100"),

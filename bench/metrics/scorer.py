@@ -8,8 +8,9 @@ et al. 2016) and, for captioned data, CLIPScore (Hessel et al. 2021) against cac
 Which scores: ``metric.name`` auto picks by data set — toy2d -> swd/mmd; digits -> digits-CNN FID/KID/IS
 ("digits-FID"); shapes -> FID/KID/IS on the offline CLIP's image embeddings (IS from its zero-shot logits over the
 48 captions) + CLIP score; folder -> Inception-v3. ``metric.name=inception`` forces Inception-v3.
-Uncertainty: ``metric.repeats`` = r > 1 splits the cell's images into r independent seed blocks (image i is in
-block i·r // num_samples) and reports the mean and std of r FIDs, each on N/r images (``fid_n``);
+Uncertainty: ``metric.repeats`` = r > 1: the runner samples r · num_samples images with disjoint per-image seeds;
+image i is in block i // num_samples, and the row holds the mean and std of r FIDs, each on N = num_samples images
+(``fid_n``; KID and IS use all r · N);
 ``metric.bootstrap`` = B > 0 resamples the generated features B times: ``fid_std`` and a 95 % percentile interval.
 """
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Scorer:
             return
         u8 = quantize_uint8(x)
         feats, logits = self.net(u8)
-        block = (batch.index.cpu().long() * self.repeats // max(self.num_samples, 1)).clamp(0, self.repeats - 1)
+        block = (batch.index.cpu().long() // self.num_samples).clamp(0, self.repeats - 1)
         for b in block.unique().tolist():
             self.blocks[b].update(feats[block == b])
         if logits is not None:

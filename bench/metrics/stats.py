@@ -17,8 +17,8 @@ QUANTIZE = "uint8"  # recorded beside every score: images are scored as a saved 
 
 
 def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] -> uint8 [0, 255], exactly as a saved PNG (diffusers' ``numpy_to_pil``)."""
-    return ((x.detach().float().clamp(-1, 1) / 2 + 0.5) * 255).round().to(torch.uint8)
+    """Model-space images in [-1, 1] -> uint8 [0, 255] (NCHW), bit-identical to what bench.pipeline saves as PNG."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 class FeatureStats:
