@@ -50,7 +50,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if args[0].shape != args[2].shape or args[1].shape != args[3].shape:
         raise ValueError(f"feature dims differ: mu {args[0].shape} vs {args[2].shape}, "
                          f"sigma {args[1].shape} vs {args[3].shape}")
-    with contextlib.redirect_stdout(io.StringIO()):  # clean-fid prints when it regularises a singular product
+    # clean-fid prints when it regularises a singular product, and passes scipy's deprecated sqrtm(disp=False)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
         return float(_fd(*args))
 
 
@@ -82,8 +84,9 @@ def inception_score(logits, splits: int = 10, seed: int = 0) -> tuple[float, flo
     with _seeded(seed):
         metric = InceptionScore(feature=_Precomputed(lg.shape[1]), splits=splits)
         metric.update(lg)
+        warnings.filterwarnings("ignore", message=".*degrees of freedom.*")
         mean, std = metric.compute()
-    return float(mean), float(std)
+    return float(mean), float(std) if splits > 1 else 0.0  # one split: no spread (torchmetrics gives NaN)
 
 
 def clip_score(image_embeds, text_embeds) -> torch.Tensor:

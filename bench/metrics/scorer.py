@@ -77,7 +77,8 @@ class Scorer:
         self.ref = get_reference(cfg, info, self.net) if (m.fid or m.kid) else None
         self.blocks = [FeatureStats() for _ in range(self.repeats)]
         self.logits: list[torch.Tensor] = []
-        self.want_clip = bool(m.clip_score) or (m.name == "auto" and cfg.data.name == "shapes")
+        # auto: CLIP score on shapes when the samples are text(caption)-conditioned; metric.clip_score=true insists
+        self.want_clip = bool(m.clip_score) or (m.name == "auto" and cfg.data.name == "shapes" and info.num_classes > 0)
         self.clip_scores: list[torch.Tensor] = []
         self.clip = None
         if self.want_clip:
