@@ -63,15 +63,40 @@ def fail(msg: str, root: Path | None = None, code: int = 2):
     sys.exit(code)
 
 
+def _fatal_errors() -> tuple[type[BaseException], ...]:
+    """Errors that stop the run with one `bench: error:` line (bad input found at run time: a corrupt cache file,
+    missing evaluator weights, reference statistics that do not match, a results file bench cannot read).
+    NaN/Inf and out-of-memory are not among them: those fail only their cell (a failed row) and the sweep goes on."""
+    from bench.evaluators import EvaluatorError
+    from bench.metrics.refstats import RefStatsError
+    from bench.pipeline import CellFailed
+    from bench.results import ResultsError
+    from bench.training.cache import ModelCacheError
+
+    return ConfigError, EvaluatorError, RefStatsError, ResultsError, ModelCacheError, CellFailed
+
+
+def _drop_unfinished_cell(root: Path, key: str) -> None:
+    """A cell stopped by a fatal error leaves no artifacts behind (a finished cell always has metrics.json)."""
+    cell = root / "cells" / key
+    if cell.is_dir() and not (cell / "metrics.json").exists():
+        shutil.rmtree(cell, ignore_errors=True)
+        try:
+            cell.parent.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
 def run_cell(cfg: DictConfig) -> dict | None:
     from bench import pipeline
 
-    root = results_root(cfg)
+    root, key = results_root(cfg), cell_key(cfg)
     try:
         info = pipeline.prepare(cfg)
-    except ConfigError as e:
+        return pipeline.run_cell(cfg, info, root, key, cell_config(cfg))
+    except _fatal_errors() as e:
+        _drop_unfinished_cell(root, key)
         fail(str(e), root)
-    return pipeline.run_cell(cfg, info, root, cell_key(cfg), cell_config(cfg))
 
 
 @hydra.main(config_path=preflight.CONF_DIR, config_name="bench", version_base="1.3")

@@ -51,6 +51,26 @@ def check_output_dir(path: str | os.PathLike, key: str = "out_dir") -> None:
         raise ConfigError(key, str(path), "a writable directory", f"{p} is not writable")
 
 
+def _check_metric_files(cfg, info) -> None:
+    """Local files the scores need, checked before training rather than after it (their contents are verified when
+    loaded: Inception's sha256, the reference statistics' arrays)."""
+    if cfg.metric.name == "none" or info.kind != "images":
+        return
+    from bench.evaluators import resolve_feature_net
+
+    if resolve_feature_net(cfg) == "inception":
+        from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE
+
+        given = cfg.metric.inception_weights or os.environ.get(ENV_VAR)
+        if not given or not Path(given).expanduser().is_file():
+            raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
+                              f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
+    ref = cfg.metric.reference_stats
+    if ref and not Path(ref).expanduser().is_file():
+        raise ConfigError("metric.reference_stats", ref, "a local .npz with mu/sigma or an ADM arr_0 batch",
+                          "file not found")
+
+
 def validate(cfg, info=None) -> None:
     """Raise ConfigError for the first bad value or combination in `cfg` (a composed BenchConfig)."""
     for key, allowed in ALLOWED.items():
@@ -88,3 +108,4 @@ def validate(cfg, info=None) -> None:
 
         info = get_data_info(cfg.data)
     check_guidance(cfg.sampling.guidance_scale, info.num_classes)
+    _check_metric_files(cfg, info)

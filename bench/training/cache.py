@@ -29,6 +29,24 @@ NOT_IN_KEY = {"data": ("num_workers",)}  # loader speed only: the batch order is
 WEIGHTS, CKPT = "model.safetensors", "last.ckpt"
 
 
+class ModelCacheError(RuntimeError):
+    """A cached model or resume checkpoint that cannot be read (corrupt, truncated, or pickling objects). Not
+    silently retrained: the error names the file to delete. ``str(err)`` is one line."""
+
+
+def _why(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _check_resumable(last: Path) -> None:
+    """Refuse a resume checkpoint that is not a readable weights-only file before Lightning trips over it."""
+    try:
+        torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelCacheError(f"{last}: cannot resume training from this checkpoint ({type(e).__name__}: {_why(e)}); "
+                              f"delete it to train from step 0") from None
+
+
 def key_config(cfg) -> dict:
     """The training-relevant config (resolved); ``model_key`` hashes it and ``config.yaml`` records it."""
     if cfg.model.pretrained:
@@ -70,6 +88,8 @@ def fit(cfg, info, workdir: str | os.PathLike, callbacks=()) -> DiffusionModule:
                         callbacks=[ckpt_cb, *callbacks], default_root_dir=str(workdir),
                         use_distributed_sampler=False, num_sanity_val_steps=0)
     last = workdir / CKPT
+    if last.exists():
+        _check_resumable(last)
     trainer.fit(module, datamodule=BenchDataModule(cfg), ckpt_path=str(last) if last.exists() else None,
                 weights_only=True)
     if trainer.global_step and not (last.exists() and every and trainer.global_step % every == 0):
@@ -81,7 +101,13 @@ def fit(cfg, info, workdir: str | os.PathLike, callbacks=()) -> DiffusionModule:
 def load_model_dir(path: str | os.PathLike, cfg, info, device: str | None = None) -> torch.nn.Module:
     """``build_model(cfg, info)`` with the weights of ``path/model.safetensors``, in eval mode on ``device``."""
     model = build_model(cfg, info)
-    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)
+    file = Path(path) / WEIGHTS
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # truncated / not safetensors / missing
+        raise ModelCacheError(f"{file}: cached model weights cannot be read ({type(e).__name__}: {_why(e)}); delete "
+                              f"{Path(path)} to train it again") from None
+    model.load_state_dict(state, strict=True)
     return model.eval().to(device or resolve_device(cfg.device))
 
 
