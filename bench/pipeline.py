@@ -192,6 +192,8 @@ def base_row(cfg: DictConfig, info, key: str, train_info: dict, root: Path, cell
         "num_params": train_info.get("num_params"),
         "distill_method": cfg.distill.method,
         "distill_steps": train_info.get("distill_steps"),
+        "distill_train_steps": train_info.get("distill_train_steps"),
+        "distill_seconds": train_info.get("distill_seconds"),
         **versions(),
         "device": device,
         "hardware": hardware(device),

@@ -165,14 +165,21 @@ class TrackerConfig:
 
 @dataclass
 class DistillConfig:
+    """Distillation of the trained (teacher) model into a few-step student (bench/distill). The student is sampled
+    with ``sampling.num_inference_steps``: progressive → DDIM at that count (rounds teacher_steps → … → it);
+    consistency → LCMScheduler at that count (≤ num_ddim_timesteps). Part of the student's cache key."""
+
     method: str = "none"  # none | progressive | consistency
-    teacher_steps: int = 64  # progressive: DDIM steps of the first teacher
-    student_steps: int = 4  # progressive: stop at this many steps; consistency: sampled with LCM at any steps
-    steps_per_round: int = 500
+    teacher_steps: int = 64  # progressive: DDIM steps of the first teacher; each round halves them
+    max_steps: int = 400  # training steps per round (progressive) / in all (consistency)
+    batch_size: int = 128
     lr: float = 5e-4
-    num_ddim_timesteps: int = 50  # consistency: skip-step schedule size
-    ema_decay: float = 0.95
-    guidance_scale: float = 1.0  # guidance-distilled student (w embedded); 1.0 = off
+    warmup_steps: int = 20
+    ema_decay: float = 0.95  # student EMA (consistency: also the target network θ⁻)
+    num_ddim_timesteps: int = 50  # consistency: skip-step grid size (skip k = T // num_ddim_timesteps)
+    guidance_scale: float = 1.0  # teacher guidance baked into the student (diffusers convention); 1.0 = none
+    loss: str = "l2"  # consistency: l2 | huber (pseudo-Huber, Song & Dhariwal 2023)
+    huber_c: float = 0.001
 
 
 @dataclass
@@ -187,7 +194,7 @@ class BenchConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: DistillConfig = MISSING
     name: str = "default"  # results go to ${out_dir}/${name}
     out_dir: str = "runs"
     cache_dir: str = "${oc.env:BENCH_CACHE,.cache/bench}"
@@ -203,6 +210,7 @@ GROUPS = {
     "sampler": SamplerConfig,
     "metric": MetricConfig,
     "tracker": TrackerConfig,
+    "distill": DistillConfig,
 }
 
 

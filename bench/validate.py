@@ -109,3 +109,6 @@ def validate(cfg, info=None) -> None:
         info = get_data_info(cfg.data)
     check_guidance(cfg.sampling.guidance_scale, info.num_classes)
     _check_metric_files(cfg, info)
+    from bench.distill import check_distill
+
+    check_distill(cfg, info.num_classes)

@@ -210,7 +210,7 @@ def test_another_process_finishing_first_wins(compose_cfg, bench_cache, monkeypa
         module = real_fit(cfg, info, workdir, callbacks)
         theirs = bench_cache / "models" / model_key(cfg)
         theirs.mkdir()
-        cache._write_model_dir(module, cfg, info, theirs)
+        cache.write_model_dir(module, cfg, info, theirs)
         (theirs / "meta.json").write_text(json.dumps({**json.loads((theirs / "meta.json").read_text()),
                                                       "train_seconds": 123.0}))
         return module

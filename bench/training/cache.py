@@ -11,6 +11,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -71,12 +72,14 @@ def partial_dir(cfg) -> Path:
     return models_root(cfg) / f".{model_key(cfg)}.partial"
 
 
-def fit(cfg, info, workdir: str | os.PathLike, callbacks=()) -> DiffusionModule:
-    """Train per ``cfg.train`` / ``cfg.trainer`` in ``workdir``, resuming ``workdir/last.ckpt`` when present."""
+def fit(cfg, info, workdir: str | os.PathLike, callbacks=(), module: DiffusionModule | None = None
+        ) -> DiffusionModule:
+    """Train ``module`` (default ``DiffusionModule(cfg, info)``; distillation passes its own) per ``cfg.train`` /
+    ``cfg.trainer`` in ``workdir``, resuming ``workdir/last.ckpt`` when present."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
-    module = DiffusionModule(cfg, info)
+    module = DiffusionModule(cfg, info) if module is None else module
     every = int(cfg.train.checkpoint_every)
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0,
                                                   every_n_train_steps=every if every > 0 else None)
@@ -111,17 +114,21 @@ def load_model_dir(path: str | os.PathLike, cfg, info, device: str | None = None
     return model.eval().to(device or resolve_device(cfg.device))
 
 
-def _write_model_dir(module: DiffusionModule, cfg, info, workdir: Path) -> dict:
+def write_model_dir(module: DiffusionModule, cfg, info, workdir: Path, key: str | None = None,
+                    config: dict | None = None, **extra) -> dict:
+    """model.safetensors (EMA weights), config.yaml (``config``, default :func:`key_config`) and meta.json (``extra``
+    added) of a trained module in ``workdir``; returns the meta."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.ema.state_dict().items()}
     save_file(state, str(workdir / WEIGHTS))
-    atomic_write_text(workdir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(key_config(cfg))))
+    config = key_config(cfg) if config is None else config
+    atomic_write_text(workdir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     losses = module.losses()
     chunk = max(1, len(losses) // 200)  # at most ~200 points of the curve in meta.json
     curve = [sum(losses[i:i + chunk]) / len(losses[i:i + chunk]) for i in range(0, len(losses), chunk)]
-    meta = {"model_key": model_key(cfg), "train_steps": module.trained_steps, "train_seconds": module.elapsed(),
+    meta = {"model_key": key or model_key(cfg), "train_steps": module.trained_steps, "train_seconds": module.elapsed(),
             "num_params": num_params(module.model), "data_id": info.id, "final_loss": curve[-1] if curve else None,
             "loss_curve": curve, "loss_curve_chunk": chunk, "created_at": datetime.now(timezone.utc).isoformat(),
-            "versions": {**versions(), "lightning": L.__version__}}
+            "versions": {**versions(), "lightning": L.__version__}, **extra}
     atomic_write_json(workdir / "meta.json", meta)
     return meta
 
@@ -135,7 +142,12 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode with EMA weights on ``cfg.device``, info) — from the cache, or trained and cached.
 
     info: model_key, path, train_steps, train_seconds, cached, num_params. ``model.pretrained`` set → that model,
-    loaded and never trained (cached=True, train_steps=0)."""
+    loaded and never trained (cached=True, train_steps=0). ``distill.method`` set → the distilled student of this
+    model (:func:`bench.distill.load_or_distill`; info adds distill_* keys)."""
+    if OmegaConf.select(cfg, "distill.method", default="none") != "none":
+        from bench.distill import load_or_distill
+
+        return load_or_distill(cfg)
     info = get_data_info(cfg.data)
     device = resolve_device(cfg.device)
     key = model_key(cfg)
@@ -143,16 +155,22 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
         model = build_model(cfg, info).eval().to(device)
         return model, {"model_key": key, "path": str(cfg.model.pretrained), "train_steps": 0, "train_seconds": 0.0,
                        "cached": True, "num_params": num_params(model)}
-    root = models_root(cfg)
+    final, meta, cached = cached_model_dir(
+        models_root(cfg), key, lambda work: write_model_dir(fit(cfg, info, work), cfg, info, work))
+    return load_model_dir(final, cfg, info, device), _train_info(cfg, final, meta, cached=cached)
+
+
+def cached_model_dir(root: Path, key: str, train: Callable[[Path], dict]) -> tuple[Path, dict, bool]:
+    """(``root/key``, its meta, cached). On a miss, ``train(workdir)`` fills ``root/.key.partial`` (resuming what an
+    interrupted run left there) and returns the meta; the directory is then renamed into place. A file lock makes
+    concurrent jobs wait for one training instead of repeating it."""
     final = root / key
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{key}.lock")):
         if (final / "meta.json").exists():
-            meta = json.loads((final / "meta.json").read_text())
-            return load_model_dir(final, cfg, info, device), _train_info(cfg, final, meta, cached=True)
-        work = partial_dir(cfg)
-        module = fit(cfg, info, work)
-        meta = _write_model_dir(module, cfg, info, work)
+            return final, json.loads((final / "meta.json").read_text()), True
+        work = root / f".{key}.partial"
+        meta = train(work)
         try:
             os.replace(work, final)
         except OSError:
@@ -160,4 +178,4 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
                 raise
             shutil.rmtree(work, ignore_errors=True)  # another process (without the lock) finished first: use theirs
             meta = json.loads((final / "meta.json").read_text())
-    return load_model_dir(final, cfg, info, device), _train_info(cfg, final, meta, cached=False)
+    return final, meta, False

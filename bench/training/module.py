@@ -38,15 +38,20 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x0, y = batch
         g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.cfg.train.seed, self.global_step))
-        labels = None
-        if self.info.num_classes:
-            drop = torch.rand(x0.shape[0], generator=g, device=x0.device) < float(self.cfg.train.cond_drop_prob)
-            labels = torch.where(drop, torch.full_like(y, self.info.num_classes), y)
+        labels = self.drop_labels(y, g)
         loss = obj.diffusion_loss(self.model, x0, labels, self.cfg.objective, self.cfg.schedule, g,
                                   self.alphas_cumprod)
         self.loss_history.append(loss.detach())
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def drop_labels(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
+        """Class labels with CFG dropout: each replaced by the null class with probability train.cond_drop_prob
+        (None for an unconditional model)."""
+        if not self.info.num_classes:
+            return None
+        drop = torch.rand(y.shape[0], generator=g, device=y.device) < float(self.cfg.train.cond_drop_prob)
+        return torch.where(drop, torch.full_like(y, self.info.num_classes), y)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
