@@ -73,9 +73,10 @@ def hardware(device: str) -> str:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW floats -> uint8 NHWC, the way a saved PNG quantises them."""
-    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """[-1, 1] NCHW floats -> uint8 NHWC, quantised exactly as the scorer sees them."""
+    from bench.metrics.stats import quantize_uint8
+
+    return quantize_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def write_grid(path: Path, images: np.ndarray) -> None:

@@ -17,7 +17,7 @@ QUANTIZE = "uint8"  # recorded beside every score: images are scored as a saved 
 
 
 def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] -> uint8 [0, 255] (NCHW), bit-identical to what bench.pipeline saves as PNG."""
+    """Model-space images in [-1, 1] -> uint8 [0, 255] (NCHW), also what bench.pipeline saves as PNG."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
