@@ -314,6 +314,47 @@ def test_pickle_bearing_checkpoints_are_refused(tmp_path):
     assert not marker.exists()
 
 
+
+def test_pickle_bearing_inception_weights_are_refused(tmp_path):
+    """Custom Inception weights (metric.inception_sha256 set to their digest) are loaded weights-only too: torch-fidelity
+    itself would unpickle them."""
+    import torch
+
+    from bench.evaluators import EvaluatorError
+    from bench.evaluators.inception import load_inception
+    from bench.utils import file_sha256
+
+    marker = Path("/tmp/bench-pickle-pwned")
+    marker.unlink(missing_ok=True)
+    weights = tmp_path / "inception.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "evil": _Payload()}, weights)
+    cfg = compose(*TOY, f"metric.inception_weights={weights}", f"metric.inception_sha256={file_sha256(weights)}")
+    with pytest.raises(EvaluatorError, match="is not a torch-fidelity Inception-v3 state dict .*Unpickl"):
+        load_inception(cfg)
+    assert not marker.exists()
+
+
+def test_pickle_bearing_pretrained_unet_is_refused(tmp_path):
+    """model.pretrained=<dir> holding a pickled .bin: diffusers loads it weights-only; the payload never runs."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from bench.models import load_pretrained_unet
+    from bench.schema import ConfigError
+
+    marker = Path("/tmp/bench-pickle-pwned")
+    marker.unlink(missing_ok=True)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1)
+    unet.save_pretrained(tmp_path, safe_serialization=False)
+    (tmp_path / "diffusion_pytorch_model.bin").unlink()
+    torch.save({**unet.state_dict(), "evil": _Payload()}, tmp_path / "diffusion_pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"model.pretrained=.*could not be loaded offline: Unable to load weights"):
+        load_pretrained_unet(str(tmp_path))
+    assert not marker.exists()
+
+
 if __name__ == "__main__":  # the driver: python tests/test_reliability.py sweep|train '<json spec>'
     _kind, _spec = sys.argv[1], json.loads(sys.argv[2])
     _report = (_sweep_driver if _kind == "sweep" else _train_driver)(_spec)

@@ -51,7 +51,7 @@ def missing_weights_message(given) -> str:
 
 
 def load_inception(cfg) -> InceptionFeatureNet:
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
 
     given = cfg.metric.inception_weights or os.environ.get(ENV_VAR)
     if not given or not Path(given).expanduser().is_file():
@@ -65,7 +65,11 @@ def load_inception(cfg) -> InceptionFeatureNet:
         raise EvaluatorError(f"metric.inception_weights={path} has sha256 {digest}, expected {expected} ({hint}); "
                              f"for other weights set metric.inception_sha256={digest}")
     try:
-        model = FeatureExtractorInceptionV3("inception-v3-compat", FEATURES, feature_extractor_weights_path=str(path))
+        # torch-fidelity loads the file with weights_only=False, unpickling anything a custom file holds:
+        # load tensors only here and hand them over through the hook it uses for downloaded weights
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: state):
+            model = fe.FeatureExtractorInceptionV3("inception-v3-compat", FEATURES)
     except Exception as e:  # a state dict of another architecture
         raise EvaluatorError(f"metric.inception_weights={path} is not a torch-fidelity Inception-v3 state dict "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
