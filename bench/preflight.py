@@ -77,6 +77,16 @@ def compose_cfg(overrides: list[str], return_hydra_config: bool = False):
         GlobalHydra.instance().clear()
 
 
+def _unparsable(parser, overrides: list[str]) -> str:
+    """The first override the grammar rejects, to name it in the error."""
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except Exception:
+            return o
+    return " ".join(overrides)
+
+
 def expand(argv: Iterable[str]) -> list[list[str]] | None:
     """The override list of every cell `bench argv` would run; None when argv asks Hydra for something else."""
     argv = list(argv)
@@ -88,7 +98,7 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
     try:
         parsed = parser.parse_overrides(overrides)
     except Exception as e:
-        raise CompositionError(_one_line(e)) from None
+        raise CompositionError(f"{_unparsable(parser, overrides)}: {_one_line(e)}") from None
     base, sweeps = [], {}
     for o in parsed:
         if o.is_sweep_override():

@@ -1,0 +1,338 @@
+"""The bad-input catalogue: each case runs the real CLI entry point (`bench.run.main`, in-process for speed; one case
+per kind also as a real subprocess) and checks the one-line message, the exit status and that nothing was written.
+
+Config-level errors fail in pre-flight, before Hydra writes anything. Run-time errors (a corrupt cache file, reference
+statistics that do not match, a results file bench cannot read) stop the run with one `bench: error:` line too and
+leave no half-written cell. NaN/Inf and out-of-memory fail only their cell: a failed row, and the sweep goes on.
+"""
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reliability_helpers import CACHE, DIGITS, TOY, bench, private_cache, rows, trained
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return trained(TOY)
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return trained(DIGITS)
+
+
+def cli(tmp_path, capsys, monkeypatch, *args, out=None):
+    """bench.run.main() with `args`: (exit status, stderr lines, results root)."""
+    from bench.run import main
+
+    out = Path(out or tmp_path / "runs")
+    monkeypatch.setattr(sys, "argv", ["bench", *args, f"out_dir={out}"])
+    capsys.readouterr()
+    code = 0
+    logging.root.handlers.clear()  # in-process Hydra runs leave handlers on streams pytest has closed since
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        logging.root.handlers.clear()
+    return code, capsys.readouterr().err.strip().splitlines(), out
+
+
+def assert_one_line_error(code, err, out, *fragments):
+    assert code == 2, err
+    errors = [line for line in err if line.startswith("bench: error:")]
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    assert not any("Traceback" in line for line in err), err
+    for f in fragments:
+        assert f in errors[0], (f, errors[0])
+    # nothing half-written: no results, no cell directories (config errors: no directory at all)
+    assert not list(out.rglob("results.jsonl")) and not list(out.rglob("metrics.json")) and not list(out.rglob("cells"))
+    return errors[0]
+
+
+# ------------------------------------------------------------------------------------------- config-level errors
+
+CONFIG_CASES = {
+    "unknown group value": (["sampler=foo"], ["sampler=foo is not allowed: one of", "ddim", "flow_euler"]),
+    "misspelt key": (["sampling.num_inferenc_steps=5"], ["no such key in SamplingConfig", "num_inference_steps"]),
+    "misspelt group": (["samplr=ddim"], ["samplr"]),
+    "wrong type": (["sampling.num_samples=many"], ["sampling.num_samples", "many"]),
+    "override syntax": (["sampler=[ddim"], ["sampler=[ddim"]),
+    "steps = 0": (["sampling.num_inference_steps=0"], ["sampling.num_inference_steps=0 is not allowed"]),
+    "steps > num_train_timesteps": (["sampling.num_inference_steps=2000"],
+                                    ["sampling.num_inference_steps=2000 is not allowed", "1000"]),
+    "negative guidance": (["sampling.guidance_scale=-1"], ["sampling.guidance_scale=-1", "a number >= 0"]),
+    "guidance on an unconditional model": (["experiment=toy2d", "hydra.mode=RUN", "sampling.guidance_scale=3"],
+                                           ["sampling.guidance_scale=3", "unconditional"]),
+    "flow sampler on an eps model": (["sampler=flow_euler"], ["sampler", "flow_euler", "objective"]),
+    "ddim on a flow model": (["objective=flow", "sampler=ddim"], ["sampler", "ddim", "flow"]),
+    "mlp on images": (["model=mlp"], ["model='mlp' is not allowed: model=unet for data=digits"]),
+    "batch_size = 0": (["sampling.batch_size=0"], ["sampling.batch_size=0 is not allowed: a positive number"]),
+    "ema_decay out of range": (["train.ema_decay=1.5"], ["train.ema_decay=1.5 is not allowed: a number in [0, 1)"]),
+    "folder without a path": (["data=folder"], ["data.path=None is not allowed"]),
+    "unknown feature network": (["metric.feature_net=vgg"], ["metric.feature_net='vgg' is not allowed", "inception"]),
+    "missing inception weights": (["metric=inception"], ["metric.inception_weights=None is not allowed",
+                                                         "weights-inception-2015-12-05", "BENCH_INCEPTION_WEIGHTS"]),
+    "missing reference stats": (["metric.reference_stats=/nonexistent/ref.npz"],
+                                ["metric.reference_stats='/nonexistent/ref.npz'", "file not found"]),
+    "bad value in the last cell of a sweep": (["-m", "sampling.num_inference_steps=2,3,-1"],
+                                              ["sampling.num_inference_steps=-1 is not allowed"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_config_error(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS", raising=False)
+    args, fragments = CONFIG_CASES[case]
+    if args[0] == "-m":
+        args = ["-m", "experiment=smoke", "tracker=none", *args[1:]]
+    else:
+        args = ["experiment=smoke", "tracker=none", *args]
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *args)
+    assert_one_line_error(code, err, out, *fragments)
+    assert not out.exists()
+
+
+def test_empty_data_folder(tmp_path, capsys, monkeypatch):
+    (tmp_path / "images" / "cats").mkdir(parents=True)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, "experiment=smoke", "tracker=none", "data=folder",
+                         f"data.path={tmp_path / 'images'}")
+    assert_one_line_error(code, err, out, "data.path=", "contains no images")
+    assert not out.exists()
+
+
+def test_unwritable_output_directory(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, err, out = cli(tmp_path, capsys, monkeypatch, "experiment=smoke", "tracker=none", out=blocker / "runs")
+    assert_one_line_error(code, err, out, "out_dir=", "a writable directory", "is not writable")
+    if os.geteuid() != 0:  # root may write anywhere: the permission case only means something for other users
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        code, err, out = cli(tmp_path, capsys, monkeypatch, "experiment=smoke", "tracker=none", out=ro / "runs")
+        assert_one_line_error(code, err, out, "is not writable")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_gpu(tmp_path, capsys, monkeypatch):
+    code, err, out = cli(tmp_path, capsys, monkeypatch, "experiment=smoke", "tracker=none", "device=cuda")
+    assert_one_line_error(code, err, out, "device='cuda' is not allowed", "no CUDA device is visible")
+
+
+def test_config_error_through_the_real_cli(tmp_path):
+    p = bench(tmp_path / "runs", "experiment=smoke", "tracker=none", "sampling.guidance_scale=-0.5")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "bench: error: sampling.guidance_scale=-0.5 is not allowed: a number >= 0 (0 = unconditional, 1 = "
+        "conditional, > 1 = classifier-free guidance)"], p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- run-time errors
+
+def test_missing_pretrained_weights(toy_model, tmp_path, capsys, monkeypatch):
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "model=unet", "data=digits",
+                         f"model.pretrained={tmp_path / 'no-such-model'}")
+    assert_one_line_error(code, err, out, "model.pretrained=", "no-such-model", "could not be loaded offline")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_cached_safetensors(damage, toy_model, tmp_path, capsys, monkeypatch):
+    cache = private_cache(tmp_path / "cache", ("models",))
+    from reliability_helpers import compose
+    from bench.training import model_key
+
+    weights = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage" * 64)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", f"cache_dir={cache}")
+    assert_one_line_error(code, err, out, f"{weights}: cached model weights cannot be read", "delete",
+                          "to train it again")
+
+
+def test_corrupt_resume_checkpoint(tmp_path, capsys, monkeypatch):
+    from reliability_helpers import compose
+    from bench.training import partial_dir
+
+    cache = tmp_path / "cache"
+    args = [*TOY, "hydra.mode=RUN", "train.max_steps=7", f"cache_dir={cache}"]
+    ckpt = partial_dir(compose(*args, cache=cache)) / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04 truncated zip")
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *args)
+    assert_one_line_error(code, err, out, f"{ckpt}: cannot resume training from this checkpoint", "delete it")
+
+
+def _digits_refstats(cache: Path) -> Path:
+    (npz,) = [p for p in (cache / "refstats").glob("digits-8px-c1-train-digits_cnn-nall-*.npz")
+              if json.loads(p.with_suffix(".json").read_text())["feature_net_hash"]]
+    return npz
+
+
+@pytest.fixture
+def digits_cache(digits_model, tmp_path):
+    from reliability_helpers import compose
+    from bench.evaluators import load_feature_net
+    from bench.metrics.refstats import ref_id, ref_key
+
+    cache = private_cache(tmp_path / "cache")
+    cfg = compose(*DIGITS, "hydra.mode=RUN", cache=cache)
+    from bench.data import get_data_info
+
+    info = get_data_info(cfg.data)
+    npz = cache / "refstats" / f"{ref_id(ref_key(info, 'train', load_feature_net(cfg, info), 0))}.npz"
+    assert npz.exists()
+    return cache, npz
+
+
+def test_refstats_checksum_mismatch(digits_cache, tmp_path, capsys, monkeypatch):
+    cache, npz = digits_cache
+    data = bytearray(npz.read_bytes())
+    data[-100] ^= 0xFF
+    npz.write_bytes(bytes(data))
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}")
+    assert_one_line_error(code, err, out, f"{npz}: sha256", "does not match", "delete both to recompute")
+
+
+@pytest.mark.parametrize("field,value", [("data_id", "digits-16px-c1"), ("feature_net_hash", "0123456789abcdef"),
+                                         ("resize", "bicubic to 299")])
+def test_refstats_of_another_resolution_or_network(field, value, digits_cache, tmp_path, capsys, monkeypatch):
+    cache, npz = digits_cache
+    meta_path = npz.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, field: value}))
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}")
+    assert_one_line_error(code, err, out, f"reference was made with {field}={value!r} but this run uses {field}=")
+
+
+def test_imported_refstats_of_another_feature_network(digits_cache, tmp_path, capsys, monkeypatch):
+    cache, _ = digits_cache
+    ref = tmp_path / "inception_ref.npz"
+    np.savez(ref, mu=np.zeros(2048), sigma=np.eye(2048))
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}",
+                         f"metric.reference_stats={ref}")
+    assert_one_line_error(code, err, out, "holds published mu/sigma", "metric.feature_net=digits_cnn")
+    (tmp_path / "inception_ref.npz.json").write_text(json.dumps({"feature_net": "digits_cnn"}))
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}",
+                         f"metric.reference_stats={ref}")
+    assert_one_line_error(code, err, out, "has 2048-d statistics but feature net digits_cnn gives 64-d")
+
+
+def test_inception_weights_checksum_mismatch(digits_model, tmp_path, capsys, monkeypatch):
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"not the official file")
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", "metric=inception",
+                         f"metric.inception_weights={weights}")
+    assert_one_line_error(code, err, out, f"metric.inception_weights={weights} has sha256", "expected 6726825d",
+                          "metric.inception_sha256=")
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ('{"cell_key": "x", "schema_version": 99, "status": "ok"}\n', "schema_version=99 is newer than this bench reads"),
+    ("sampler,fid\nddim,3.1\n", "not a JSON row"),
+])
+def test_unreadable_results_file(content, fragment, toy_model, tmp_path, capsys, monkeypatch):
+    results = tmp_path / "runs" / "toy2d" / "results.jsonl"
+    results.parent.mkdir(parents=True)
+    results.write_text(content)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN")
+    assert code == 2 and err[-1].startswith("bench: error:") and fragment in err[-1] and str(results) in err[-1], err
+    assert results.read_text() == content and not (results.parent / "cells").exists()  # untouched
+
+
+def test_run_time_error_through_the_real_cli(toy_model, tmp_path):
+    cache = private_cache(tmp_path / "cache", ("models",))
+    for w in (cache / "models").glob("*/model.safetensors"):
+        w.write_bytes(w.read_bytes()[:100])
+    p = bench(tmp_path / "runs", *TOY, "hydra.mode=RUN", cache=cache)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and err[-1].startswith("bench: error: ") and "cached model weights cannot be read" in \
+        err[-1] and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert not (tmp_path / "runs" / "toy2d").exists()
+
+
+# ------------------------------------------------------------------------------ per-cell failures: NaN and OOM
+
+class _NaNAfter(torch.nn.Module):
+    """Wraps a denoiser; returns NaN from model call `k` on (counted per batch)."""
+
+    def __init__(self, model, k):
+        super().__init__()
+        self.model, self.k, self.calls = model, k, 0
+
+    def forward(self, x, t, class_labels=None):
+        self.calls += 1
+        out = self.model(x, t, class_labels=class_labels)
+        return out * float("nan") if self.calls > self.k else out
+
+
+def test_nan_fails_the_cell_and_the_sweep_goes_on(toy_model, tmp_path, capsys, monkeypatch):
+    import bench.training
+
+    real = bench.training.load_or_train
+
+    def nan_for_euler(cfg):
+        model, info = real(cfg)
+        return (_NaNAfter(model, 2) if cfg.sampler.name == "euler" else model), info
+
+    monkeypatch.setattr(bench.training, "load_or_train", nan_for_euler)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, "-m", *TOY, "sampler=euler,ddim",
+                         "sampling.num_inference_steps=4")
+    assert code == 0, err
+    got = {r["sampler"]: r for r in rows(out / "toy2d" / "results.jsonl")}
+    assert got["euler"]["status"] == "failed" and got["euler"]["failed_step"] == 2
+    assert "non-finite values (NaN/Inf) in the sample after step 2/4" in got["euler"]["error"]
+    assert "swd" not in got["euler"]
+    assert got["ddim"]["status"] == "ok" and got["ddim"]["swd"] > 0  # the next cell ran
+    # a failed cell is retried on re-run (and replaced by its ok row)
+    monkeypatch.setattr(bench.training, "load_or_train", real)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, "-m", *TOY, "sampler=euler,ddim",
+                         "sampling.num_inference_steps=4")
+    assert code == 0 and [r["status"] for r in rows(out / "toy2d" / "results.jsonl")] == ["ok", "ok"]
+
+
+def test_nan_with_fail_fast_stops_with_one_line(toy_model, tmp_path, capsys, monkeypatch):
+    import bench.training
+
+    real = bench.training.load_or_train
+    monkeypatch.setattr(bench.training, "load_or_train", lambda cfg: (_NaNAfter(real(cfg)[0], 0), real(cfg)[1]))
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "fail_fast=true", "sampler=ddim",
+                         "sampling.num_inference_steps=3")
+    assert code == 2 and err[-1].startswith("bench: error: non-finite values (NaN/Inf) in the sample after step 0/3")
+
+
+@pytest.mark.parametrize("max_batch", [8, 0])
+def test_out_of_memory_halves_the_batch_or_fails_the_cell(max_batch, toy_model, tmp_path, capsys, monkeypatch):
+    import bench.sampling
+
+    real = bench.sampling.sample
+    seen = []
+
+    def oom_above(*a, batch_size, **k):
+        seen.append(batch_size)
+        if batch_size > max_batch:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*a, batch_size=batch_size, **k)
+
+    args = [*TOY, "hydra.mode=RUN", "sampler=ddim", "sampling.num_inference_steps=3", "sampling.batch_size=32"]
+    code, err, out = cli(tmp_path / "ref", capsys, monkeypatch, *args)
+    (ref,) = rows(out / "toy2d" / "results.jsonl")
+    monkeypatch.setattr(bench.sampling, "sample", oom_above)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *args)
+    assert code == 0, err
+    (row,) = rows(out / "toy2d" / "results.jsonl")
+    if max_batch:
+        assert seen == [32, 16, 8] and row["status"] == "ok" and row["batch_size"] == 8
+        assert row["cell_key"] == ref["cell_key"] and (row["swd"], row["mmd"]) == (ref["swd"], ref["mmd"])
+    else:
+        assert seen == [32, 16, 8, 4, 2, 1] and row["status"] == "failed"
+        assert row["error"] == "CUDA out of memory at sampling.batch_size=1"
