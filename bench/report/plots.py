@@ -81,12 +81,11 @@ def vs_nfe(ok, plan, metric, plots, split) -> Figure | None:
 
 def pareto(points: list[tuple[float, float]], higher: bool) -> list[tuple[float, float]]:
     """Points not beaten on both latency (lower) and the metric; ascending latency."""
-    front, best = [], None
-    for lat, m in sorted(points, key=lambda p: (p[0], -p[1] if higher else p[1])):
-        if best is None or (m > best if higher else m < best):
-            front.append((lat, m))
-            best = m
-    return front
+    from bench.distill.speedup import pareto_front
+
+    sign = -1.0 if higher else 1.0
+    lat, m = pareto_front([p[0] for p in points], [sign * p[1] for p in points])
+    return [(float(a), sign * float(b)) for a, b in zip(lat, m)]
 
 
 def vs_latency(ok, plan, metric, plots, split) -> Figure | None:
@@ -148,7 +147,10 @@ def cfg_curves(ok, plan, metrics, plots, split) -> Figure | None:
 
 
 def distill(ok, plan, metric, plots, split) -> Figure | None:
-    """Teacher (DDIM) and students: metric vs steps and vs latency; speed-up vs the teacher at its most steps."""
+    """Teacher (DDIM) and students: metric vs steps and vs latency, with the Pareto front and each student's
+    speed-up at matched metric over the teacher (bench.distill.speedup; lower-is-better metrics)."""
+    from bench.distill.speedup import speedup_at_matched_fid
+
     if "num_inference_steps" not in ok:
         return None
     has_lat = "latency_p50" in ok and ok["latency_p50"].notna().all()
@@ -157,9 +159,10 @@ def distill(ok, plan, metric, plots, split) -> Figure | None:
     dm = ok["distill_method"] if "distill_method" in ok else pd.Series([None] * len(ok), index=ok.index)
     teacher = ok[[norm(v) in (None, "none") for v in dm]]
     ref = None
-    if has_lat and len(teacher):
-        t = aggregate(teacher, ["num_inference_steps"], "latency_p50").iloc[-1]
-        ref = (fmt_value(t["num_inference_steps"]), t["mean"])
+    if has_lat and len(teacher) and metric not in HIGHER_IS_BETTER and teacher["method"].nunique() == 1:
+        ref = (aggregate(teacher, ["num_inference_steps"], "latency_p50")["mean"].to_numpy(),
+               aggregate(teacher, ["num_inference_steps"], metric)["mean"].to_numpy())
+    allx, ally = [], []
     for i, (coords, g) in enumerate(groups(ok, ["method"])):
         name = fmt_value(coords["method"])
         student = norm(g["distill_method"].iloc[0]) not in (None, "none") if "distill_method" in g else False
@@ -170,24 +173,32 @@ def distill(ok, plan, metric, plots, split) -> Figure | None:
         if has_lat:
             lat = aggregate(g, ["num_inference_steps"], "latency_p50")
             axes[0][1].plot(lat["mean"] * 1000, val["mean"] * scale, **sty)
+            allx += list(lat["mean"] * 1000)
+            ally += list(val["mean"] * scale)
             for (_, lr), (_, vr) in zip(lat.iterrows(), val.iterrows()):
                 tag = f"{fmt_value(lr['num_inference_steps'])}"
                 if student and ref:
-                    tag += f" ×{ref[1] / lr['mean']:.0f}"
+                    s = speedup_at_matched_fid(ref[0], ref[1], lr["mean"], vr["mean"], n_boot=0)
+                    tag += " " + s.text().replace("× ", "×").split(" ±")[0]
                 axes[0][1].annotate(tag, (lr["mean"] * 1000, vr["mean"] * scale), fontsize=6, xytext=(2, 2),
                                     textcoords="offset points")
     _log_x(axes[0][0], [float(v) for v in ok["num_inference_steps"]])
     axes[0][0].set_xlabel("steps")
     axes[0][0].set_title(f"{label(metric)} vs steps{_split_caption(split)}")
     if has_lat:
+        if metric not in HIGHER_IS_BETTER:
+            fx, fy = zip(*pareto(list(zip(allx, ally)), higher=False))
+            axes[0][1].step(fx, fy, where="post", color="0.6", lw=3, alpha=0.4, zorder=0, label="Pareto front")
         axes[0][1].set_xscale("log")
         axes[0][1].set_xlabel("latency p50 (ms per image, log)")
-        axes[0][1].set_title(f"{label(metric)} vs latency" + (f" (×: speed-up vs teacher at {ref[0]} steps)" if ref else ""))
+        axes[0][1].set_title(f"{label(metric)} vs latency" + (" (labels: steps, speed-up at matched "
+                                                             f"{label(metric)})" if ref else ""))
     for ax in axes[0]:
         ax.set_ylabel(f"{label(metric)} {arrow(metric)}")
         ax.legend(fontsize=7)
-    cap = f"Distillation vs DDIM: {label(metric)} vs steps" + (" and vs latency; labels: steps, ×speed-up of each "
-                                                              f"student vs the teacher at {ref[0]} steps" if ref else "")
+    cap = f"Distillation vs DDIM: {label(metric)} vs steps" + (
+        f" and vs latency with the Pareto front; labels: steps and each student's speed-up over the teacher at "
+        f"matched {label(metric)}" if ref else "")
     return _save(fig, plots, f"distill_{metric}{_slug(split)}", cap)
 
 

@@ -349,4 +349,11 @@ def build_tables(df: pd.DataFrame, plan: Plan) -> tuple[list[Table], dict[str, p
             tables += [pivot_table(part, fpart, plan, m, split) for m in plan.metrics]
         else:
             tables.append(metrics_table(part, fpart, plan, split))
+        if plan.kind == "distill":
+            from .distill import speedup_table
+
+            t = speedup_table(part, plan, split)
+            if t is not None:
+                tables.append(t)
+                csvs["speedup" + "".join(f"_{k}={fmt_value(v)}" for k, v in split.items())] = t.long
     return tables, csvs

@@ -1,0 +1,79 @@
+"""The distillation study's own table: each cell's quality and latency, the speed-up of every student at matched
+quality over the DDIM teacher (bench.distill.speedup), the quality-vs-latency Pareto front, and what the
+distillation cost. Derived from the rows (means and stds over repeats), never from re-scored samples."""
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.distill.speedup import pareto_front, speedup_at_matched_fid
+
+from .load import fmt_value, norm
+from .tables import HIGHER_IS_BETTER, QUALITY, SCALE, Cell, Plan, Table, aggregate, decimals, label
+
+KEYS = ["method", "num_inference_steps"]
+
+
+def _is_teacher(g: pd.DataFrame) -> bool:
+    return "distill_method" not in g or norm(g["distill_method"].iloc[0]) in (None, "none")
+
+
+def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
+    """One row per (method, steps); students get 'speed-up at matched <metric>' = teacher latency interpolated
+    (log-latency vs metric, along the teacher's monotone part) to the student's value ÷ the student's latency,
+    ± the bootstrap std from the metric's std over repeats; '≥' where the student beats every teacher cell."""
+    metric = next((m for m in plan.metrics if m in QUALITY and m not in HIGHER_IS_BETTER), None)
+    if metric is None or "latency_p50" not in ok or ok["latency_p50"].isna().any() or "num_inference_steps" not in ok:
+        return None
+    q, lat = aggregate(ok, KEYS, metric), aggregate(ok, KEYS, "latency_p50")
+    cells = q.merge(lat, on=KEYS, suffixes=("", "_lat"))
+    teachers = {norm(m) for m, g in ok.groupby("method") if _is_teacher(g)}
+    if len(teachers) != 1:
+        return None  # no teacher, or several samplers: which one a student should be compared with is ambiguous
+    teacher = teachers.pop()
+    t = cells[cells["method"] == teacher]
+    front = set(zip(*pareto_front(cells["mean_lat"], cells["mean"])))
+    extra = {c: aggregate(ok, KEYS, c).set_index(KEYS)["mean"] for c in ("nfe", "distill_train_steps", "distill_seconds")
+             if c in ok and ok[c].notna().any()}
+    scale = SCALE.get(metric, 1.0)
+    d = decimals(metric, [v * scale for v in cells["mean"]])
+    body, recs = [], []
+    for _, r in cells.iterrows():
+        key = (r["method"], r["num_inference_steps"])
+        same = t[t["num_inference_steps"] == r["num_inference_steps"]]
+        s = None
+        if r["method"] != teacher:
+            s = speedup_at_matched_fid(t["mean_lat"], t["mean"], r["mean_lat"], r["mean"],
+                                       t["std"].astype(float).fillna(0.0), norm(r["std"]))
+        std = norm(r["std"])
+        body.append([Cell(fmt_value(v)) for v in key] + [
+            Cell(fmt_value(extra["nfe"].get(key)) if "nfe" in extra else "—"),
+            Cell(f"{r['mean'] * scale:.{d}f}" + (f" ± {std * scale:.{d}f}" if std is not None else "")),
+            Cell(f"{r['mean_lat'] * 1000:.2f}"),
+            Cell(f"{same['mean'].iloc[0] * scale:.{d}f}" if len(same) and r["method"] != teacher else "—"),
+            Cell(f"{s.teacher_latency * 1000:.2f}" if s else "—"),
+            Cell(s.text() if s else "—", best=bool(s and s.speedup >= 10 and s.bound != "<=")),
+            Cell(f"{s.lo:.1f}–{s.hi:.1f}×" if s and s.lo is not None else "—"),
+            Cell(fmt_value(extra["distill_train_steps"].get(key)) if "distill_train_steps" in extra
+                 and r["method"] != teacher else "—"),
+            Cell(f"{extra['distill_seconds'].get(key):.0f}" if "distill_seconds" in extra and r["method"] != teacher
+                 and norm(extra["distill_seconds"].get(key)) is not None else "—"),
+            Cell("✓" if (r["mean_lat"], r["mean"]) in front else ""),
+        ])
+        recs.append({**dict(zip(KEYS, key)), metric: r["mean"], f"{metric}_std": std, "latency_p50": r["mean_lat"],
+                     "teacher_latency_at_match": s.teacher_latency if s else None,
+                     "speedup": s.speedup if s else None, "speedup_bound": s.bound if s else None,
+                     "speedup_std": s.std if s else None, "speedup_p16": s.lo if s else None,
+                     "speedup_p84": s.hi if s else None, "pareto": (r["mean_lat"], r["mean"]) in front})
+    m = label(metric)
+    header = ["method", "steps", "NFE", f"{m} ↓", "latency p50 (ms/img)", f"DDIM {m} at same steps",
+              f"teacher latency at this {m} (ms)", f"speed-up at matched {m}", "68% interval", "distill train steps",
+              "distill time (s)", "Pareto"]
+    notes = [f"Speed-up at matched {m} = the teacher ({teacher}) latency at the student's {m} — log-latency "
+             f"interpolated linearly in {m} along the teacher's monotone part — ÷ the student's latency. ± = std and "
+             f"68% interval of a parametric bootstrap over the {m} std of every cell (metric repeats); '≥' = the "
+             f"student beats every teacher cell (a lower bound, the teacher's best latency); '≤' = worse than the "
+             f"teacher's cheapest cell. **bold** = ≥ 10×. Pareto ✓ = no cell is both faster and better. Distill "
+             f"cost = training steps and seconds of all rounds that made the student (cumulative)."]
+    title = f"Speed-up at matched {m} vs the {teacher} teacher, Pareto front and distillation cost" + (
+        " — " + ", ".join(f"{k}={fmt_value(v)}" for k, v in split.items()) if split else "")
+    return Table("speedup", title, header, 2, body, notes, pd.DataFrame(recs), split)
