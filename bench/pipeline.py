@@ -252,8 +252,8 @@ def run_cell(cfg: DictConfig, info, root: Path, key: str, cell_cfg: dict) -> dic
     return row
 
 
-SUMMARY_COLUMNS = ["sampler", "eta", "num_inference_steps", "guidance_scale", "nfe", "fid", "kid", "is",
-                   "clip_score", "swd", "mmd", "latency_p50", "images_per_s", "status"]
+SUMMARY_COLUMNS = ["distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale", "nfe", "fid", "kid",
+                   "is", "clip_score", "swd", "mmd", "latency_p50", "images_per_s", "status"]
 
 
 def summarise(cfg: DictConfig) -> None:
@@ -265,10 +265,11 @@ def summarise(cfg: DictConfig) -> None:
     if not rows:
         return
     df = pd.DataFrame(rows)
-    cols = [c for c in SUMMARY_COLUMNS if c in df.columns and df[c].notna().any()]
+    cols = [c for c in SUMMARY_COLUMNS if c in df.columns and df[c].notna().any()
+            and not (c == "distill_method" and (df[c] == "none").all())]  # shown in distillation studies only
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
-        print(df[cols].sort_values([c for c in ("sampler", "eta", "num_inference_steps", "guidance_scale")
-                                    if c in cols]).to_string(index=False))
+        keys = ("distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale")
+        print(df[cols].sort_values([c for c in keys if c in cols]).to_string(index=False))
     print(f"\nresults: {root / 'results.jsonl'} ({len(rows)} rows)\ncells:   {root / 'cells'}/<cell_key>/"
           f"{{grid.png,metrics.json,config.yaml}}\nreport:  bench-report {root}")
     Tracker(cfg.tracker, root).log_table(cfg.name, rows)

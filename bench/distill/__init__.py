@@ -1,6 +1,6 @@
 """Distillation of a trained (teacher) model into a few-step student, through the same Lightning runner and cache.
 
-- progressive (Salimans & Ho 2022): rounds teacher_steps → teacher_steps/2 → … → ``sampling.num_inference_steps``,
+- progressive (Salimans & Ho 2022): rounds teacher_steps → teacher_steps/2 → … → sampling.num_inference_steps,
   each student (initialised from its teacher) matching two DDIM steps of the teacher with one; sampled with DDIM.
 - consistency (Song et al. 2023; LCM, Luo et al. 2023): a consistency function trained against one DDIM step of the
   teacher on a skip-step grid, EMA target; sampled with diffusers' ``LCMScheduler``.
@@ -12,6 +12,7 @@ the method's distill settings and its step count, so a sweep over step counts tr
 from __future__ import annotations
 
 import copy
+import warnings
 
 from omegaconf import open_dict
 
@@ -141,7 +142,9 @@ def load_or_distill(cfg):
             state = {k: v.detach().cpu() for k, v in parent.state_dict().items()}
             module = (ProgressiveDistillation(rcfg, info, state, n) if method == "progressive"
                       else ConsistencyDistillation(rcfg, info, state))
-            module = fit(rcfg, info, work, module=module)
+            with warnings.catch_warnings():  # Lightning flags the frozen teacher's eval mode: intended
+                warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+                module = fit(rcfg, info, work, module=module)
             return write_model_dir(module, rcfg, info, work, key=student_key, config=key_cfg,
                                    teacher_key=tinfo["model_key"], distill_method=method, distill_steps=n)
 

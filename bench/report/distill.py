@@ -32,8 +32,8 @@ def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
     teacher = teachers.pop()
     t = cells[cells["method"] == teacher]
     front = set(zip(*pareto_front(cells["mean_lat"], cells["mean"])))
-    extra = {c: aggregate(ok, KEYS, c).set_index(KEYS)["mean"] for c in ("nfe", "distill_train_steps", "distill_seconds")
-             if c in ok and ok[c].notna().any()}
+    extra = {c: aggregate(ok, KEYS, c).set_index(KEYS)["mean"]
+             for c in ("nfe", "distill_train_steps", "distill_seconds") if c in ok and ok[c].notna().any()}
     scale = SCALE.get(metric, 1.0)
     d = decimals(metric, [v * scale for v in cells["mean"]])
     body, recs = [], []
@@ -66,8 +66,8 @@ def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
                      "speedup_p84": s.hi if s else None, "pareto": (r["mean_lat"], r["mean"]) in front})
     m = label(metric)
     header = ["method", "steps", "NFE", f"{m} ↓", "latency p50 (ms/img)", f"DDIM {m} at same steps",
-              f"teacher latency at this {m} (ms)", f"speed-up at matched {m}", "68% interval", "distill train steps",
-              "distill time (s)", "Pareto"]
+              f"teacher latency at this {m} (ms)", f"speed-up at matched {m}", "68% interval",
+              "distill train steps", "distill time (s)", "Pareto"]
     notes = [f"Speed-up at matched {m} = the teacher ({teacher}) latency at the student's {m} — log-latency "
              f"interpolated linearly in {m} along the teacher's monotone part — ÷ the student's latency. ± = std and "
              f"68% interval of a parametric bootstrap over the {m} std of every cell (metric repeats); '≥' = the "
