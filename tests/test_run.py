@@ -15,7 +15,9 @@ BENCH = [sys.executable, "-m", "bench.run"]
 def bench(tmp_path, *args, check=True, env=None):
     e = {**os.environ, "BENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
          "HYDRA_FULL_ERROR": "1", **(env or {})}
-    p = subprocess.run([*BENCH, f"out_dir={tmp_path / 'runs'}", *args], cwd=ROOT, env=e, capture_output=True,
+    flags = [a for a in args if a.startswith("-")]  # Hydra wants -m before the overrides
+    args = [a for a in args if not a.startswith("-")]
+    p = subprocess.run([*BENCH, *flags, f"out_dir={tmp_path / 'runs'}", *args], cwd=ROOT, env=e, capture_output=True,
                        text=True, timeout=900)
     if check and p.returncode != 0:
         raise AssertionError(f"bench {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
