@@ -10,18 +10,16 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bench import preflight
 from bench.schema import ConfigError, register
-from bench.utils import atomic_write_json, atomic_write_text, config_hash, to_plain
+from bench.utils import config_hash, to_plain
 
 log = logging.getLogger("bench")
 register()

@@ -48,6 +48,35 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+def publish(tmp, path, weights: str, meta: dict) -> None:
+    """Record the weights' sha256 in ``tmp/meta.json`` and rename ``tmp`` into the cache at ``path`` (atomic: a
+    reader sees a whole evaluator or none). If another process published first, keep theirs."""
+    import shutil
+
+    from bench.utils import atomic_write_json, file_sha256
+
+    meta.update(weights_sha256=file_sha256(tmp / weights))
+    atomic_write_json(tmp / "meta.json", meta)
+    try:
+        tmp.rename(path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verified_meta(path, weights: str) -> dict:
+    """The cached evaluator's meta, after checking its weights file against the sha256 recorded at publish time."""
+    import json
+
+    from bench.utils import file_sha256
+
+    meta = json.loads((path / "meta.json").read_text())
+    digest = file_sha256(path / weights)
+    if digest != meta["weights_sha256"]:
+        raise EvaluatorError(f"{path / weights} has sha256 {digest[:16]}…, expected "
+                             f"{meta['weights_sha256'][:16]}… (corrupt cache: delete {path} to retrain)")
+    return meta
+
+
 def resolve_feature_net(cfg) -> str:
     """metric.feature_net, with "auto" chosen by the data set: digits -> digits_cnn, shapes -> clip, else inception."""
     name = cfg.metric.feature_net

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from bench.evaluators import EvaluatorError, one_thread
-from bench.utils import atomic_write_json, config_hash, file_sha256
+from bench.evaluators import EvaluatorError, one_thread, publish, verified_meta
+from bench.utils import config_hash, file_sha256
 
 MIN_RETRIEVAL = 0.80
 TINY_CLIP = {
@@ -183,23 +183,14 @@ def load_offline_clip(cfg, info=None) -> ClipFeatureNet:
             shutil.rmtree(tmp, ignore_errors=True)
             raise EvaluatorError(f"offline CLIP reached held-out image->text top-1 {meta['test_retrieval_top1']:.3f}"
                                  f" < {MIN_RETRIEVAL} required; not cached (training config {TRAIN})")
-        meta.update(key=key, train=TRAIN, weights_sha256=file_sha256(tmp / "open_clip_model.safetensors"))
-        atomic_write_json(tmp / "meta.json", meta)
-        try:
-            tmp.rename(path)
-        except OSError:  # another process finished first: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    meta = json.loads((path / "meta.json").read_text())
-    digest = file_sha256(path / "open_clip_model.safetensors")
-    if digest != meta["weights_sha256"]:
-        raise EvaluatorError(f"{path}/open_clip_model.safetensors has sha256 {digest[:16]}…, expected "
-                             f"{meta['weights_sha256'][:16]}… (corrupt cache: delete {path} to retrain)")
+        publish(tmp, path, "open_clip_model.safetensors", {**meta, "key": key, "train": TRAIN})
+    meta = verified_meta(path, "open_clip_model.safetensors")
     model, tok = _create(path)
     if captions is None:
         from bench.data import get_data_info
 
         captions = get_data_info(data_cfg).class_names
-    return ClipFeatureNet(model, tok, captions, digest[:16], "offline-tiny-clip",
+    return ClipFeatureNet(model, tok, captions, meta["weights_sha256"][:16], "offline-tiny-clip",
                           {"test_retrieval_top1": meta["test_retrieval_top1"], "path": str(path)})
 
 

@@ -8,8 +8,6 @@ seconds on CPU), must reach ``MIN_ACCURACY`` on the held-out test split, and is 
 """
 from __future__ import annotations
 
-import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from bench.evaluators import EvaluatorError, one_thread
+from bench.evaluators import EvaluatorError, one_thread, publish, verified_meta
 from bench.metrics.stats import quantize_uint8
-from bench.utils import atomic_write_json, config_hash, file_sha256
+from bench.utils import config_hash
 
 MIN_ACCURACY = 0.97
 NATIVE_SIZE = 8
@@ -156,18 +154,9 @@ def load_digits_cnn(cfg, info=None) -> DigitsFeatureNet:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".digits_cnn-{key}."))
         save_file(model.state_dict(), str(tmp / "model.safetensors"))
-        meta.update(key=key, train=TRAIN, weights_sha256=file_sha256(tmp / "model.safetensors"))
-        atomic_write_json(tmp / "meta.json", meta)
-        try:
-            tmp.rename(path)
-        except OSError:  # another process finished first: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    meta = json.loads((path / "meta.json").read_text())
-    digest = file_sha256(path / "model.safetensors")
-    if digest != meta["weights_sha256"]:
-        raise EvaluatorError(f"{path / 'model.safetensors'} has sha256 {digest[:16]}…, expected "
-                             f"{meta['weights_sha256'][:16]}… (corrupt cache: delete {path} to retrain)")
+        publish(tmp, path, "model.safetensors", {**meta, "key": key, "train": TRAIN})
+    meta = verified_meta(path, "model.safetensors")
     model = DigitsCNN()
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     shape = tuple(info.shape) if info is not None else (1, NATIVE_SIZE, NATIVE_SIZE)
-    return DigitsFeatureNet(model, digest[:16], shape, {"test_accuracy": meta["test_accuracy"], "path": str(path)})
+    return DigitsFeatureNet(model, meta["weights_sha256"][:16], shape, {"test_accuracy": meta["test_accuracy"], "path": str(path)})
