@@ -165,5 +165,5 @@ def test_scheduler_config_is_saveable():
     import json
 
     cfg = scheduler_config(build_scheduler(make_cfg("sampler=euler", "schedule=cosine")))
-    assert cfg["_class_name"] == "EulerDiscreteScheduler" and cfg["num_train_timesteps"] == 991
+    assert cfg["_class_name"] == "EulerDiscreteScheduler" and cfg["num_train_timesteps"] == 996
     json.dumps(cfg)
