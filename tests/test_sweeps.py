@@ -1,0 +1,45 @@
+"""Each sweep file in sweeps/ runs through the real CLI (shrunk: smoke model, 2 steps) with one row per cell, and
+tracker=wandb leaves offline runs whose files hold the logged rows and the ablation table."""
+import json
+
+import pytest
+
+from test_run import bench, rows
+
+# sweep -> (shrinking overrides, expected cell coordinates)
+SWEEPS = {
+    "scheduler_steps": (["sampling.num_inference_steps=2"],
+                        {("ddpm",), ("ddim",), ("dpmpp",), ("euler",), ("heun",), ("unipc",)}),
+    "ddim_eta": (["sampling.num_inference_steps=2"], {(0.0,), (0.5,), (1.0,)}),
+    "guidance": (["sampling.num_inference_steps=2"], {(0.0,), (1.0,), (1.5,), (2.0,), (3.0,), (5.0,), (7.5,)}),
+}
+COORD = {"scheduler_steps": ("sampler",), "ddim_eta": ("eta",), "guidance": ("guidance_scale",)}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweeps")  # one model cache for all sweeps: the smoke model trains once
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_sweep_file_runs_one_row_per_cell(shared, sweep):
+    shrink, expected = SWEEPS[sweep]
+    tracker = "tracker=wandb" if sweep == "guidance" else "tracker=none"
+    bench(shared, "-m", f"sweep={sweep}", "experiment=smoke", tracker, "sampling.num_samples=32", *shrink)
+    got = rows(shared / "runs" / sweep / "results.jsonl")
+    assert all(r["status"] == "ok" and r["name"] == sweep for r in got)
+    assert {tuple(r[c] for c in COORD[sweep]) for r in got} == expected and len(got) == len(expected)
+    if sweep == "guidance":  # CFG doubles the real model calls, 0 and 1 do not
+        nfe = {r["guidance_scale"]: r["nfe"] for r in got}
+        assert nfe[0.0] == nfe[1.0] == 2 and nfe[3.0] == 4
+        runs = sorted((shared / "runs" / sweep / "wandb").glob("offline-run-*"))
+        cells = [json.loads(p.read_text()) for p in
+                 (shared / "runs" / sweep / "wandb").glob("offline-run-*/files/media/table/cell_*.table.json")]
+        assert len(cells) == len(expected) and len(runs) == len(expected) + 1  # + the ablation run
+        logged = {dict(zip(t["columns"], t["data"][0]))["cell_key"]: dict(zip(t["columns"], t["data"][0]))
+                  for t in cells}
+        for r in got:
+            assert logged[r["cell_key"]]["fid"] == pytest.approx(r["fid"])
+        (abl,) = (shared / "runs" / sweep / "wandb").glob("offline-run-*/files/media/table/ablation_*.table.json")
+        t = json.loads(abl.read_text())
+        assert sorted(row[t["columns"].index("cell_key")] for row in t["data"]) == sorted(r["cell_key"] for r in got)
