@@ -39,3 +39,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _default_cache_outside_the_repo(tmp_path_factory):
+    """Tests that do not pick a cache never write the user's default `.cache/bench`: one session-wide tmp cache."""
+    import os
+
+    if "BENCH_CACHE" not in os.environ:
+        os.environ["BENCH_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))
+    yield
