@@ -49,7 +49,7 @@ class ConsistencyDistillation(DiffusionModule):
         c_skip, c_out = self.lcm.get_scalings_for_boundary_condition_discrete(t.double())
         return obj._bc(c_skip, x) * x + obj._bc(c_out, x) * x0
 
-    def distill_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
+    def compute_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
         d = self.cfg.distill
         n = torch.randint(0, len(self.grid), (x0.shape[0],), generator=g, device=x0.device)
         t = self.grid[n]
@@ -67,11 +67,3 @@ class ConsistencyDistillation(DiffusionModule):
             c = float(d.huber_c)
             return ((diff2 + c * c).sqrt() - c).mean()
         return diff2.mean()
-
-    def training_step(self, batch, batch_idx):
-        x0, y = batch
-        g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.cfg.train.seed, self.global_step))
-        loss = self.distill_loss(x0, self.drop_labels(y, g), g)
-        self.loss_history.append(loss.detach())
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss

@@ -66,7 +66,7 @@ class ProgressiveDistillation(DiffusionModule):
         self.teacher.eval()  # frozen: never in training mode (dropout, norms)
         return self
 
-    def distill_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
+    def compute_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
         objective, w = self.cfg.objective.name, float(self.cfg.distill.guidance_scale)
         nc = self.info.num_classes
         i = torch.randint(0, self.student_steps, (x0.shape[0],), generator=g, device=x0.device)
@@ -83,11 +83,3 @@ class ProgressiveDistillation(DiffusionModule):
         x_pred, _ = obj.to_x0_eps(objective, self.model(z, self.grid_t[i].float(), labels), z, a_t, s_t)
         weight = (ac_t / (1 - ac_t)).clamp(min=1.0)  # max(SNR, 1)
         return (weight * (x_pred.float() - x_target.float()).pow(2).flatten(1).mean(1)).mean()
-
-    def training_step(self, batch, batch_idx):
-        x0, y = batch
-        g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.cfg.train.seed, self.global_step))
-        loss = self.distill_loss(x0, self.drop_labels(y, g), g)
-        self.loss_history.append(loss.detach())
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss

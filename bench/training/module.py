@@ -38,12 +38,15 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x0, y = batch
         g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.cfg.train.seed, self.global_step))
-        labels = self.drop_labels(y, g)
-        loss = obj.diffusion_loss(self.model, x0, labels, self.cfg.objective, self.cfg.schedule, g,
-                                  self.alphas_cumprod)
+        loss = self.compute_loss(x0, self.drop_labels(y, g), g)
         self.loss_history.append(loss.detach())
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def compute_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
+        """The objective's loss on one batch (distillation modules override this, and only this)."""
+        return obj.diffusion_loss(self.model, x0, labels, self.cfg.objective, self.cfg.schedule, g,
+                                  self.alphas_cumprod)
 
     def drop_labels(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
         """Class labels with CFG dropout: each replaced by the null class with probability train.cond_drop_prob
