@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
+from .memory import InMemoryDataset
 from .splits import split_indices
 
 
@@ -16,7 +16,7 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(InMemoryDataset):
     def __init__(self, data_cfg, split: str):
         from sklearn.datasets import load_digits
 
@@ -28,12 +28,3 @@ class DigitsDataset(Dataset):
             x = x.repeat(1, 3, 1, 1)
         self.x = x.contiguous()
         self.y = torch.from_numpy(d.target[idx].astype(np.int64))
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-    def get_batch(self, indices):
-        return self.x[indices], self.y[indices]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
+
+from .memory import InMemoryDataset
 
 SHAPES_COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (235, 215, 40)}
 SHAPES_KINDS = ("circle", "square", "triangle")
@@ -57,7 +58,7 @@ def render_shape(colour: str, kind: str, position: str, size: float, rng: np.ran
     return np.asarray(img.resize((image_size, image_size), Image.Resampling.BOX))
 
 
-class ShapesDataset(Dataset):
+class ShapesDataset(InMemoryDataset):
     """Item i has class i % 48 (balanced), size and offset from ``default_rng([split_seed, split, i])``."""
 
     num_classes = len(SHAPES_COLOURS) * len(SHAPES_KINDS) * len(SHAPES_POSITIONS)
@@ -79,12 +80,3 @@ class ShapesDataset(Dataset):
         if int(data_cfg.channels) == 1:  # ITU-R 601 luma, as PIL's convert("L")
             x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         self.x = x.contiguous()
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-    def get_batch(self, indices):
-        return self.x[indices], self.y[indices]

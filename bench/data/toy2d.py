@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from .memory import InMemoryDataset
 
 MOONS_NOISE = 0.1
 # Exact mean/std of the noisy two-moons mixture below (outer: (cos θ, sin θ), inner: (1 - cos θ, 0.5 - sin θ),
@@ -39,7 +39,7 @@ def sample_true(data_cfg, n: int, seed: int) -> np.ndarray:
     raise ConfigError("data.toy", data_cfg.toy, "moons | gmm")
 
 
-class PointsDataset(Dataset):
+class PointsDataset(InMemoryDataset):
     """``data.num_train`` points (train) or ``num_train * test_fraction`` (test), unlabelled (y = -1)."""
 
     def __init__(self, data_cfg, split: str):
@@ -48,12 +48,4 @@ class PointsDataset(Dataset):
             n = max(1, int(round(n * data_cfg.test_fraction)))
         pts = sample_true(data_cfg, n, seed=int(data_cfg.split_seed) + SPLIT_SEED_OFFSET[split])
         self.x = torch.from_numpy(pts).float()
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], torch.tensor(-1, dtype=torch.int64)
-
-    def get_batch(self, indices):
-        return self.x[indices], torch.full((len(indices),), -1, dtype=torch.int64)
+        self.y = torch.full((n,), -1, dtype=torch.int64)
