@@ -68,14 +68,15 @@ KARRAS = ("euler", "heun", "dpmpp", "unipc")  # accept use_karras_sigmas (diffus
 STOCHASTIC = ("ddpm", "lcm")  # draw noise at every step (ddim too when eta > 0)
 
 
-def _betas(cfg) -> Dict[str, Any]:
-    s = cfg.schedule
+def beta_kwargs(s) -> Dict[str, Any]:
+    """The diffusers constructor arguments of schedule config ``s`` (training builds its DDPMScheduler from these too,
+    so training and sampling share one noise schedule)."""
     return dict(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
                 beta_schedule=BETA_SCHEDULES[s.name])
 
 
 def _common(cfg) -> Dict[str, Any]:
-    return dict(_betas(cfg), prediction_type=PREDICTION_TYPES[cfg.objective.name],
+    return dict(beta_kwargs(cfg.schedule), prediction_type=PREDICTION_TYPES[cfg.objective.name],
                 timestep_spacing=cfg.sampler.timestep_spacing)
 
 
@@ -148,7 +149,7 @@ def _lcm_grid(cfg) -> int:
 
 def train_sigmas(cfg) -> torch.Tensor:
     """sigma_t = sqrt((1 - abar_t) / abar_t) of the training schedule, t = 0..T-1 (float64)."""
-    abar = DDPMScheduler(**_betas(cfg)).alphas_cumprod.double()
+    abar = DDPMScheduler(**beta_kwargs(cfg.schedule)).alphas_cumprod.double()
     return ((1 - abar) / abar).sqrt()
 
 
@@ -172,7 +173,7 @@ def _sigma_space_kwargs(cfg) -> Dict[str, Any]:
                         "(sampler.sigma_max_policy=allow)", cfg.sampler.name, cfg.schedule.name, sigma_max, max_sigma)
         return kw
     keep = int((sigmas <= max_sigma).sum())  # sigmas increase with t, so these are t = 0..keep-1
-    betas = DDPMScheduler(**_betas(cfg)).betas[:keep]
+    betas = DDPMScheduler(**beta_kwargs(cfg.schedule)).betas[:keep]
     log.warning("sampler %s: schedule %s sigma_max=%.4g > sampler.max_sigma=%.4g; clipped to sigma=%.4g "
                 "(training timesteps 0..%d; sampler.sigma_max_policy=clip)", cfg.sampler.name, cfg.schedule.name,
                 sigma_max, max_sigma, float(sigmas[keep - 1]), keep - 1)

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 
+from bench.sampling.schedulers import BETA_SCHEDULES, beta_kwargs
 from bench.schema import ConfigError
 
 OBJECTIVES = ("eps", "v", "x0", "flow")
 PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction", "x0": "sample", "flow": "flow"}  # diffusers' names
-BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
@@ -30,9 +30,7 @@ def ddpm_scheduler(schedule_cfg) -> DDPMScheduler:
     """The diffusers ``DDPMScheduler`` holding this schedule's betas / ``alphas_cumprod``."""
     if schedule_cfg.name not in BETA_SCHEDULES:
         raise ConfigError("schedule.name", schedule_cfg.name, " | ".join(BETA_SCHEDULES))
-    return DDPMScheduler(num_train_timesteps=int(schedule_cfg.num_train_timesteps),
-                         beta_start=float(schedule_cfg.beta_start), beta_end=float(schedule_cfg.beta_end),
-                         beta_schedule=BETA_SCHEDULES[schedule_cfg.name])
+    return DDPMScheduler(**beta_kwargs(schedule_cfg))
 
 
 def alphas_cumprod(schedule_cfg) -> torch.Tensor:
