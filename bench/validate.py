@@ -59,10 +59,10 @@ def _check_metric_files(cfg, info) -> None:
     from bench.evaluators import resolve_feature_net
 
     if resolve_feature_net(cfg) == "inception":
-        from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE
+        from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
 
-        given = cfg.metric.inception_weights or os.environ.get(ENV_VAR)
-        if not given or not Path(given).expanduser().is_file():
+        given, path = weights_file(cfg)
+        if path is None:
             raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
                               f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
     ref = cfg.metric.reference_stats

@@ -50,13 +50,19 @@ def missing_weights_message(given) -> str:
             f"{OFFICIAL_FILE} or {ENV_VAR}=/path/to/{OFFICIAL_FILE}")
 
 
+def weights_file(cfg) -> tuple[str | None, Path | None]:
+    """(what was given: metric.inception_weights, else $BENCH_INCEPTION_WEIGHTS; its path if that file exists)."""
+    given = cfg.metric.inception_weights or os.environ.get(ENV_VAR)
+    path = Path(given).expanduser() if given else None
+    return given, path if path is not None and path.is_file() else None
+
+
 def load_inception(cfg) -> InceptionFeatureNet:
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    given = cfg.metric.inception_weights or os.environ.get(ENV_VAR)
-    if not given or not Path(given).expanduser().is_file():
+    given, path = weights_file(cfg)
+    if path is None:
         raise EvaluatorError(missing_weights_message(given))
-    path = Path(given).expanduser()
     digest = file_sha256(path)
     expected = (cfg.metric.inception_sha256 or OFFICIAL_SHA256).lower()
     if digest != expected:
