@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jinja2
 import markupsafe
+import numpy as np
 import pandas as pd
 
 from .load import fmt_value
@@ -159,11 +160,26 @@ def html(r: Report, plots: Path) -> str:
 
 # ---------------------------------------------------------------- all files
 
+# Published CSVs carry 6 significant digits: the same bootstrap or interpolation can differ in the last bit across
+# machines (BLAS/SIMD paths), and a table must not change a byte for that. Full precision stays in results.jsonl.
+CSV_SIGNIFICANT_DIGITS = 6
+
+
+def csv_text(df: pd.DataFrame) -> str:
+    """A table as CSV with every float (also inside object columns) written as %.6g; NaN/None stay empty."""
+    def fmt(v):
+        if isinstance(v, (float, np.floating)) and v == v:  # NaN != NaN stays as is (an empty cell)
+            return f"{v:.{CSV_SIGNIFICANT_DIGITS}g}"
+        return v
+
+    return df.map(fmt).to_csv(index=False, lineterminator="\n")
+
+
 def write_all(r: Report, out: Path) -> list[Path]:
     """Write every file of the report under out (a fresh directory); plots are already in out/plots."""
     files = {"report.md": markdown(r), "report.tex": latex(r), "report.html": html(r, out / "plots")}
     for m, df in r.csvs.items():
-        files[f"table_{m}.csv"] = df.to_csv(index=False, lineterminator="\n")
+        files[f"table_{m}.csv"] = csv_text(df)
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
     return [out / n for n in files]
