@@ -20,7 +20,19 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from bench.schema import ConfigError, register
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _conf_dir() -> str:
+    """conf/ beside the package in a source checkout (editable install); bench/conf/ (package data) in a wheel."""
+    here = Path(__file__).resolve().parent
+    for d in (here.parent / "conf", here / "conf"):
+        if (d / "bench.yaml").is_file():
+            return str(d)
+    raise FileNotFoundError(f"bench's Hydra configs are missing: neither {here.parent / 'conf'} nor {here / 'conf'} "
+                            "holds bench.yaml (reinstall bench)")
+
+
+CONF_DIR = _conf_dir()
 MAX_CELLS = 2000
 _PASS_FLAGS = {"-m", "--multirun"}
 
