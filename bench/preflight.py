@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from bench.schema import ConfigError, register
+from bench.schema import ConfigError, check_declared_keys, register
 
 
 
@@ -44,6 +44,17 @@ class CompositionError(ValueError):
 def _group_options(group: str) -> list[str]:
     d = Path(CONF_DIR) / group
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _help_groups() -> str:
+    """The config groups and their options for `bench --help` (without the `<group>_schema` ConfigStore nodes)."""
+    root = Path(CONF_DIR)
+    groups = sorted(p.relative_to(root).as_posix() for p in [*root.iterdir(), *root.glob("hydra/*")]
+                    if p.is_dir() and p.name != "hydra")
+    return "\n".join(f"{g}: {', '.join(_group_options(g))}" for g in groups)
+
+
+OmegaConf.register_new_resolver("bench_groups", _help_groups, replace=True)
 
 
 def _one_line(e: BaseException) -> str:
@@ -99,6 +110,28 @@ def _unparsable(parser, overrides: list[str]) -> str:
     return " ".join(overrides)
 
 
+def _sweep_values(o) -> list[str]:
+    """The values of one sweep override, as Hydra's BasicSweeper would run them: lists, choice() and range()
+    enumerate themselves; glob() filters the options of the config group it names (Hydra needs its ConfigLoader
+    for that, which the preflight does not run); interval() has no grid (it is for optimising sweepers)."""
+    from hydra.core.override_parser.types import Glob, IntervalSweep
+
+    key, value = o.get_key_element(), o.value()
+    if isinstance(value, Glob):
+        options = _group_options(key)
+        if not options:
+            raise CompositionError(f"{o.input_line}: glob() selects options of a config group; '{key}' is not one "
+                                   f"(groups: {', '.join(sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()))})")
+        names = value.filter(options)
+        if not names:
+            raise CompositionError(f"{o.input_line}: matches no option of '{key}' (options: {', '.join(options)})")
+        return names
+    if isinstance(value, IntervalSweep):
+        raise CompositionError(f"{o.input_line}: interval() has no grid to run (it is for optimising sweepers); "
+                               "use a list a,b,c or range(start,stop,step)")
+    return list(o.sweep_string_iterator())
+
+
 def expand(argv: Iterable[str]) -> list[list[str]] | None:
     """The override list of every cell `bench argv` would run; None when argv asks Hydra for something else."""
     argv = list(argv)
@@ -115,7 +148,7 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
     for o in parsed:
         if o.is_sweep_override():
             key = o.get_key_element()
-            sweeps[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            sweeps[key] = [f"{key}={v}" for v in _sweep_values(o)]
         else:
             base.append(o.input_line)
     first = [vals[0] for vals in sweeps.values()]
@@ -129,10 +162,29 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
             if key in cli_keys:
                 continue  # the command line wins, as in Hydra's BasicSweeper
             o = parser.parse_override(f"{key}={value}")
-            sweeps[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+            sweeps[key] = ([f"{key}={v}" for v in _sweep_values(o)] if o.is_sweep_override()
                            else [o.input_line])
     combos = list(itertools.islice(itertools.product(*sweeps.values()), MAX_CELLS + 1))
     return [base + list(c) for c in combos]
+
+
+def one_cell_argv(argv: Iterable[str]) -> list[str]:
+    """A plain `bench KEY=VALUE ...` (no -m, no experiment/sweep chosen, no sweep syntax) runs that one cell, not
+    the default experiment's grid; bare `bench` is still the default job. Returns argv, with hydra.mode=RUN added
+    when it is a plain run."""
+    argv = list(argv)
+    if not argv or any(a.startswith("-") for a in argv):
+        return argv
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(argv)
+    except Exception:
+        return argv  # expand() names the bad override
+    for o in parsed:
+        key = o.get_key_element()
+        if o.is_sweep_override() or key in ("experiment", "sweep") or key.startswith("hydra"):
+            return argv
+    return argv + ["hydra.mode=RUN"]
 
 
 def check(argv: Iterable[str]) -> int:
@@ -144,6 +196,7 @@ def check(argv: Iterable[str]) -> int:
         return 0
     for overrides in cells[:MAX_CELLS]:
         cfg = compose_cfg(overrides)
+        check_declared_keys(cfg)
         try:
             validate(cfg)
         except MissingMandatoryValue as e:
