@@ -30,6 +30,8 @@ from omegaconf import OmegaConf
 from bench.evaluators import EvaluatorError, one_thread, publish, verified_meta
 from bench.utils import config_hash, file_sha256
 
+log = logging.getLogger("bench")
+
 MIN_RETRIEVAL = 0.80
 TINY_CLIP = {
     "embed_dim": 64,
@@ -174,6 +176,7 @@ def load_offline_clip(cfg, info=None) -> ClipFeatureNet:
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tiny_clip-{key}."))
         (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP,
                                                                "preprocess_cfg": TINY_PREPROCESS}, indent=2))
+        log.info("training the offline CLIP evaluator on captioned shapes (once; cached at %s, a few minutes)", path)
         with one_thread():
             meta = train_offline_clip(data_cfg, tmp)
         model, tok = _create(tmp)

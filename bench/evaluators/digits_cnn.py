@@ -8,6 +8,7 @@ seconds on CPU), must reach ``MIN_ACCURACY`` on the held-out test split, and is 
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from omegaconf import OmegaConf
 from bench.evaluators import EvaluatorError, one_thread, publish, verified_meta
 from bench.metrics.stats import quantize_uint8
 from bench.utils import config_hash
+
+log = logging.getLogger("bench")
 
 MIN_ACCURACY = 0.97
 NATIVE_SIZE = 8
@@ -146,8 +149,10 @@ def load_digits_cnn(cfg, info=None) -> DigitsFeatureNet:
     root = Path(cfg.cache_dir) / "evaluators"
     path = root / f"digits_cnn-{key}"
     if not (path / "meta.json").exists():
+        log.info("training the digits-CNN evaluator (once; cached at %s, about a minute on one CPU core)", path)
         with one_thread():
             model, meta = train_digits_cnn(data_cfg)
+        log.info("digits-CNN evaluator: held-out accuracy %.4f in %.0f s", meta["test_accuracy"], meta["train_seconds"])
         if meta["test_accuracy"] < MIN_ACCURACY:
             raise EvaluatorError(f"digits_cnn reached held-out accuracy {meta['test_accuracy']:.4f} < "
                                  f"{MIN_ACCURACY} required; not cached (training config {TRAIN})")

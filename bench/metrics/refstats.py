@@ -14,6 +14,7 @@ declare ``feature_net`` / ``resize``; a declared value that differs from the run
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ def get_reference(cfg, info, net) -> RefStats:
     key = ref_key(info, split, net, int(cfg.metric.num_reference))
     path = Path(cfg.cache_dir) / "refstats" / f"{ref_id(key)}.npz"
     if not path.exists():
+        logging.getLogger("bench").info("computing reference statistics %s (once; cached at %s)", path.stem, path)
         compute_reference(cfg.data, key, net, path)
     return load_reference(path, key)
 
