@@ -5,5 +5,6 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["bench", "bench.*"]) + ["bench.conf"],
     package_dir={"bench.conf": "conf"},
-    package_data={"bench.conf": ["*.yaml", "**/*.yaml"]},
+    package_data={"bench.conf": ["*.yaml", "**/*.yaml"],
+                  "bench.evaluators": ["shipped/*/*"]},  # frozen evaluators + reference statistics
 )

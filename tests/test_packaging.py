@@ -23,6 +23,10 @@ def test_wheel_ships_every_config_and_runs_outside_the_repo(tmp_path):
                    timeout=300)
     shipped, expected = (_yaml_files(target / "bench" / "conf"), _yaml_files(ROOT / "conf"))
     assert expected and shipped == expected  # conf/sweep -> sweeps/ included through the link
+    shipped = target / "bench" / "evaluators" / "shipped"  # the frozen evaluators and reference statistics
+    assert (shipped / "digits_cnn-ff8f887cde6bdaaf" / "model.safetensors").is_file()
+    assert (shipped / "tiny_clip-4f3496fabba231ed" / "open_clip_model.safetensors").is_file()
+    assert len(list((shipped / "refstats").glob("*.npz"))) == 1
     env = dict(os.environ, PYTHONPATH=str(target))  # the wheel's bench, not the editable checkout
     run = tmp_path / "elsewhere"
     run.mkdir()

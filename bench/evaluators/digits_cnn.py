@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from bench.evaluators import EvaluatorError, one_thread, publish, verified_meta
+from bench.evaluators import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
 from bench.metrics.stats import quantize_uint8
 from bench.utils import config_hash
 
@@ -140,15 +140,17 @@ class DigitsFeatureNet:
         return self.model(x)
 
 
-def load_digits_cnn(cfg, info=None) -> DigitsFeatureNet:
-    """The cached digits CNN for this split convention, trained (and cached) on first use."""
+def load_digits_cnn(cfg, info=None, use_shipped: bool = True) -> DigitsFeatureNet:
+    """The digits CNN for this split convention: the shipped frozen one for the default split, else the cached one,
+    trained (and cached) on first use. ``use_shipped=False`` retrains into the cache (``bench-evaluator train``)."""
     from safetensors.torch import load_file, save_file
 
     data_cfg = _digits_cfg(cfg.data)
     key = config_hash({"train": TRAIN, "split_seed": data_cfg.split_seed, "test_fraction": data_cfg.test_fraction})
     root = Path(cfg.cache_dir) / "evaluators"
-    path = root / f"digits_cnn-{key}"
-    if not (path / "meta.json").exists():
+    path = find_evaluator(cfg.cache_dir, f"digits_cnn-{key}", use_shipped)  # shipped (the default split) or cached
+    if path is None:
+        path = root / f"digits_cnn-{key}"
         log.info("training the digits-CNN evaluator (once; cached at %s, about a minute on one CPU core)", path)
         with one_thread():
             model, meta = train_digits_cnn(data_cfg)
