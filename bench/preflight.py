@@ -168,6 +168,10 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
     return [base + list(c) for c in combos]
 
 
+# Overrides that say where or how a run goes, not what it computes: they keep the default job a grid.
+WHERE_KEYS = ("out_dir", "cache_dir", "tracker", "trainer", "device", "name", "fail_fast")
+
+
 def one_cell_argv(argv: Iterable[str]) -> list[str]:
     """A plain `bench KEY=VALUE ...` (no -m, no experiment/sweep chosen, no sweep syntax) runs that one cell, not
     the default experiment's grid; bare `bench` is still the default job. Returns argv, with hydra.mode=RUN added
@@ -180,10 +184,12 @@ def one_cell_argv(argv: Iterable[str]) -> list[str]:
         parsed = parser.parse_overrides(argv)
     except Exception:
         return argv  # expand() names the bad override
-    for o in parsed:
-        key = o.get_key_element()
-        if o.is_sweep_override() or key in ("experiment", "sweep") or key.startswith("hydra"):
-            return argv
+    keys = [o.get_key_element().lstrip("+~") for o in parsed]
+    if any(o.is_sweep_override() for o in parsed) or any(k in ("experiment", "sweep") or k.startswith("hydra")
+                                                         for k in keys):
+        return argv
+    if all(k.split(".")[0] in WHERE_KEYS for k in keys):
+        return argv  # `bench out_dir=... tracker=none` is still the default job, elsewhere
     return argv + ["hydra.mode=RUN"]
 
 

@@ -68,7 +68,7 @@ def test_plain_overrides_run_one_cell_and_bare_bench_the_default_job():
     argv = one_cell_argv(["sampling.guidance_scale=3"])
     assert argv[-1] == "hydra.mode=RUN" and len(expand(argv)) == 1
     for kept in (["-m", "sampling.guidance_scale=3"], ["sweep=guidance"], ["experiment=smoke"],
-                 ["sampler=ddim,euler"], ["hydra.mode=MULTIRUN"]):
+                 ["sampler=ddim,euler"], ["hydra.mode=MULTIRUN"], ["out_dir=/tmp/x", "tracker=none"]):
         assert one_cell_argv(kept) == kept
 
 
