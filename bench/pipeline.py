@@ -122,6 +122,11 @@ def write_scatter(path: Path, points: np.ndarray, reference: np.ndarray | None, 
     atomic_write_bytes(path, buf.getvalue())
 
 
+def uses_channels_last(cfg) -> bool:
+    """cost.channels_last applies to the (convolutional) UNet only."""
+    return bool(cfg.cost.channels_last and cfg.model.name == "unet")
+
+
 def _sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int):
     from bench.metrics.cost import CostMeter
     from bench.metrics.scorer import Scorer
@@ -135,7 +140,7 @@ def _sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, 
     kwargs = dict(shape=tuple(info.shape), num_samples=total, batch_size=batch_size, seed=s.seed,
                   num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                   num_classes=info.num_classes, device=device, eta=cfg.sampler.eta,
-                  inference_mode=c.inference_mode, channels_last=c.channels_last)
+                  inference_mode=c.inference_mode, channels_last=uses_channels_last(cfg))
     score_s = 0.0
     for batch in sample(model, scheduler, cost=meter, progress=cfg.trainer.enable_progress_bar, **kwargs):
         t0 = time.perf_counter()
@@ -155,7 +160,7 @@ def _sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, 
             pass
         meter.add_timing(again)
     cost = {**meter.summary(), "score_s": score_s, "inference_mode": bool(c.inference_mode),
-            "channels_last": bool(c.channels_last)}
+            "channels_last": uses_channels_last(cfg)}
     grid_x = torch.cat(grid)
     if info.kind == "images":
         write_grid(cell_dir / "grid.png", to_uint8(grid_x))
@@ -228,7 +233,7 @@ def run_cell(cfg: DictConfig, info, root: Path, key: str, cell_cfg: dict) -> dic
         torch.set_num_threads(int(cfg.cost.num_threads))  # pinned for the cell; the row records num_threads
     device = resolve_device(cfg.device)
     model, train_info = load_or_train(cfg)
-    if cfg.cost.channels_last and cfg.model.name == "unet":
+    if uses_channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     cell_dir = root / "cells" / key
     cell_dir.mkdir(parents=True, exist_ok=True)
