@@ -64,9 +64,17 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _quartiles(xs) -> str:
-    q1, q3 = np.percentile(xs, [25, 75])
-    return f"IQR {q1 * 1e3:.1f}–{q3 * 1e3:.1f} ms"
+def interleaved(sides: dict, rounds: int) -> tuple[dict, dict]:
+    """Time each side once per round, the order rotating every round, after one uncounted warm-up round.
+    Each side is a callable returning (seconds, output); returns ({side: [seconds]}, {side: last output}).
+    Ratios use the minimum over rounds (timeit's rule: other processes only ever add time) and show medians too."""
+    names, times, outs = list(sides), {k: [] for k in sides}, {}
+    for r in range(rounds + 1):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            t, outs[k] = sides[k]()
+            if r:
+                times[k].append(t)
+    return times, outs
 
 
 def torch_profile(fn, top: int = 6) -> str:
@@ -84,19 +92,23 @@ def torch_profile(fn, top: int = 6) -> str:
     return "\n".join(lines)
 
 
-def py_profile(fn, top: int = 8) -> str:
-    """Top Python functions by own time of one call of ``fn`` (cProfile), as a markdown table."""
+def py_profile(fn, top: int = 8, cumulative: bool = False, only: str | None = None) -> str:
+    """Top Python functions of one call of ``fn`` (cProfile) by own time, or by cumulative time for functions
+    whose file path contains ``only``, as a markdown table."""
     pr = cProfile.Profile()
     pr.enable()
     fn()
     pr.disable()
     st = pstats.Stats(pr, stream=io.StringIO())
-    rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
-    total = sum(v[2] for v in st.stats.values()) or 1
-    lines = ["| function | calls | own time (ms) | share |", "|---|---:|---:|---:|"]
-    for (file, line, name), (_, ncalls, tt, _, _) in rows:
+    col = 3 if cumulative else 2
+    items = [kv for kv in st.stats.items() if only is None or only in kv[0][0]]
+    rows = sorted(items, key=lambda kv: kv[1][col], reverse=True)[:top]
+    total = max(v[3] for v in st.stats.values()) if cumulative else sum(v[2] for v in st.stats.values())
+    what = "cumulative" if cumulative else "own"
+    lines = [f"| function | calls | {what} time (ms) | share |", "|---|---:|---:|---:|"]
+    for (file, line, name), v in rows:
         where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if line else file
-        lines.append(f"| `{name}` ({where}) | {ncalls} | {tt * 1e3:.1f} | {100 * tt / total:.1f} % |")
+        lines.append(f"| `{name}` ({where}) | {v[1]} | {v[col] * 1e3:.1f} | {100 * v[col] / (total or 1):.1f} % |")
     return "\n".join(lines)
 
 
@@ -128,6 +140,7 @@ def sampling_ratios(P, out: dict) -> list[dict]:
     from bench.metrics.cost import CostMeter
     from bench.models import build_model
     from bench.sampling import build_scheduler, sample
+    from bench.schema import CostConfig
 
     cfg = _cfg(*P["arch"])
     info = dataclasses.replace(get_data_info(cfg.data), num_classes=0)  # DDIMPipeline is unconditional
@@ -139,21 +152,26 @@ def sampling_ratios(P, out: dict) -> list[dict]:
     pipe = DDIMPipeline(unet=model.unet, scheduler=DDIMScheduler.from_config(sched.config))
     pipe.set_progress_bar_config(disable=True)
 
-    def harness(m=model, **opts):
+    def harness(m=model, **opts) -> tuple[float, torch.Tensor]:
         meter = CostMeter("cpu")
         (batch,) = list(sample(m, sched, shape=tuple(info.shape), num_samples=B, batch_size=B, seed=0,
                                num_inference_steps=S, guidance_scale=1.0, num_classes=0, device="cpu", cost=meter,
                                progress=False, **opts))
         return meter.batch_seconds[0], batch.x
 
+    d = CostConfig()  # the harness defaults, and each option flipped
+    # the floor: the same model the harness samples with its defaults, called S times in a row
+    floor = model_cl if d.channels_last else model
     x_bare, t_bare = torch.randn(B, *info.shape), torch.full((B,), 500.0)
+    if d.channels_last:
+        x_bare = x_bare.contiguous(memory_format=torch.channels_last)
 
     def bare():
         with torch.inference_mode():
             t0 = time.perf_counter()
             for _ in range(S):
-                model(x_bare, t_bare)
-            return time.perf_counter() - t0
+                floor(x_bare, t_bare)
+            return time.perf_counter() - t0, None
 
     def diffusers_pipe():
         gens = [torch.Generator().manual_seed(i) for i in range(B)]
@@ -161,36 +179,31 @@ def sampling_ratios(P, out: dict) -> list[dict]:
         img = pipe(batch_size=B, generator=gens, eta=0.0, num_inference_steps=S, output_type="pt").images
         return time.perf_counter() - t0, img
 
-    variants = {"defaults": {}, "no inference_mode (no_grad)": dict(inference_mode=False),
-                "channels_last": dict(m=model_cl, channels_last=True), "host sync every step":
-                dict(check_every_step=True)}
-    times = {k: [] for k in ["bare", "diffusers", *variants]}
-    samples = {}
-    for r in range(P["rounds"] + 1):  # round 0 warms every path up and is not counted
-        tb = bare()
-        td, img = diffusers_pipe()
-        for name, opts in variants.items():
-            t, x = harness(**opts)
-            samples[name] = x
-            if r:
-                times[name].append(t)
-        if r:
-            times["bare"].append(tb)
-            times["diffusers"].append(td)
-    med = {k: _median(v) for k, v in times.items()}
-    h = med["defaults"]
+    on = dict(inference_mode=d.inference_mode, channels_last=d.channels_last, check_every_step=False)
+    variants = {"defaults": on, f"inference_mode={not d.inference_mode}": {**on, "inference_mode": not d.inference_mode},
+                f"channels_last={not d.channels_last}": {**on, "channels_last": not d.channels_last},
+                "host sync every step": {**on, "check_every_step": True}}
+    sides = {"bare": bare, "diffusers": diffusers_pipe,
+             **{k: functools.partial(harness, **v, m=model_cl if v["channels_last"] else model)
+                for k, v in variants.items()}}
+    times, samples = interleaved(sides, P["rounds"])
+    mn, med = ({k: f(v) for k, v in times.items()} for f in (min, _median))
+    h = mn["defaults"]
+    img = samples["diffusers"]
     pipe_diff = float(((samples["defaults"] / 2 + 0.5).clamp(0, 1) - img).abs().max())
-    out["sampling"] = dict(med=med, iqr={k: _quartiles(v) for k, v in times.items()}, pipe_diff=pipe_diff,
+    out["sampling"] = dict(min=mn, med=med, pipe_diff=pipe_diff, defaults=on,
                            diffs={k: float((samples[k] - samples["defaults"]).abs().max()) for k in variants})
-    out["profile_harness"] = torch_profile(lambda: harness())
+    out["profile_harness"] = torch_profile(lambda: sides["defaults"]())
     out["profile_diffusers"] = torch_profile(lambda: diffusers_pipe())
     shape = f"batch {B}, DDIM {S} steps, {'x'.join(map(str, info.shape))} UNet {list(cfg.model.block_out_channels)}"
     return [
-        dict(key="floor", name=f"harness sampling wall ÷ (NFE × bare denoiser forward), {shape}", value=h / med["bare"],
-             goal=1.03, detail=f"{h * 1e3:.1f} ms vs {S} × {med['bare'] / S * 1e3:.2f} ms = {med['bare'] * 1e3:.1f} ms"),
-        dict(key="diffusers", name=f"harness sampling ÷ diffusers `DDIMPipeline` (same UNet, steps, batch, per-image "
-             f"generators), {shape}", value=h / med["diffusers"], goal=0.9,
-             detail=f"{h * 1e3:.1f} ms vs {med['diffusers'] * 1e3:.1f} ms; samples agree to {pipe_diff:.1e}"),
+        dict(key="floor", name=f"harness sampling wall ÷ (NFE × bare denoiser forward), {shape}", value=h / mn["bare"],
+             goal=1.03, detail=f"{h * 1e3:.1f} ms vs {S} × {mn['bare'] / S * 1e3:.2f} ms = {mn['bare'] * 1e3:.1f} ms; "
+             f"medians {med['defaults'] / med['bare']:.3f}"),
+        dict(key="diffusers", name=f"harness sampling (its defaults) ÷ diffusers `DDIMPipeline` (same UNet, steps, "
+             f"batch, per-image generators), {shape}", value=h / mn["diffusers"], goal=0.9,
+             detail=f"{h * 1e3:.1f} ms vs {mn['diffusers'] * 1e3:.1f} ms; medians "
+                    f"{med['defaults'] / med['diffusers']:.3f}; samples agree to {pipe_diff:.1e}"),
     ]
 
 
@@ -242,21 +255,17 @@ def fid_ratio(P, out: dict, cache: Path) -> list[dict]:
                                    device=torch.device("cpu"), verbose=False)
             return time.perf_counter() - t0, fid
 
-        th, tc = [], []
-        for r in range(P["rounds"] + 1):
-            a, fid_h = harness()
-            b, fid_c = clean()
-            if r:
-                th.append(a)
-                tc.append(b)
-        out["fid"] = dict(h=_median(th), c=_median(tc), fid_h=fid_h, fid_c=fid_c)
+        times, fids = interleaved({"harness": harness, "clean": clean}, P["rounds"])
+        th, tc, fid_h, fid_c = times["harness"], times["clean"], fids["harness"], fids["clean"]
+        out["fid"] = dict(h=min(th), c=min(tc), fid_h=fid_h, fid_c=fid_c)
         out["profile_cleanfid"] = py_profile(clean)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [dict(key="fid", name=f"harness feature extraction + FID ÷ clean-fid `compute_fid` (digits CNN in both, "
                  f"{P['fid_n']} generated vs {len(ref)} reference images; clean-fid reads them as PNG folders)",
-                 value=_median(th) / _median(tc), goal=0.5,
-                 detail=f"{_median(th) * 1e3:.0f} ms vs {_median(tc) * 1e3:.0f} ms; FID {fid_h:.6f} vs {fid_c:.6f}")]
+                 value=min(th) / min(tc), goal=0.5,
+                 detail=f"{min(th) * 1e3:.0f} ms vs {min(tc) * 1e3:.0f} ms; medians {_median(th) / _median(tc):.3f}; "
+                        f"FID {fid_h:.6f} vs {fid_c:.6f}")]
 
 
 # ---- 4: scoring memory vs N (a fresh process per N) ---------------------------------------------------------------
@@ -384,9 +393,9 @@ def training_ratio(P, out: dict) -> list[dict]:
         return list(np.diff(ts)[2:])
 
     tl, tp = [], []
-    for _ in range(max(1, P["rounds"] // 2)):
-        tl += lightning()
-        tp += plain()
+    for r in range(max(1, P["rounds"] // 2)):  # alternate which side goes first
+        for f, acc in ((lightning, tl), (plain, tp))[::1 if r % 2 == 0 else -1]:
+            acc += f()
     out["training"] = dict(l=_median(tl), p=_median(tp))
     out["profile_lightning"] = py_profile(lightning)
     return [dict(key="lightning", name=f"Lightning training step ÷ plain PyTorch loop (same module, loss, "
@@ -416,6 +425,13 @@ def sweep_ratio(P, out: dict, root: Path) -> list[dict]:
             info = pipeline.prepare(cfg)
             rows.append(pipeline.run_cell(cfg, info, root / "sweep", cell_key(cfg), cell_config(cfg)))
     total = time.perf_counter() - t0
+
+    def one_more():  # the first cell again under cProfile, in its own results root (not timed above)
+        cfg = _cfg(*base, f"sampler={SWEEP_SAMPLERS[0]}", f"sampling.num_inference_steps={P['sweep_steps'][0]}",
+                   "name=profiled")
+        pipeline.run_cell(cfg, pipeline.prepare(cfg), root / "profiled", cell_key(cfg), cell_config(cfg))
+
+    out["profile_sweep"] = py_profile(one_more, top=12, cumulative=True, only=f"{os.sep}bench{os.sep}")
     inner = sum(r["sample_s"] + r["score_s"] for r in rows)
     cell_wall = sum(r["wall_s"] for r in rows)
     out["sweep"] = dict(total=total, inner=inner, cells=len(rows), cell_wall=cell_wall)
@@ -445,8 +461,7 @@ def render(P, mode, ratios, out, argv, seconds, load0, load1) -> str:
          f"Machine: {machine()} (torch threads {torch.get_num_threads()}, OMP_NUM_THREADS="
          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); versions: {lib_versions()}.",
          f"Mode: {mode}; run time {seconds:.0f} s; 1-min load average {load0:.2f} at the start, {load1:.2f} at the end "
-         f"({os.cpu_count()} cores; a shared machine: other processes ran beside this one, which is why each ratio "
-         f"alternates its two sides round by round and compares medians).", "",
+         f"({os.cpu_count()} cores, shared: other processes ran beside this one).", "",
          "Models: every sampling timing uses an *untrained* UNet of the digits architecture "
          f"({'smoke UNet [16, 32]' if mode == 'quick' else 'conf/model/unet.yaml: [32, 64], attention in the 2nd block'}"
          ", 1×8×8, seeded): weights do not change the arithmetic, so training is irrelevant to these timings; "
@@ -458,25 +473,28 @@ def render(P, mode, ratios, out, argv, seconds, load0, load1) -> str:
         r["pass"] = ok
         L.append(f"| {i} | {r['name']} | {r['value']:.3f} | ≤ {r['goal']} | {'pass' if ok else '**miss**'} | "
                  f"{r['detail']} |")
-    L += ["", f"Rounds: {P['rounds']} timed rounds after one warm-up round per ratio (medians); ratio 4 runs one fresh "
-          "process per N and reads its resident set size after every batch.", "",
+    d = s["defaults"]
+    L += ["", f"Each ratio alternates its sides for {P['rounds']} timed rounds (order rotating, after one uncounted "
+          "warm-up round) and divides the *minimum* times (other processes on a shared machine only ever add time); "
+          "the ratio of medians is shown beside it. Ratio 4 runs one fresh process per N and reads its resident set "
+          "size after every batch; ratio 5 compares median step times.", "",
           "## Optimisations, each on/off (harness sampling, same batch as ratio 1)", "",
-          "| setting | median batch time (ms) | vs defaults | max |Δ sample| vs defaults | default? |",
-          "|---|---:|---:|---:|---|"]
-    base = s["med"]["defaults"]
-    keep = {"defaults": "—", "no inference_mode (no_grad)": "inference_mode on (`cost.inference_mode=true`)",
-            "channels_last": "off (`cost.channels_last=false`)", "host sync every step": "off (one check per batch)"}
-    for k, v in s["med"].items():
-        if k in ("bare", "diffusers"):
-            continue
-        L.append(f"| {k} | {v * 1e3:.1f} ({s['iqr'][k]}) | {v / base:.3f}× | {s['diffs'][k]:.1e} | {keep[k]} |")
-    L += ["", "*inference_mode* and the single finite check per batch give bit-identical samples (Δ = 0) and are the "
-          "defaults; *channels_last* changes float rounding (Δ above), so it stays opt-in (`cost.channels_last=true`, "
-          "recorded in the row as `channels_last`) unless it is clearly faster here. Not tried on this CPU: "
-          "preallocated buffers (diffusers' `scheduler.step` allocates its outputs; the CPU allocator already reuses "
-          "them), and the GPU-only options (bf16/fp16 autocast, `torch.compile`, TF32): no GPU in this run. Evaluator "
-          "reuse across cells: see ratio 6 — the fixed per-cell cost (weights and evaluator loads, artifacts) is what "
-          "separates the sweep's total from its cells' sampling + scoring.", "",
+          f"Harness defaults: `cost.inference_mode={str(d['inference_mode']).lower()}`, "
+          f"`cost.channels_last={str(d['channels_last']).lower()}`, one finite check (host sync) per batch.", "",
+          "| setting | min batch time (ms) | median (ms) | vs defaults (min) | max abs Δ sample vs defaults |",
+          "|---|---:|---:|---:|---:|"]
+    base = s["min"]["defaults"]
+    for k in s["diffs"]:
+        L.append(f"| {k} | {s['min'][k] * 1e3:.1f} | {s['med'][k] * 1e3:.1f} | {s['min'][k] / base:.3f}× | "
+                 f"{s['diffs'][k]:.1e} |")
+    L += ["", "A flipped option slower than the defaults (> 1×) is one the defaults gain from. `inference_mode` and one "
+          "finite check per batch give bit-identical samples; `channels_last` changes float rounding only (Δ above, "
+          "below one uint8 level of 1/127.5), so it is a default that every row records (`channels_last`), like "
+          "`inference_mode`. Not tried on this CPU: preallocated buffers (diffusers' `scheduler.step` allocates its "
+          "outputs; the CPU caching allocator already reuses them) and the GPU-only options (bf16/fp16 autocast, "
+          "`torch.compile`, TF32): no GPU in this run. Evaluator reuse across cells: ratio 6 bounds what it could "
+          "gain — everything in a cell besides sampling and scoring (model, evaluator and reference loads, artifacts).",
+          "",
           "## Scaling", "", f"Harness sampling + scoring (FID, IS), DDIM, batch 250, time vs N "
           f"({P['time_n_steps']} steps):", "", "| N | seconds | ms / image | × of the smallest N, per image |",
           "|---:|---:|---:|---:|"]
@@ -504,22 +522,21 @@ def render(P, mode, ratios, out, argv, seconds, load0, load1) -> str:
 
 EXPLAIN = {
     "floor": lambda o: "Harness sampling, one batch (torch.profiler, top ops by self CPU time):\n\n"
-    + o["profile_harness"] + "\n\nThe UNet's own ops dominate; what is not the forward is the scheduler's elementwise "
-    "step, the per-image noise generators and the finite check.",
-    "diffusers": lambda o: "The harness runs the same UNet calls and the same `DDIMScheduler.step` as the pipeline, plus "
-    "per-image generators, the finite check and call counting; with none of its optional speed-ups faster on this "
-    "CPU (table above), it cannot be 10 % faster than a loop doing the same work. Harness, one batch:\n\n"
-    + o["profile_harness"] + "\n\n`DDIMPipeline`, one batch:\n\n" + o["profile_diffusers"],
+    + o["profile_harness"] + "\n\nWhat is not the UNet forward: the scheduler's elementwise step, the per-image noise "
+    "generators, the finite check and call counting.",
+    "diffusers": lambda o: "Both loops run the same UNet calls and the same `DDIMScheduler.step`; the harness adds "
+    "per-image generators, the finite check and call counting, and gains only what its speed options give (table "
+    "above), so it lands where those options put it. Harness, one batch (torch.profiler, top ops by self CPU "
+    "time):\n\n" + o["profile_harness"] + "\n\n`DDIMPipeline`, one batch:\n\n" + o["profile_diffusers"],
     "fid": lambda o: "clean-fid, one `compute_fid` call (cProfile, top functions by own time):\n\n"
-    + o["profile_cleanfid"] + "\n\nFor 8×8 digits the feature network is cheap, so both sides are dominated by fixed "
-    "costs rather than feature extraction.",
-    "memory": lambda o: "Scoring keeps per-image features for KID (and logits for IS); see the memory table.",
+    + o["profile_cleanfid"],
+    "memory": lambda o: "Scoring keeps per-image features for KID and logits for IS (the growth column of the memory "
+    "table); the images are streamed.",
     "lightning": lambda o: "Lightning's `fit` for the same steps (cProfile, top functions by own time):\n\n"
-    + o["profile_lightning"] + "\n\nThe difference per step is Lightning's hook dispatch, `self.log` and result "
-    "collection around the same optimiser step.",
+    + o["profile_lightning"],
     "sweep": lambda o: f"{o['sweep']['cells']} cells: {o['sweep']['total']:.1f} s in all, {o['sweep']['cell_wall']:.1f} s "
-    f"inside the cells, {o['sweep']['inner']:.1f} s sampling + scoring; the rest is per-cell config composition, "
-    "validation, model and evaluator loading and artifact writing.",
+    f"inside the cells, {o['sweep']['inner']:.1f} s sampling + scoring. Per cell, outside sampling and scoring:\n\n"
+    + o["profile_sweep"],
 }
 
 
