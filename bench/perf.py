@@ -37,7 +37,7 @@ SIZES = {
     "full": dict(arch=[], batch=64, steps=50, rounds=5, fid_n=2000, mem_n=[1000, 2000, 4000, 8000, 10000],
                  time_n=[1000, 2000, 4000, 8000], time_n_steps=5, nfe_n=256, nfe_steps=[5, 10, 20, 50, 100],
                  train_steps=30, train_batch=128, sweep_n=200, sweep_steps=[5, 10, 20, 50],
-                 sweep_train=["train.max_steps=200"]),
+                 sweep_train=["train.max_steps=50"]),
     "quick": dict(arch=["model.block_out_channels=[16,32]"], batch=8, steps=4, rounds=2, fid_n=200,
                   mem_n=[200, 400], time_n=[64, 128], time_n_steps=2, nfe_n=16, nfe_steps=[2, 4],
                   train_steps=4, train_batch=16, sweep_n=16, sweep_steps=[1, 2],
