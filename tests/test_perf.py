@@ -44,7 +44,7 @@ def test_quick_perf_report(tmp_path):
     # the harness and clean-fid compute the same FID on the same images; the harness and DDIMPipeline the same samples
     fid = re.search(r"FID ([\d.]+) vs ([\d.]+)", text)
     assert abs(float(fid[1]) - float(fid[2])) <= 1e-4 * float(fid[2])
-    assert float(re.search(r"samples agree to ([\d.e+-]+)", text)[1]) < 1e-4
+    assert float(re.search(r"samples agree to ([\d.e+-]+)", text)[1]) < 1e-6  # same UNet, scheduler, noise
 
 
 def test_bad_threads_is_one_error_line(tmp_path):
