@@ -78,12 +78,14 @@ def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
                      "speedup_std": s.std if s else None, "speedup_p16": s.lo if s else None,
                      "speedup_p84": s.hi if s else None, "pareto": (r["mean_lat"], r["mean"]) in front,
                      **({} if model_cost is None else {
-                         "nfe_x_per_call": model_cost[key], "speedup_nfe_x_per_call": s_cost.speedup if s_cost else None,
+                         "nfe_x_per_call": model_cost[key],
+                         "speedup_nfe_x_per_call": s_cost.speedup if s_cost else None,
                          "speedup_nfe_x_per_call_bound": s_cost.bound if s_cost else None})})
     m = label(metric)
     header = ["method", "steps", "NFE", f"{m} ↓", "latency p50 (ms/img)", f"DDIM {m} at same steps",
               f"teacher latency at this {m} (ms)", f"speed-up at matched {m}", "68% interval",
-              *([] if model_cost is None else ["NFE × per-call (ms/img)", f"speed-up at matched {m} from NFE × per-call"]),
+              *([] if model_cost is None else ["NFE × per-call (ms/img)",
+                                               f"speed-up at matched {m} from NFE × per-call"]),
               "distill train steps", "distill time (s)", "Pareto"]
     notes = [f"Speed-up at matched {m} = the teacher ({teacher}) latency at the student's {m} — log-latency "
              f"interpolated linearly in {m} along the teacher's monotone part — ÷ the student's latency. ± = std and "
