@@ -34,9 +34,9 @@ import torch
 # Real config, shrunk per mode. "arch" overrides pick the UNet: full = the default digits UNet (conf/model/unet.yaml),
 # quick = the smoke UNet. `train` = the (tiny) training of the model the 12-cell sweep samples.
 SIZES = {
-    "full": dict(arch=[], batch=64, steps=50, rounds=5, fid_n=2000, mem_n=[1000, 2000, 4000, 8000, 10000],
-                 time_n=[1000, 2000, 4000, 8000], time_n_steps=5, nfe_n=256, nfe_steps=[5, 10, 20, 50, 100],
-                 train_steps=30, train_batch=128, sweep_n=200, sweep_steps=[5, 10, 20, 50],
+    "full": dict(arch=[], batch=64, steps=50, rounds=3, fid_n=2000, mem_n=[1000, 4000, 10000],
+                 time_n=[1000, 2000, 4000, 8000], time_n_steps=2, nfe_n=128, nfe_steps=[5, 10, 20, 50, 100],
+                 train_steps=20, train_batch=128, sweep_n=100, sweep_steps=[5, 10, 20, 50],
                  sweep_train=["train.max_steps=50"]),
     "quick": dict(arch=["model.block_out_channels=[16,32]"], batch=8, steps=4, rounds=2, fid_n=200,
                   mem_n=[200, 400], time_n=[64, 128], time_n_steps=2, nfe_n=16, nfe_steps=[2, 4],
@@ -462,7 +462,9 @@ def render(P, mode, ratios, out, argv, seconds, load0, load1) -> str:
          f"Machine: {machine()} (torch threads {torch.get_num_threads()}, OMP_NUM_THREADS="
          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); versions: {lib_versions()}.",
          f"Mode: {mode}; run time {seconds:.0f} s; 1-min load average {load0:.2f} at the start, {load1:.2f} at the end "
-         f"({os.cpu_count()} cores, shared: other processes ran beside this one).", "",
+         f"({os.cpu_count()} cores, shared: other processes ran beside this one).",
+         f"Sizes ({mode}, chosen so the whole run stays under 10 minutes on a shared 2-core CPU): "
+         + ", ".join(f"{k}={v}" for k, v in P.items() if k != "arch") + ".", "",
          "Models: every sampling timing uses an *untrained* UNet of the digits architecture "
          f"({'smoke UNet [16, 32]' if mode == 'quick' else 'conf/model/unet.yaml: [32, 64], attention in the 2nd block'}"
          ", 1×8×8, seeded): weights do not change the arithmetic, so training is irrelevant to these timings; "
