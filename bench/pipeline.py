@@ -122,28 +122,45 @@ def write_scatter(path: Path, points: np.ndarray, reference: np.ndarray | None, 
     atomic_write_bytes(path, buf.getvalue())
 
 
+def uses_channels_last(cfg) -> bool:
+    """cost.channels_last applies to the (convolutional) UNet only."""
+    return bool(cfg.cost.channels_last and cfg.model.name == "unet")
+
+
 def _sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int):
     from bench.metrics.cost import CostMeter
     from bench.metrics.scorer import Scorer
     from bench.sampling import sample
 
-    s = cfg.sampling
-    meter = CostMeter(device)
+    s, c = cfg.sampling, cfg.cost
+    meter = CostMeter(device, c.warmup_batches, c.min_timed_batches)
     scorer = Scorer(cfg, info, cell_dir)
     keep, grid = [], []
     total = s.num_samples * cfg.metric.repeats  # repeat r = images [r*N, (r+1)*N): disjoint per-image seeds
-    for batch in sample(model, scheduler, shape=tuple(info.shape), num_samples=total, batch_size=batch_size,
-                        seed=s.seed, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                        num_classes=info.num_classes, device=device, cost=meter, eta=cfg.sampler.eta,
-                        progress=cfg.trainer.enable_progress_bar):
+    kwargs = dict(shape=tuple(info.shape), num_samples=total, batch_size=batch_size, seed=s.seed,
+                  num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                  num_classes=info.num_classes, device=device, eta=cfg.sampler.eta,
+                  inference_mode=c.inference_mode, channels_last=uses_channels_last(cfg))
+    score_s = 0.0
+    for batch in sample(model, scheduler, cost=meter, progress=cfg.trainer.enable_progress_bar, **kwargs):
+        t0 = time.perf_counter()
         scorer.update(batch)
+        score_s += time.perf_counter() - t0
         need = s.grid_size - sum(len(g) for g in grid)
         if need > 0:
             grid.append(batch.x[:need].cpu())
         if s.save_samples:
             keep.append(batch.x.cpu())
+    t0 = time.perf_counter()
     metrics = scorer.compute()
-    cost = meter.summary()
+    score_s += time.perf_counter() - t0
+    for _ in range(c.repeats - 1):  # re-time the sampling only; the samples are the ones already scored
+        again = CostMeter(device, c.warmup_batches)
+        for _ in sample(model, scheduler, cost=again, progress=False, **kwargs):
+            pass
+        meter.add_timing(again)
+    cost = {**meter.summary(), "score_s": score_s, "inference_mode": bool(c.inference_mode),
+            "channels_last": uses_channels_last(cfg)}
     grid_x = torch.cat(grid)
     if info.kind == "images":
         write_grid(cell_dir / "grid.png", to_uint8(grid_x))
@@ -212,8 +229,12 @@ def run_cell(cfg: DictConfig, info, root: Path, key: str, cell_cfg: dict) -> dic
         log.info("cell %s already in %s: skipped (resume)", key, results)
         return None
     set_determinism(cfg.sampling.deterministic)
+    if cfg.cost.num_threads:
+        torch.set_num_threads(int(cfg.cost.num_threads))  # pinned for the cell; the row records num_threads
     device = resolve_device(cfg.device)
     model, train_info = load_or_train(cfg)
+    if uses_channels_last(cfg):
+        model = model.to(memory_format=torch.channels_last)
     cell_dir = root / "cells" / key
     cell_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cell_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

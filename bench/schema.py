@@ -130,6 +130,21 @@ class TrainerConfig:
 
 
 @dataclass
+class CostConfig:
+    """How cost is measured (not what is computed: excluded from the cell key, like ``trainer``). Latency = median
+    (and IQR) over the timed batches: the first ``warmup_batches`` of a cell are produced and scored but not timed."""
+
+    warmup_batches: int = 1  # batches excluded from latency (first calls allocate, fill caches)
+    min_timed_batches: int = 5  # K: fewer timed batches -> a warning and latency_batches < K in the row
+    repeats: int = 1  # > 1: re-time the cell's sampling (samples discarded) and pool the timed batches
+    num_threads: int = 0  # torch.set_num_threads for the cell (0 = as started, e.g. OMP_NUM_THREADS); recorded
+    inference_mode: bool = True  # torch.inference_mode instead of no_grad while sampling (same numbers)
+    # UNet in channels_last memory format: ~12 % faster sampling on this CPU (bench-perf); float rounding differs
+    # (samples agree to ~1e-3 after 50 steps, as with another batch size), so it is recorded in the row
+    channels_last: bool = True
+
+
+@dataclass
 class MetricConfig:
     name: str = MISSING  # auto (by data set) | inception | none
     fid: bool = True
@@ -196,6 +211,7 @@ class BenchConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     distill: DistillConfig = MISSING
     name: str = "default"  # results go to ${out_dir}/${name}
     out_dir: str = "runs"

@@ -89,7 +89,9 @@ def validate(cfg, info=None) -> None:
     for key in ("sampling.num_samples", "sampling.batch_size", "train.batch_size", "train.lr",
                 "schedule.num_train_timesteps", "data.image_size", "metric.repeats"):
         _positive(cfg, key)
-    for key in ("train.max_steps", "train.warmup_steps", "train.grad_clip", "metric.bootstrap", "sampler.eta"):
+    _positive(cfg, "cost.repeats")
+    for key in ("train.max_steps", "train.warmup_steps", "train.grad_clip", "metric.bootstrap", "sampler.eta",
+                "cost.warmup_batches", "cost.min_timed_batches", "cost.num_threads"):
         _positive(cfg, key, strict=False)
     _unit(cfg, "train.ema_decay")
     _unit(cfg, "train.cond_drop_prob")

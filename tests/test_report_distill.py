@@ -41,3 +41,24 @@ def test_speedup_table_on_a_known_curve(tmp_path):
     assert "speedup_p16" in csv and "pareto" in csv
     assert "Speed-up at matched FID" in (out / "report.md").read_text()
     assert float(t.long.set_index("method").loc["progressive", "speedup"]) == pytest.approx(8 * 2 ** 0.5)
+
+
+def test_speedup_from_nfe_times_per_call_shown_only_with_per_call_rows(tmp_path):
+    """Rows with per_call_s (issue 16) get a second speed-up from the model's cost alone, NFE × per-call time."""
+    rows = _rows()
+    for r in rows:
+        r["per_call_s"] = 0.0005  # the model costs 0.5 ms per image-forward in every cell
+    report, _ = build_report([str(write(tmp_path / "runs", rows))], str(tmp_path / "report"),
+                             metric="fid,latency_p50", plots=False)
+    t = next(t for t in report.tables if t.name == "speedup")
+    col = {h: i for i, h in enumerate(t.header)}
+    prog = next([c.text for c in r] for r in t.body if (r[0].text, r[1].text) == ("progressive", "2"))
+    # teacher model cost 0.5·NFE ms: FID 15 halfway between 2 ms (4 steps) and 4 ms (8 steps) → 2√2 ms; student 1 ms
+    assert prog[col["NFE × per-call (ms/img)"]] == "1.00"
+    assert prog[col["speed-up at matched FID from NFE × per-call"]].startswith(f"{2 * 2 ** 0.5:.1f}× ± ")
+    assert prog[col["speed-up at matched FID"]].startswith(f"{8 * 2 ** 0.5:.1f}× ± ")  # latency's, unchanged
+    long = t.long.set_index("method")
+    assert float(long.loc["progressive", "speedup_nfe_x_per_call"]) == pytest.approx(2 * 2 ** 0.5)
+    (plain, _) = build_report([str(write(tmp_path / "plain", _rows()))], str(tmp_path / "r2"),
+                              metric="fid,latency_p50", plots=False)
+    assert "NFE × per-call (ms/img)" not in next(t for t in plain.tables if t.name == "speedup").header

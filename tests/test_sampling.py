@@ -155,10 +155,32 @@ def test_cost_meter_summary_and_counting():
             model(torch.zeros(2 * n, 2), torch.zeros(2 * n))
     s = meter.summary()
     assert meter.calls == 4 and s["nfe"] == 3.0  # (4 + 8 + 2 + 4) rows / 6 images
-    assert set(s) == {"nfe", "latency_p50", "latency_p95", "images_per_s", "peak_mem_mb", "mem_kind", "wall_s"}
+    assert set(s) == {"nfe", "latency_p50", "latency_p95", "images_per_s", "peak_mem_mb", "mem_kind", "wall_s",
+                      "latency_iqr", "latency_batches", "latency_warmup_batches", "per_call_s", "sample_s",
+                      "num_threads", "load_before", "load_after", "cost_under_load"}
     assert s["mem_kind"] == "rss" and s["peak_mem_mb"] > 10
     assert 0 < s["latency_p50"] <= s["latency_p95"] and s["wall_s"] > 0
     assert s["images_per_s"] == pytest.approx(6 / s["wall_s"])
+    assert s["latency_batches"] == 2 and s["latency_warmup_batches"] == 0 and s["num_threads"] >= 1
+    assert 0 < s["per_call_s"] < s["latency_p95"]  # one image-forward is cheaper than 3 of them
+
+
+def test_cost_meter_warmup_batches_are_not_timed():
+    """Latency is the median over the timed batches: the first warmup_batches are produced but excluded."""
+    import time
+
+    meter = CostMeter("cpu", warmup_batches=1)
+    for n, sleep in ((2, 0.2), (2, 0.002), (2, 0.004), (2, 0.006)):
+        with meter.batch(n):
+            time.sleep(sleep)
+    s = meter.summary()
+    assert s["latency_batches"] == 3 and s["latency_warmup_batches"] == 1 and s["nfe"] == 0
+    assert s["latency_p50"] < 0.05 / 2  # the 0.2 s warm-up batch would dominate the p95 if it were counted
+    assert s["latency_iqr"] >= 0 and s["images_per_s"] > 2 / 0.05
+    one = CostMeter("cpu", warmup_batches=1)  # a single batch: nothing left after the warm-up -> it is timed
+    with one.batch(3):
+        pass
+    assert one.summary()["latency_batches"] == 1 and one.summary()["latency_warmup_batches"] == 0
 
 
 def test_scheduler_config_is_saveable():

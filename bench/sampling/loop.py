@@ -47,14 +47,19 @@ def guided(model, x, t, labels, guidance_scale: float, num_classes: int):
 
 def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_size: int, seed: int,
            num_inference_steps: int, guidance_scale: float, num_classes: int, device, cost: CostMeter,
-           eta: float = 0.0, class_labels: Optional[Sequence[int]] = None, progress: bool = True) -> Iterator[Batch]:
+           eta: float = 0.0, class_labels: Optional[Sequence[int]] = None, progress: bool = True,
+           inference_mode: bool = True, channels_last: bool = False, check_every_step: bool = False
+           ) -> Iterator[Batch]:
     """Generate ``num_samples`` images of ``shape``, streaming one :class:`Batch` per ``batch_size`` images.
 
     Per batch: ``scheduler.set_timesteps``; x_T = randn(seed + i) * init_noise_sigma; for each t in
     ``scheduler.timesteps``: out = guided(model, scale_model_input(x, t), t); x = step(out, t, x).prev_sample.
     ``model(x, t, class_labels=None)``: t is a float (B,) tensor in scheduler timestep units. Image i is labelled
     ``class_labels[i]`` if given, else ``i % num_classes`` (num_classes > 0 and guidance_scale > 0).
-    Raises NonFiniteError(step) on NaN/Inf after a step.
+    Raises NonFiniteError(step) on NaN/Inf after a step: the finite check of every step is kept on the device and
+    read once per batch (``check_every_step=True`` reads it after each step: a host sync per step on GPU).
+    ``inference_mode`` (else ``no_grad``) and ``channels_last`` (4-D inputs in that memory format; the caller puts
+    the model in it) are speed options measured by ``bench-perf``.
     """
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be > 0")
@@ -77,18 +82,27 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
             gens = image_generators(seed, i0, i1)
             if "generator" in step_params:
                 step_kwargs["generator"] = gens  # row k's step noise from image k's generator (randn_tensor)
-            with torch.no_grad(), cost.batch(i1 - i0):
-                scheduler.set_timesteps(num_inference_steps, device=device)  # also resets multistep/Heun state
-                x = initial_noise(gens, shape).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
-                y = labels.to(device) if labels is not None else None
-                timesteps = scheduler.timesteps
-                for k, t in enumerate(timesteps):
-                    tb = t.float().expand(x.shape[0])
-                    out = guided(net, scale(x, t), tb, y, guidance_scale, num_classes)
-                    x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-                    if not torch.isfinite(x).all():
-                        raise NonFiniteError(k, float(t), len(timesteps))
-                x = x.float().cpu()
+            with cost.batch(i1 - i0):
+                with torch.inference_mode() if inference_mode else torch.no_grad():
+                    scheduler.set_timesteps(num_inference_steps, device=device)  # also resets multistep/Heun state
+                    x = initial_noise(gens, shape).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
+                    if channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    y = labels.to(device) if labels is not None else None
+                    timesteps = scheduler.timesteps
+                    finite = torch.ones(len(timesteps), dtype=torch.bool, device=device)
+                    for k, t in enumerate(timesteps):
+                        tb = t.float().expand(x.shape[0])
+                        out = guided(net, scale(x, t), tb, y, guidance_scale, num_classes)
+                        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+                        finite[k] = torch.isfinite(x).all()
+                        if check_every_step and not finite[k]:
+                            break
+                    if not finite.all():
+                        k = int((~finite).nonzero()[0])
+                        raise NonFiniteError(k, float(timesteps[k]), len(timesteps))
+                # a plain (non-inference) float32 CPU copy: consumers may modify it or use it with autograd
+                x = x.to("cpu", torch.float32, memory_format=torch.contiguous_format, copy=True)
             bar.update(i1 - i0)
             bar.set_postfix(batch=f"{i0 // batch_size + 1}/{num_batches}")
             yield Batch(x=x, labels=labels, index=index)
