@@ -165,7 +165,7 @@ class MetricConfig:
     swd_projections: int = 256
     # added by the metrics engineer (bench/metrics, bench/evaluators):
     num_reference: int = 0  # reference images from metric.reference_split (0 = the whole split); part of the ref key
-    is_splits: int = 10  # Inception Score: mean/std over this many splits
+    is_splits: int = 10  # Inception Score: at most this many splits of >= 5000 images (fewer images: whole set)
     seed: int = 0  # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
     mmd_bandwidth: Optional[float] = None  # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
     inception_sha256: Optional[str] = None  # expected sha256 of metric.inception_weights (default: the official file)

@@ -147,10 +147,28 @@ def test_repeats_and_bootstrap_give_spread(digits):
     row = score(compose("data=digits", "sampling.num_samples=120", "metric.repeats=3", "metric.kid_subset_size=100"),
                 info, x)
     assert row["fid_repeats"] == 3 and row["fid_n"] == 120 and row["fid_std"] > 0 and row["n_gen"] == 360
+    # KID and IS follow the same seed blocks: their ± is a spread over seeds, and the row says so
+    assert row["kid_repeats"] == 3 and row["kid_std_over"] == "seeds" and row["kid_std"] > 0
+    assert row["is_repeats"] == 3 and row["is_std_over"] == "seeds" and row["fid_std_over"] == "seeds"
+    per_block_is = [distances.inception_score(Scorer(cfg, info).net(quantize_uint8(x[i * 120:(i + 1) * 120]))[1],
+                                              splits=1)[0] for i in range(3)]
+    assert row["is"] == pytest.approx(np.mean(per_block_is), rel=1e-9) and row["is_splits"] == 1
     boot = score(compose("data=digits", "sampling.num_samples=360", "metric.bootstrap=20", "metric.kid_subset_size=100"),
                  info, x)
     assert boot["fid_bootstrap"] == 20 and boot["fid_std"] > 0
-    assert boot["fid_ci_low"] < boot["fid_ci_high"]
+    assert boot["fid_ci_low"] < boot["fid_ci_high"] and boot["fid_std_over"] == "bootstrap"
+    assert boot["kid_std_over"] == "subsets"  # one seed block: KID's std is torchmetrics' subset spread
+
+
+def test_inception_score_is_the_whole_set_value_below_two_splits_of_5000(digits):
+    """Ten splits of 36 images bias IS low; below 2 x 5000 images IS is computed on the whole set."""
+    cfg, info, x, y = digits
+    row = score(cfg, info, x)
+    logits = Scorer(cfg, info).net(quantize_uint8(x))[1]
+    whole, _ = distances.inception_score(logits, splits=1)
+    ten, _ = distances.inception_score(logits, splits=10)
+    assert row["is_splits"] == 1 and row["is"] == pytest.approx(whole, rel=1e-9) and row["is_std_over"] == "none"
+    assert ten < whole  # the bias the rule avoids
 
 
 def test_metric_none_and_clip_score_needs_captions(digits):
