@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +22,10 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from bench.schema import ConfigError, register
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# conf/hydra/launcher/submitit_{slurm,local}.yaml shadow the plugin's structured configs of the same name on purpose:
+# Hydra then validates our values against the plugin's schema (a misspelt launcher key fails before any work).
+warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema with the same name",
+                        category=UserWarning)
 MAX_CELLS = 2000
 _PASS_FLAGS = {"-m", "--multirun"}
 
@@ -51,7 +56,9 @@ def _one_line(e: BaseException) -> str:
 
         from bench import schema
 
-        node = getattr(schema, m.group(2), None)
+        node = getattr(cause, "object_type", None)  # the failing node's dataclass (ours, or a plugin's)
+        if not dataclasses.is_dataclass(node):
+            node = getattr(schema, m.group(2), None)
         keys = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "?"
         where = o.group(1) if o else m.group(1)
         return f"{where}: no such key in {m.group(2)}; allowed keys: {keys}"
