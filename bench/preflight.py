@@ -96,6 +96,18 @@ def _unparsable(parser, overrides: list[str]) -> str:
 
 def expand(argv: Iterable[str]) -> list[list[str]] | None:
     """The override list of every cell `bench argv` would run; None when argv asks Hydra for something else."""
+    g = grid(argv)
+    if g is None:
+        return None
+    base, sweeps = g
+    combos = list(itertools.islice(itertools.product(*sweeps.values()), MAX_CELLS + 1))
+    return [base + list(c) for c in combos]
+
+
+def grid(argv: Iterable[str]) -> tuple[list[str], dict[str, list[str]]] | None:
+    """(fixed overrides, {swept key: its `key=value` overrides}) of `bench argv`: the grid Hydra's BasicSweeper
+    expands (the command line's sweeps, then `hydra.sweeper.params` keys the command line does not set).
+    None when argv asks Hydra for something else."""
     argv = list(argv)
     if any(a.startswith("-") and a not in _PASS_FLAGS for a in argv):
         return None  # --help, --cfg, --config-name, ...: leave to Hydra
@@ -126,8 +138,7 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
             o = parser.parse_override(f"{key}={value}")
             sweeps[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
                            else [o.input_line])
-    combos = list(itertools.islice(itertools.product(*sweeps.values()), MAX_CELLS + 1))
-    return [base + list(c) for c in combos]
+    return base, sweeps
 
 
 def check(argv: Iterable[str]) -> int:
