@@ -27,7 +27,7 @@ register()
 # Keys that do not change a cell's numbers: excluded from its key, so changing them does not re-run finished cells.
 # batch_size is here on purpose: per-image seeds make samples independent of it.
 NON_RESULT_KEYS = ("tracker", "trainer", "out_dir", "cache_dir", "name", "fail_fast", "device")
-NON_RESULT_SAMPLING_KEYS = ("batch_size", "save_samples", "grid_size")
+NON_RESULT_SAMPLING_KEYS = ("batch_size", "save_samples", "grid_size", "devices", "shard_size")
 
 
 def results_root(cfg: DictConfig) -> Path:
