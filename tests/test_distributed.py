@@ -83,3 +83,58 @@ def test_world_size_and_shard_size_are_checked_before_work(compose_cfg):
     for bad, key in (("sampling.devices=0", "sampling.devices"), ("sampling.shard_size=-1", "sampling.shard_size")):
         with pytest.raises(ConfigError, match=key):
             validate(compose_cfg(bad))
+
+
+def test_toy2d_points_two_processes_match_one(cache, compose_cfg, tmp_path, one_thread):
+    """Points cells (swd/mmd against the exact sampler) shard the same way."""
+    toy = ["experiment=toy2d", "hydra.mode=RUN", "train.max_steps=50", "sampling.num_samples=200",
+           "sampling.batch_size=50", "sampling.grid_size=64", "metric.toy_num_reference=500",
+           "sampling.num_inference_steps=5"]
+    rows = {}
+    for n, extra in (("plain", []), ("two", ["sampling.devices=2", "sampling.shard_size=50"])):
+        from bench import pipeline
+        from bench.run import cell_config, cell_key, results_root
+
+        cfg = compose_cfg(*SHRINK[:1], f"out_dir={tmp_path / n}", *toy, "sampling.save_samples=true", *extra)
+        row = pipeline.run_cell(cfg, pipeline.prepare(cfg), results_root(cfg), cell_key(cfg), cell_config(cfg))
+        rows[n] = (row, np.load(results_root(cfg) / row["cell_dir"] / "samples.npz")["points"])
+    (plain, p1), (two, p2) = rows["plain"], rows["two"]
+    assert p1.shape == (200, 2) and np.array_equal(p1, p2)
+    assert two["swd"] == pytest.approx(plain["swd"], rel=1e-6) and two["mmd"] == pytest.approx(plain["mmd"], rel=1e-6)
+    assert two["world_size"] == 2 and [c["images"] for c in two["cost_per_rank"]] == [100, 100]
+
+
+def test_sigkilled_two_process_cli_run_resumes_to_the_same_fid(cache, compose_cfg, tmp_path, one_thread):
+    """`kill -9` of the whole `bench` process group once the first shard file is on disk; the re-run samples only
+    the missing shards and ends with the FID of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_run import ROOT, rows
+
+    slow = ["sampling.num_inference_steps=20", "sampling.shard_size=16"]
+    ref, x_ref = run(compose_cfg, tmp_path / "ref", *slow)  # also trains the model into the shared cache
+    args = [sys.executable, "-m", "bench.run", "experiment=smoke", *SHRINK, *slow, "sampling.devices=2",
+            f"out_dir={tmp_path / 'cli'}", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    root = tmp_path / "cli" / "smoke"
+    deadline = time.monotonic() + 120
+    while not list(root.glob("cells/*/shards/*.npz")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL)  # the run's own process group: bench and its two ranks
+    p.wait()
+    done = list(root.glob("cells/*/shards/*.npz"))
+    assert 1 <= len(done) < 4, "the run was not caught mid-cell"
+    assert not (root / "results.jsonl").exists()
+    q = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stderr[-3000:]
+    (row,) = rows(root / "results.jsonl")
+    assert row["shards_resumed"] == len(done)  # every shard file written before the kill is reused
+    assert row["fid"] == pytest.approx(ref["fid"], rel=1e-6) and row["kid"] == pytest.approx(ref["kid"], rel=1e-6)
+    x = np.load(root / row["cell_dir"] / "samples.npz")["images"]
+    assert np.array_equal(x, x_ref)
