@@ -259,4 +259,5 @@ def test_toy2d_default_training_budget(compose_cfg, bench_cache):
     seconds = time.perf_counter() - t0
     curve = json.loads((bench_cache / "models" / info["model_key"] / "meta.json").read_text())["loss_curve"]
     print(f"toy2d eps 2000 steps x 512: {seconds:.1f}s, loss {curve[0]:.3f} -> {curve[-1]:.3f}")
-    assert seconds < 60 and curve[-1] < 0.7 * curve[0]
+    # the wall time is printed, not asserted: on a shared 2-core box it measures the neighbours (benchmarks own speed)
+    assert curve[-1] < 0.7 * curve[0]
