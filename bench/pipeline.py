@@ -128,6 +128,32 @@ def uses_channels_last(cfg) -> bool:
 
 
 def _sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int):
+    from bench import distributed
+
+    s = cfg.sampling
+    if distributed.enabled(cfg):  # resumable shards, on sampling.devices processes
+        metrics, cost, grid, keep = distributed.sample_and_score(cfg, info, model, scheduler, cell_dir, device,
+                                                                 batch_size)
+    else:
+        metrics, cost, grid, keep = _sample_and_score_here(cfg, info, model, scheduler, cell_dir, device, batch_size)
+    grid_x = torch.cat(grid)
+    if info.kind == "images":
+        write_grid(cell_dir / "grid.png", to_uint8(grid_x))
+        if keep:
+            _save_npz(cell_dir / "samples.npz", images=to_uint8(torch.cat(keep)))
+    else:
+        from bench.data import sample_true
+
+        ref = sample_true(cfg.data, len(grid_x), seed=10_000 + s.seed)
+        title = f"{cfg.sampler.name} {s.num_inference_steps} steps"
+        write_scatter(cell_dir / "grid.png", grid_x.numpy(), ref, title)
+        if keep:
+            _save_npz(cell_dir / "samples.npz", points=torch.cat(keep).numpy().astype(np.float32))
+    return metrics, cost
+
+
+def _sample_and_score_here(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int):
+    """One process, streamed: (metrics, cost, grid tensors, kept sample tensors)."""
     from bench.metrics.cost import CostMeter
     from bench.metrics.scorer import Scorer
     from bench.sampling import sample
@@ -161,20 +187,7 @@ def _sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, 
         meter.add_timing(again)
     cost = {**meter.summary(), "score_s": score_s, "inference_mode": bool(c.inference_mode),
             "channels_last": uses_channels_last(cfg)}
-    grid_x = torch.cat(grid)
-    if info.kind == "images":
-        write_grid(cell_dir / "grid.png", to_uint8(grid_x))
-        if keep:
-            _save_npz(cell_dir / "samples.npz", images=to_uint8(torch.cat(keep)))
-    else:
-        from bench.data import sample_true
-
-        ref = sample_true(cfg.data, len(grid_x), seed=10_000 + s.seed)
-        title = f"{cfg.sampler.name} {s.num_inference_steps} steps"
-        write_scatter(cell_dir / "grid.png", grid_x.numpy(), ref, title)
-        if keep:
-            _save_npz(cell_dir / "samples.npz", points=torch.cat(keep).numpy().astype(np.float32))
-    return metrics, cost
+    return metrics, cost, grid, keep
 
 
 def _save_npz(path: Path, **arrays) -> None:

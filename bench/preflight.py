@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -33,6 +34,10 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()
+# conf/hydra/launcher/submitit_{slurm,local}.yaml shadow the plugin's structured configs of the same name on purpose:
+# Hydra then validates our values against the plugin's schema (a misspelt launcher key fails before any work).
+warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema with the same name",
+                        category=UserWarning)
 MAX_CELLS = 2000
 _PASS_FLAGS = {"-m", "--multirun"}
 
@@ -74,7 +79,9 @@ def _one_line(e: BaseException) -> str:
 
         from bench import schema
 
-        node = getattr(schema, m.group(2), None)
+        node = getattr(cause, "object_type", None)  # the failing node's dataclass (ours, or a plugin's)
+        if not dataclasses.is_dataclass(node):
+            node = getattr(schema, m.group(2), None)
         keys = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "?"
         where = o.group(1) if o else m.group(1)
         return f"{where}: no such key in {m.group(2)}; allowed keys: {keys}"
@@ -134,6 +141,18 @@ def _sweep_values(o) -> list[str]:
 
 def expand(argv: Iterable[str]) -> list[list[str]] | None:
     """The override list of every cell `bench argv` would run; None when argv asks Hydra for something else."""
+    g = grid(argv)
+    if g is None:
+        return None
+    base, sweeps = g
+    combos = list(itertools.islice(itertools.product(*sweeps.values()), MAX_CELLS + 1))
+    return [base + list(c) for c in combos]
+
+
+def grid(argv: Iterable[str]) -> tuple[list[str], dict[str, list[str]]] | None:
+    """(fixed overrides, {swept key: its `key=value` overrides}) of `bench argv`: the grid Hydra's BasicSweeper
+    expands (the command line's sweeps, then `hydra.sweeper.params` keys the command line does not set).
+    None when argv asks Hydra for something else."""
     argv = list(argv)
     if any(a.startswith("-") and a not in _PASS_FLAGS for a in argv):
         return None  # --help, --cfg, --config-name, ...: leave to Hydra
@@ -164,8 +183,7 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
             o = parser.parse_override(f"{key}={value}")
             sweeps[key] = ([f"{key}={v}" for v in _sweep_values(o)] if o.is_sweep_override()
                            else [o.input_line])
-    combos = list(itertools.islice(itertools.product(*sweeps.values()), MAX_CELLS + 1))
-    return [base + list(c) for c in combos]
+    return base, sweeps
 
 
 # Overrides that say where or how a run goes, not what it computes: they keep the default job a grid.

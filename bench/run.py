@@ -25,9 +25,10 @@ log = logging.getLogger("bench")
 register()
 
 # Keys that do not change a cell's numbers: excluded from its key, so changing them does not re-run finished cells.
-# batch_size is here on purpose: per-image seeds make samples independent of it; `cost` says how time is measured.
+# batch_size is here on purpose: per-image seeds make samples independent of it; `cost` says how time is measured;
+# sampling.devices/shard_size only say how the work is split (bench.distributed: same samples and scores).
 NON_RESULT_KEYS = ("tracker", "trainer", "cost", "out_dir", "cache_dir", "name", "fail_fast", "device")
-NON_RESULT_SAMPLING_KEYS = ("batch_size", "save_samples", "grid_size")
+NON_RESULT_SAMPLING_KEYS = ("batch_size", "save_samples", "grid_size", "devices", "shard_size")
 
 
 def results_root(cfg: DictConfig) -> Path:

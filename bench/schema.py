@@ -99,6 +99,9 @@ class SamplingConfig:
     save_samples: bool = False  # samples.npz (uint8 NHWC) per cell
     grid_size: int = 100  # images in grid.png
     deterministic: bool = False  # torch.use_deterministic_algorithms + no TF32 (GPU)
+    # scale-out (bench/distributed.py); neither is part of the cell key: per-image seeds make the numbers independent
+    devices: int = 1  # processes (GPUs, or CPU processes with gloo) that share a cell's images: Lightning Fabric DDP
+    shard_size: int = 0  # images per resumable shard file under cells/<key>/shards/ (0: no shards unless devices > 1)
 
 
 @dataclass

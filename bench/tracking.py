@@ -26,6 +26,21 @@ def wandb_mode(requested: Optional[str]) -> str:
     return "offline"
 
 
+# What `wandb agent` hands the process it starts: the run it created for this cell, its sweep and the cell's params.
+AGENT_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")
+_agent_run: Optional[dict] = None  # claimed by the first cell this process logs
+
+
+def _claim_agent_run() -> dict:
+    """The agent's run belongs to exactly one cell: the first call takes the variables out of the environment (so no
+    later cell, ablation run or child process reuses the id) and returns them; every later call returns {}."""
+    global _agent_run
+    if _agent_run is None:
+        _agent_run = {k: os.environ.pop(k) for k in AGENT_ENV if k in os.environ}
+        return _agent_run
+    return {}
+
+
 # Row columns that are measurements (W&B summary); every other column is a setting or provenance (W&B config).
 MEASURED = ("fid", "kid", "is", "clip_score", "swd", "mmd", "nfe", "latency_p50", "latency_p95", "images_per_s",
             "peak_mem_mb", "wall_s", "train_seconds", "distill_seconds")
@@ -68,14 +83,25 @@ class Tracker:
 
             raise ConfigError("tracker.name", tracker_cfg.name, "one of wandb, none")
 
-    def _init(self, **kwargs):
+    def _init(self, agent_env: Optional[dict] = None, **kwargs):
+        """wandb.init; ``agent_env``: the claimed `wandb agent` variables, in the environment for this init only.
+        wandb's process-wide settings read the environment once, at setup: the agent's run gets a setup of its own
+        (teardown before and after, as `wandb agent` itself does between runs), so no other run inherits its id."""
         import wandb
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        # silent: one console line per cell comes from bench, not ~40 from W&B
-        return wandb.init(project=self.cfg.project, entity=self.cfg.entity, dir=str(self.dir),
-                          mode=wandb_mode(self.cfg.mode), reinit="finish_previous",
-                          settings=wandb.Settings(silent=True, console="off"), **kwargs)
+        if agent_env:
+            wandb.teardown()
+            os.environ.update(agent_env)
+        try:
+            # silent: one console line per cell comes from bench, not ~40 from W&B
+            return wandb.init(project=self.cfg.project, entity=self.cfg.entity, dir=str(self.dir),
+                              mode=wandb_mode(self.cfg.mode), reinit="finish_previous",
+                              settings=wandb.Settings(silent=True, console="off"),
+                              id=(agent_env or {}).get("WANDB_RUN_ID"), **kwargs)
+        finally:
+            for k in agent_env or {}:
+                os.environ.pop(k, None)
 
     def _guard(self, what: str, fn, *args, **kwargs):
         if not self.enabled:
@@ -97,7 +123,8 @@ class Tracker:
 
             name = f"{row.get('sampler')}-{row.get('num_inference_steps')}-g{row.get('guidance_scale')}-{row['cell_key'][:6]}"
             settings, metrics = split_row(row)
-            run = self._init(group=row.get("name"), name=name, job_type="cell",
+            agent_env = _claim_agent_run()
+            run = self._init(agent_env, group=row.get("name"), name=name, job_type="cell",
                              config={**config, "row": settings})
             try:
                 # the full row as a one-row table too: offline runs keep tables as readable JSON files
@@ -109,11 +136,20 @@ class Tracker:
                 return run.dir
             finally:
                 run.finish()
+                if agent_env:
+                    wandb.teardown()  # the next run sets up from an environment without the agent's variables
 
         return self._guard("logging the cell", _do)
 
     def log_table(self, group: str, rows: list[dict], key: str = "ablation") -> Optional[str]:
         """Log all rows of a sweep as one ``wandb.Table`` in an 'ablation' run of the sweep's group."""
+
+        _claim_agent_run()
+        if _agent_run:
+            # under `wandb agent` (one cell per process) the sweep's own page is the table; an ablation run per cell
+            # would only repeat results.jsonl so far
+            log.info("tracker: under wandb agent: no ablation run (the W&B sweep page holds the cells)")
+            return None
 
         def _do():
             import wandb

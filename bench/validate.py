@@ -114,3 +114,6 @@ def validate(cfg, info=None) -> None:
     from bench.distill import check_distill
 
     check_distill(cfg, info.num_classes)
+    from bench.distributed import check_distributed
+
+    check_distributed(cfg)

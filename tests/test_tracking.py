@@ -84,3 +84,46 @@ def test_settings_go_to_config_and_scores_to_summary(tmp_path, monkeypatch):
     assert seen["init"]["settings"].silent
     (payload,) = seen["logged"]
     assert set(payload) == {"cell"}  # no scalar history: only the row table (and the grid when there is one)
+
+
+def _run_ids(root):
+    """{run id: [cell_key of each cell table in it]} of the offline runs under root/wandb."""
+    out = {}
+    for d in (root / "wandb").glob("offline-run-*"):
+        tables = [json.loads(p.read_text()) for p in d.glob("files/media/table/cell_*.table.json")]
+        out[d.name.rsplit("-", 1)[1]] = [dict(zip(t["columns"], t["data"][0]))["cell_key"] for t in tables]
+    return out
+
+
+def test_agent_run_id_goes_to_exactly_one_cell(tmp_path, monkeypatch):
+    """`wandb agent` sets WANDB_RUN_ID for the cell it launched: that cell's run has the id, any other cell of the
+    process gets its own run, and no ablation run reuses (or is added under) the agent's run."""
+    import bench.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_agent_run", None)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun01")
+    tr = Tracker(_cfg(), tmp_path)
+    row = {"cell_key": "k1", "name": "sweep", "sampler": "ddim", "num_inference_steps": 10, "guidance_scale": 1.0,
+           "fid": 3.25, "status": "ok"}
+    tr.log_cell({"sampler": {"name": "ddim"}}, row)
+    assert "WANDB_RUN_ID" not in __import__("os").environ  # claimed: child processes do not inherit it
+    tr.log_cell({"sampler": {"name": "euler"}}, {**row, "cell_key": "k2", "sampler": "euler"})
+    assert tr.log_table("sweep", [row]) is None
+    runs = _run_ids(tmp_path)
+    assert runs["agentrun01"] == ["k1"]
+    assert len(runs) == 2 and sorted(v for r in runs.values() for v in r) == ["k1", "k2"]
+
+
+def test_without_agent_every_cell_and_the_table_get_fresh_runs(tmp_path, monkeypatch):
+    import bench.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_agent_run", None)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    tr = Tracker(_cfg(), tmp_path)
+    row = {"cell_key": "k1", "name": "sweep", "status": "ok"}
+    tr.log_cell({}, row)
+    tr.log_cell({}, {**row, "cell_key": "k2"})
+    assert tr.log_table("sweep", [row]) is not None
+    assert len(_run_ids(tmp_path)) == 3

@@ -98,24 +98,43 @@ class Scorer:
             self.text_embeds = self.clip.encode_text(list(info.class_names))
 
     def update(self, batch) -> None:
+        self.add(batch.index, **self.measure(batch))
+
+    def measure(self, batch) -> dict:
+        """Per-image outputs of one batch, what :meth:`add` folds in: feature-net features and logits, CLIP scores,
+        or the points themselves. A shard of a sharded/distributed cell saves these (bench.distributed)."""
         x = batch.x.detach().cpu()
-        self.n_gen += x.shape[0]
         if self.mode == "none":
-            return
+            return {}
         if self.mode == "points":
-            self.points.append(x.double().numpy())
-            return
+            return {"points": x.double().numpy()}
         u8 = quantize_uint8(x)
         feats, logits = self.net(u8)
-        block = (batch.index.cpu().long() // self.num_samples).clamp(0, self.repeats - 1)
-        for b in block.unique().tolist():
-            self.blocks[b].update(feats[block == b])
+        out = {"feats": feats.detach().cpu().numpy()}
         if logits is not None:
-            for b in block.unique().tolist():
-                self.logits[b].append(logits[block == b].double().cpu())
+            out["logits"] = logits.detach().double().cpu().numpy()
         if self.clip is not None and batch.labels is not None:
             img = feats if self.clip is self.net else self.clip(u8)[0]
-            self.clip_scores.append(distances.clip_score(img, self.text_embeds[batch.labels.cpu().long()]))
+            out["clip"] = distances.clip_score(img, self.text_embeds[batch.labels.cpu().long()]).detach().cpu().numpy()
+        return out
+
+    def add(self, index, feats=None, logits=None, clip=None, points=None) -> None:
+        """Fold in the :meth:`measure` outputs of images ``index`` (image i counts in seed block i // num_samples)."""
+        index = torch.as_tensor(np.asarray(index)).long()
+        self.n_gen += len(index)
+        if points is not None:
+            self.points.append(np.asarray(points, dtype=np.float64))
+        if feats is None:
+            return
+        block = (index // self.num_samples).clamp(0, self.repeats - 1).numpy()
+        for b in np.unique(block).tolist():
+            self.blocks[b].update(feats[block == b])
+        if logits is not None:
+            lg = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+            for b in np.unique(block).tolist():
+                self.logits[b].append(lg[torch.from_numpy(block == b)])
+        if clip is not None:
+            self.clip_scores.append(torch.as_tensor(clip))
 
     def compute(self) -> dict:
         if self.mode == "none":

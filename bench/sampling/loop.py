@@ -48,9 +48,10 @@ def guided(model, x, t, labels, guidance_scale: float, num_classes: int):
 def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_size: int, seed: int,
            num_inference_steps: int, guidance_scale: float, num_classes: int, device, cost: CostMeter,
            eta: float = 0.0, class_labels: Optional[Sequence[int]] = None, progress: bool = True,
-           inference_mode: bool = True, channels_last: bool = False, check_every_step: bool = False
-           ) -> Iterator[Batch]:
+           inference_mode: bool = True, channels_last: bool = False, check_every_step: bool = False,
+           start: int = 0) -> Iterator[Batch]:
     """Generate ``num_samples`` images of ``shape``, streaming one :class:`Batch` per ``batch_size`` images.
+    ``start``: the images are i = start, ..., start + num_samples - 1 (a shard of a larger cell, bench.distributed).
 
     Per batch: ``scheduler.set_timesteps``; x_T = randn(seed + i) * init_noise_sigma; for each t in
     ``scheduler.timesteps``: out = guided(model, scale_model_input(x, t), t); x = step(out, t, x).prev_sample.
@@ -72,8 +73,8 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     conditional = num_classes > 0 and guidance_scale > 0
     num_batches = -(-num_samples // batch_size)
     with tqdm(total=num_samples, disable=not progress, desc=type(scheduler).__name__, unit="img") as bar:
-        for i0 in range(0, num_samples, batch_size):
-            i1 = min(i0 + batch_size, num_samples)
+        for i0 in range(start, start + num_samples, batch_size):
+            i1 = min(i0 + batch_size, start + num_samples)
             index = torch.arange(i0, i1)
             labels = None
             if conditional:
@@ -104,5 +105,5 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
                 # a plain (non-inference) float32 CPU copy: consumers may modify it or use it with autograd
                 x = x.to("cpu", torch.float32, memory_format=torch.contiguous_format, copy=True)
             bar.update(i1 - i0)
-            bar.set_postfix(batch=f"{i0 // batch_size + 1}/{num_batches}")
+            bar.set_postfix(batch=f"{(i0 - start) // batch_size + 1}/{num_batches}")
             yield Batch(x=x, labels=labels, index=index)

@@ -1,0 +1,140 @@
+"""Sharded, multi-process sampling and scoring (bench/distributed.py) on CPU with gloo: the same samples and scores
+as one process, whatever the world size, and a cell killed mid-way resumes from its shard files to the same numbers."""
+import json
+
+import numpy as np
+import pytest
+
+SHRINK = ["tracker=none", "sampling.num_samples=64", "sampling.batch_size=16", "sampling.save_samples=true"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One model/evaluator cache for the module: the smoke model and digits CNN train once."""
+    path = tmp_path_factory.mktemp("dist-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE", str(path))
+        yield path
+
+
+def run(compose_cfg, out, *overrides):
+    """One cell through pipeline.run_cell (what `bench` runs per Hydra job), in this process."""
+    import time
+
+    from bench import pipeline
+    from bench.run import cell_config, cell_key, results_root
+
+    cfg = compose_cfg(*SHRINK, f"out_dir={out}", *overrides)
+    info = pipeline.prepare(cfg)
+    t0 = time.perf_counter()
+    row = pipeline.run_cell(cfg, info, results_root(cfg), cell_key(cfg), cell_config(cfg))
+    row["_wall"] = time.perf_counter() - t0
+    samples = np.load(results_root(cfg) / row["cell_dir"] / "samples.npz")["images"]
+    return row, samples
+
+
+def test_two_processes_give_the_samples_and_scores_of_one(cache, compose_cfg, tmp_path, one_thread):
+    plain, x_plain = run(compose_cfg, tmp_path / "plain")  # the unsharded path, as before
+    one, x_one = run(compose_cfg, tmp_path / "one", "sampling.shard_size=16")
+    two, x_two = run(compose_cfg, tmp_path / "two", "sampling.devices=2", "sampling.shard_size=16")
+    print(json.dumps({k: {c: r.get(c) for c in ("fid", "kid", "is", "world_size", "_wall", "images_per_s")}
+                      for k, r in (("plain", plain), ("one", one), ("two", two))}))
+    assert plain["cell_key"] == one["cell_key"] == two["cell_key"]  # the world size is not part of a cell
+    assert x_plain.shape == (64, 8, 8, 1)
+    assert np.array_equal(x_one, x_plain) and np.array_equal(x_two, x_plain)  # identical samples
+    for r in (one, two):
+        assert r["fid"] == pytest.approx(plain["fid"], rel=1e-6) and r["fid"] > 0
+        assert r["kid"] == pytest.approx(plain["kid"], rel=1e-6, abs=1e-12)
+        assert r["is"] == pytest.approx(plain["is"], rel=1e-6)
+        assert r["nfe"] == plain["nfe"] == 5 and r["n_gen"] == 64
+    assert (one["world_size"], one["shards"], two["world_size"], two["shards"]) == (1, 4, 2, 4)
+    ranks = two["cost_per_rank"]
+    assert [c["rank"] for c in ranks] == [0, 1] and [c["images"] for c in ranks] == [32, 32]
+    assert two["images_per_s"] == pytest.approx(sum(c["images_per_s"] for c in ranks))
+    root = tmp_path / "two" / "smoke"
+    assert len((root / "results.jsonl").read_text().splitlines()) == 1  # rank 0 alone wrote the row
+    assert not (root / two["cell_dir"] / "shards").exists()  # shards are gone once the cell is scored
+
+
+def test_killed_two_process_cell_resumes_on_one_process_to_the_same_fid(cache, compose_cfg, tmp_path, monkeypatch,
+                                                                         one_thread):
+    from bench.distributed import FAULT_ENV
+
+    ref, x_ref = run(compose_cfg, tmp_path / "ref", "sampling.shard_size=16")
+    monkeypatch.setenv(FAULT_ENV, "1")  # each rank dies after its first shard file
+    with pytest.raises(Exception, match="fault injection"):
+        run(compose_cfg, tmp_path / "resume", "sampling.devices=2", "sampling.shard_size=16")
+    root = tmp_path / "resume" / "smoke"
+    done = sorted(p.name for p in root.glob("cells/*/shards/*.npz"))
+    assert 1 <= len(done) <= 2 and set(done) <= {"000000000-000000016.npz", "000000016-000000032.npz"}
+    assert not (root / "results.jsonl").exists()  # no row from a killed cell
+    monkeypatch.delenv(FAULT_ENV)
+    row, x = run(compose_cfg, tmp_path / "resume", "sampling.devices=1", "sampling.shard_size=16")
+    assert row["shards_resumed"] == len(done) and sum(c["images"] for c in row["cost_per_rank"]) == 64 - 16 * len(done)
+    assert np.array_equal(x, x_ref)
+    assert row["fid"] == pytest.approx(ref["fid"], rel=1e-6) and row["kid"] == pytest.approx(ref["kid"], rel=1e-6)
+    assert row["nfe"] == 5  # from every shard's counters, resumed ones included
+
+
+def test_world_size_and_shard_size_are_checked_before_work(compose_cfg):
+    from bench.schema import ConfigError
+    from bench.validate import validate
+
+    for bad, key in (("sampling.devices=0", "sampling.devices"), ("sampling.shard_size=-1", "sampling.shard_size")):
+        with pytest.raises(ConfigError, match=key):
+            validate(compose_cfg(bad))
+
+
+def test_toy2d_points_two_processes_match_one(cache, compose_cfg, tmp_path, one_thread):
+    """Points cells (swd/mmd against the exact sampler) shard the same way."""
+    toy = ["experiment=toy2d", "hydra.mode=RUN", "train.max_steps=50", "sampling.num_samples=200",
+           "sampling.batch_size=50", "sampling.grid_size=64", "metric.toy_num_reference=500",
+           "sampling.num_inference_steps=5"]
+    rows = {}
+    for n, extra in (("plain", []), ("two", ["sampling.devices=2", "sampling.shard_size=50"])):
+        from bench import pipeline
+        from bench.run import cell_config, cell_key, results_root
+
+        cfg = compose_cfg(*SHRINK[:1], f"out_dir={tmp_path / n}", *toy, "sampling.save_samples=true", *extra)
+        row = pipeline.run_cell(cfg, pipeline.prepare(cfg), results_root(cfg), cell_key(cfg), cell_config(cfg))
+        rows[n] = (row, np.load(results_root(cfg) / row["cell_dir"] / "samples.npz")["points"])
+    (plain, p1), (two, p2) = rows["plain"], rows["two"]
+    assert p1.shape == (200, 2) and np.array_equal(p1, p2)
+    assert two["swd"] == pytest.approx(plain["swd"], rel=1e-6) and two["mmd"] == pytest.approx(plain["mmd"], rel=1e-6)
+    assert two["world_size"] == 2 and [c["images"] for c in two["cost_per_rank"]] == [100, 100]
+
+
+def test_sigkilled_two_process_cli_run_resumes_to_the_same_fid(cache, compose_cfg, tmp_path, one_thread):
+    """`kill -9` of the whole `bench` process group once the first shard file is on disk; the re-run samples only
+    the missing shards and ends with the FID of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_run import ROOT, rows
+
+    slow = ["sampling.num_inference_steps=20", "sampling.shard_size=16"]
+    ref, x_ref = run(compose_cfg, tmp_path / "ref", *slow)  # also trains the model into the shared cache
+    args = [sys.executable, "-m", "bench.run", "experiment=smoke", *SHRINK, *slow, "sampling.devices=2",
+            f"out_dir={tmp_path / 'cli'}", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    root = tmp_path / "cli" / "smoke"
+    deadline = time.monotonic() + 120
+    while not list(root.glob("cells/*/shards/*.npz")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL)  # the run's own process group: bench and its two ranks
+    p.wait()
+    done = list(root.glob("cells/*/shards/*.npz"))
+    assert 1 <= len(done) < 4, "the run was not caught mid-cell"
+    assert not (root / "results.jsonl").exists()
+    q = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stderr[-3000:]
+    (row,) = rows(root / "results.jsonl")
+    assert row["shards_resumed"] == len(done)  # every shard file written before the kill is reused
+    assert row["fid"] == pytest.approx(ref["fid"], rel=1e-6) and row["kid"] == pytest.approx(ref["kid"], rel=1e-6)
+    x = np.load(root / row["cell_dir"] / "samples.npz")["images"]
+    assert np.array_equal(x, x_ref)
