@@ -21,7 +21,7 @@ def tables_for(tmp_path, data, **kw):
     path = write(tmp_path / "runs", data)
     df, _ = load([str(path)])
     plan = plan_study(df, kw.pop("kind", "auto"), kw.pop("rows", None), kw.pop("cols", None), kw.pop("metric", None),
-                      kw.pop("split_by", []))
+                      kw.pop("split_by", []), kw.pop("err", "se"))
     return plan, *build_tables(df, plan)
 
 
@@ -43,11 +43,14 @@ def test_repeats_aggregate_to_mean_std_n(tmp_path):
     _, tables, csvs = tables_for(tmp_path, rows, metric=["fid"])
     sd = statistics.stdev([10.0, 12.0, 14.5])
     assert tables[0].header == ["steps", "FID ↓"]  # one factor: rows of it
-    assert tables[0].body[0][1].text == f"{12.1666666:.2f} ± {sd:.2f} (n=3)"  # n differs across cells → shown
+    # the default ± is the standard error of the mean over the cell's seeds; n differs across cells → shown
+    assert tables[0].body[0][1].text == f"{12.1666666:.2f} ± {sd / 3 ** 0.5:.2f} (n=3)"
     assert tables[0].body[1][1].text == "6.00 (n=1)"
     c = csvs["fid"].set_index("num_inference_steps")
     assert c.loc[10, "fid"] == pytest.approx(36.5 / 3) and c.loc[10, "fid_std"] == pytest.approx(sd)
-    assert c.loc[10, "n"] == 3
+    assert c.loc[10, "n"] == 3 and c.loc[10, "fid_se"] == pytest.approx(sd / 3 ** 0.5)
+    _, std_tables, _ = tables_for(tmp_path, rows, metric=["fid"], err="std")
+    assert std_tables[0].body[0][1].text == f"{12.1666666:.2f} ± {sd:.2f} (n=3)"
 
 
 def test_best_marks_higher_for_is_and_ties(tmp_path):
@@ -104,7 +107,7 @@ def test_outputs_markdown_latex_csv_html(tmp_path):
     df, _ = load([str(tmp_path / "runs")])
     ok = df[(df.status == "ok") & (df.sampler == "dpmpp") & (df.num_inference_steps == 5)]
     mean, sd = ok.fid.mean(), ok.fid.std()
-    assert f"**{mean:.2f} ± {sd:.2f}**" in md  # dpmpp is the best sampler at 5 steps in the fixture
+    assert f"**{mean:.2f} ± {sd / 2 ** 0.5:.2f}**" in md  # dpmpp is the best at 5 steps in the fixture; ± = SE
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\textbf{", "$\\pm$", "\\begin{tabular}{lrrrr}"):
         assert rule in tex
     assert "Published (CIFAR-10, Inception FID — shapes only, not comparable values)" in md
@@ -140,7 +143,8 @@ def test_split_by_gives_titled_tables(tmp_path):
     assert [t.title for t in tables] == ["FID by steps — feature_net_hash=a1b2c3d4e5f6",
                                          "FID by steps — feature_net_hash=ffff"]
     assert [[c.text for c in r] for r in tables[1].body] == [["10", "3.00"]]
-    assert list(csvs["fid"].columns) == ["feature_net_hash", "num_inference_steps", "fid", "fid_std", "fid_ci95", "n"]
+    assert list(csvs["fid"].columns) == ["feature_net_hash", "num_inference_steps", "fid", "fid_std", "fid_se",
+                                         "fid_ci95", "n"]
 
 
 # ---------------------------------------------------------------- bad input
@@ -268,3 +272,50 @@ def test_ci95_option(tmp_path):
     assert report.tables[0].body[0][1].text == f"12.00 ± {half:.2f}"
     assert "95% CI" in report.tables[0].notes[0]
     assert pd.read_csv(out / "table_fid.csv")["fid_ci95"][0] == pytest.approx(half, rel=1e-5)
+
+
+# ---------------------------------------------------------------- honest uncertainty (issue 15)
+
+def test_subset_and_split_spreads_are_not_shown_as_error_bars(tmp_path):
+    """One seed block: KID's std over random subsets (e.g. '1.65 ± 80.01') and IS's over splits are no ± ."""
+    rows = [row(sampler=s, steps=10, kid=0.00165, kid_std=0.08, kid_std_over="subsets", **{"is": 9.0, "is_std": 0.5})
+            for s in ("ddim", "dpmpp")]
+    _, tables, csvs = tables_for(tmp_path, rows, metric=["kid", "is"])
+    texts = [c.text for t in tables for r in t.body for c in r[1:]]
+    assert texts and not any("±" in t for t in texts), texts
+    assert "no ± (KID's subset and IS's split spreads are not error bars)" in tables[0].notes[0]
+    # with seed blocks, the row's spread is over seeds: ± = std / sqrt(blocks) (the standard error)
+    rows = [row(sampler="ddim", steps=10, kid=0.002, kid_std=0.0004, kid_std_over="seeds", kid_repeats=4)]
+    _, tables, _ = tables_for(tmp_path, rows + [row(sampler="dpmpp", steps=10)], metric=["kid"])
+    assert tables[0].body[0][1].text == "2.00 ± 0.20" and "standard error over the cell's independent seed blocks" \
+        in tables[0].notes[0]
+
+
+def test_best_is_not_bolded_alone_within_the_noise(tmp_path):
+    """Two cells within 2 standard errors are a tie: both bold; a cell far outside is not."""
+    near = [row(sampler="ddim", steps=10, fid=1.00, fid_std=0.10, fid_std_over="seeds", fid_repeats=4),
+            row(sampler="euler", steps=10, fid=1.12, fid_std=0.10, fid_std_over="seeds", fid_repeats=4),
+            row(sampler="ddpm", steps=10, fid=2.00, fid_std=0.10, fid_std_over="seeds", fid_repeats=4)]
+    _, tables, _ = tables_for(tmp_path, near, metric=["fid"])
+    bold = {r[0].text: r[1].best for r in tables[0].body}
+    assert bold == {"ddim": True, "euler": True, "ddpm": False}
+    # latency: identical cells measured with their batch IQR tie as well
+    lat = [row(sampler=s, steps=10, latency_p50=v, latency_iqr=0.0004, latency_batches=9)
+           for s, v in (("ddim", 0.0059), ("euler", 0.0060), ("ddpm", 0.0120))]
+    _, tables, _ = tables_for(tmp_path, lat, metric=["latency_p50"])
+    assert {r[0].text: r[1].best for r in tables[0].body} == {"ddim": True, "euler": True, "ddpm": False}
+    assert "within 2 standard errors of it (a tie)" in tables[0].notes[0]
+
+
+def test_toy2d_report_has_no_inception_reference_tables_and_captions_match(tmp_path):
+    toy = [row(sampler=s, steps=n, data="toy2d-moons", fid=None, kid=None, kid_std=None, is_std=None,
+               feature_net="none", swd=0.1 / n, mmd=0.01 / n, **{"is": None})
+           for s in ("ddim", "dpmpp") for n in (10, 50)]
+    write(tmp_path / "toy", toy)
+    report, out = build_report([str(tmp_path / "toy")], str(tmp_path / "rep"), metric="swd,mmd")
+    assert report.published == [] and "CIFAR" not in (out / "report.md").read_text()
+    caption = next(f.caption for f in report.figures if f.stem.startswith("swd_vs_nfe"))
+    assert "one seed per point: no error bars" in caption and "std over seeds" not in caption
+    steps, _ = build_report([str(write(tmp_path / "img", study("steps")).parent)], str(tmp_path / "rep2"),
+                            metric="fid")
+    assert steps.published  # image studies keep the published shapes beside them

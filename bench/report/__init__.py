@@ -48,13 +48,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS, help="study kind (default auto: from which columns vary)")
     p.add_argument("--split-by", help="comma-separated settings to split tables by, e.g. feature_net_hash")
     p.add_argument("--where", action="append", default=None, metavar="KEY=VALUE", help="keep rows with KEY=VALUE")
-    p.add_argument("--err", choices=("std", "ci95"), help="± over repeated seeds: std (default) or 95%% CI")
+    p.add_argument("--err", choices=("se", "std", "ci95"),
+                   help="± over seeds: standard error of the mean (default), std, or 95%% CI (Student t)")
     p.add_argument("--title", help="report title (default: <name>: <study>)")
     p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
     p.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B (offline without API key)")
     p.add_argument("--wandb-project", default="bench")
     p.add_argument("--wandb-dir", help="W&B run directory (default: <out>/wandb)")
     return p
+
+
+def _image_study(df: pd.DataFrame) -> bool:
+    """Published (Inception FID) tables sit beside image studies only, never beside exact toy2d metrics."""
+    return "fid" in df and df["fid"].notna().any()
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -126,7 +132,7 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     """Read rows, check them, and write the report to a temp dir that replaces `out` only when all went well."""
     df, sources = load(results)
     df = _where(df, where)
-    plan = plan_study(df, kind or "auto", _csv(rows), _csv(cols), _csv(metric), _csv(split_by) or [], err or "std")
+    plan = plan_study(df, kind or "auto", _csv(rows), _csv(cols), _csv(metric), _csv(split_by) or [], err or "se")
     tables, csvs = build_tables(df, plan)
     names = sorted({str(v) for v in df.get("name", []) if norm(v) is not None}) or ["report"]
     out_dir = Path(out) if out else Path("reports") / "+".join(names)
@@ -140,7 +146,7 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
                "Numbers are read from the result rows, never recomputed.")
     failed = failed_table(df[df["status"] == "failed"], plan.split_by + plan.rows + plan.cols)
     report = Report(title or f"{'+'.join(names)}: {KIND_TITLES[plan.kind]}", summary, command, fixed, tables, csvs,
-                    [], published_tables(plan.kind), failed, provenance(df, sources, command, plan), plan.notes)
+                    [], published_tables(plan.kind if _image_study(df) else None), failed, provenance(df, sources, command, plan), plan.notes)
     _check_out(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))

@@ -14,7 +14,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .load import fmt_value, norm, sort_key  # noqa: E402
-from .tables import HIGHER_IS_BETTER, SCALE, Plan, aggregate, arrow, groups, label  # noqa: E402
+from .tables import ERR_WORDS, HIGHER_IS_BETTER, SCALE, Plan, aggregate, arrow, groups, label  # noqa: E402
 
 META = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}}
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
@@ -53,16 +53,32 @@ def _slug(split: dict) -> str:
     return "".join("__" + re.sub(r"[^A-Za-z0-9.-]", "-", f"{k}-{fmt_value(v)}") for k, v in split.items())
 
 
+# Lines that coincide (DDIM and Euler are the same sampler for an ε model) must stay visible: each series gets its
+# own marker and dash pattern, drawn with decreasing size so an identical curve underneath still shows.
+STYLES = [dict(marker=m, ls=ls) for m, ls in zip("osD^vPX*", ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)),
+                                                            (0, (1, 1)), (0, (5, 3))])]
+
+
 def _series(ok: pd.DataFrame, plan: Plan, x: str, metric: str):
-    """(line label, x, mean, std) per group of the table rows, x ascending."""
+    """(line label, x, mean, error bar) per group of the table rows, x ascending; the error bar is what the
+    tables' ± shows (plan.err), 0 where a point has none."""
     line_keys = [k for k in plan.rows + plan.cols if k not in (x, "num_inference_steps", "nfe")]
     scale = SCALE.get(metric, 1.0)
     for coords, g in groups(ok, line_keys):
         lg = aggregate(g, [x], metric).sort_values(x, key=lambda s: s.map(sort_key))
-        std = [(s or 0.0) * scale for s in map(norm, lg["std"])]
+        err = [(e or 0.0) * scale for e in map(norm, lg[plan.err])]
         name = ", ".join(f"{fmt_value(v)}" if k in ("sampler", "method") else f"{label(k)}={fmt_value(v)}"
                          for k, v in coords.items()) or metric
-        yield name, lg[x].astype(float).tolist(), (lg["mean"] * scale).tolist(), std
+        yield name, lg[x].astype(float).tolist(), (lg["mean"] * scale).tolist(), err
+
+
+def _log_y_if_wide(ax, ys) -> bool:
+    """Log y when positive values span more than a decade (few-step FIDs dwarf the rest on a linear axis)."""
+    pos = [y for y in ys if y is not None and y > 0]
+    if pos and len(pos) == len([y for y in ys if y is not None]) and max(pos) / min(pos) > 10:
+        ax.set_yscale("log")
+        return True
+    return False
 
 
 def vs_nfe(ok, plan, metric, plots, split) -> Figure | None:
@@ -70,17 +86,23 @@ def vs_nfe(ok, plan, metric, plots, split) -> Figure | None:
     if x not in ok or len({norm(v) for v in ok[x]}) < 2:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    allx = []
-    for name, xs, ys, es in _series(ok, plan, x, metric):
-        ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="o", ms=3.5, capsize=2, label=name)
-        allx += xs
+    allx, ally, any_err = [], [], False
+    series = list(_series(ok, plan, x, metric))
+    for i, (name, xs, ys, es) in enumerate(series):
+        sty = STYLES[i % len(STYLES)]
+        ax.errorbar(xs, ys, yerr=es if any(es) else None, ms=6 - 3 * i / max(1, len(series) - 1), capsize=2,
+                    label=name, mfc="none" if i % 2 else None, **sty)
+        allx, ally, any_err = allx + xs, ally + ys, any_err or any(es)
     _log_x(ax, allx)
+    log_y = _log_y_if_wide(ax, ally)
     ax.set_xlabel("NFE (model evaluations per image)" if x == "nfe" else "steps")
     ax.set_ylabel(f"{label(metric)} {arrow(metric)}")
     ax.set_title(f"{label(metric)} vs {'NFE' if x == 'nfe' else 'steps'}{_split_caption(split)}")
     ax.legend(fontsize=7, ncol=2)
+    bars = f"error bars: {ERR_WORDS[plan.err]} over seeds" if any_err else "one seed per point: no error bars"
     return _save(fig, plots, f"{metric}_vs_nfe{_slug(split)}", f"{label(metric)} vs NFE per "
-                 f"{' × '.join(label(k) for k in plan.rows) or 'cell'} (log x; error bars: std over seeds)")
+                 f"{' × '.join(label(k) for k in plan.rows) or 'cell'} (log x{', log y' if log_y else ''}; {bars}; "
+                 "coinciding curves keep their own marker and dashes)")
 
 
 def pareto(points: list[tuple[float, float]], higher: bool) -> list[tuple[float, float]]:
@@ -129,8 +151,9 @@ def cfg_curves(ok, plan, metrics, plots, split) -> Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     p = Plan(plan.kind, [k for k in plan.rows if k != "guidance_scale"], [], [])
-    lines = []
+    lines, any_err = [], False
     for name, xs, ys, es in _series(ok, p, "guidance_scale", left):
+        any_err = any_err or any(es)
         lines.append(ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="o", ms=3.5, capsize=2, color="C0",
                                  label=f"{label(left)} {arrow(left)}" + ("" if name == left else f" ({name})")))
     ax.set_xlabel("guidance scale (diffusers: 0 uncond., 1 cond., > 1 CFG)")
@@ -139,6 +162,7 @@ def cfg_curves(ok, plan, metrics, plots, split) -> Figure | None:
         ax2 = ax.twinx()
         ax2.grid(False)
         for name, xs, ys, es in _series(ok, p, "guidance_scale", right):
+            any_err = any_err or any(es)
             lines.append(ax2.errorbar(xs, ys, yerr=es if any(es) else None, marker="s", ms=3.5, capsize=2,
                                       color="C1", ls="--",
                                       label=f"{label(right)} {arrow(right)}" + ("" if name == right else f" ({name})")))
@@ -147,7 +171,8 @@ def cfg_curves(ok, plan, metrics, plots, split) -> Figure | None:
     ax.set_title(f"Classifier-free guidance{_split_caption(split)}")
     both = f"{label(left)} and {label(right)}" if right else label(left)
     return _save(fig, plots, f"cfg_{left}{'_' + right if right else ''}{_slug(split)}",
-                 f"{both} vs guidance scale (twin axes)")
+                 f"{both} vs guidance scale (twin axes; "
+                 f"{'error bars: standard error over seeds' if any_err else 'one seed per point: no error bars'})")
 
 
 def distill(ok, plan, metric, plots, split) -> Figure | None:

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field
 
 import pandas as pd
+from scipy.stats import t as student_t
 
 from .load import ReportError, fmt_value, norm, sort_key
 
@@ -54,7 +55,7 @@ class Plan:
     cols: list[str]
     metrics: list[str]
     split_by: list[str] = field(default_factory=list)
-    err: str = "std"  # std | ci95: what ± shows where a cell has repeats
+    err: str = "se"  # se | std | ci95: what ± shows where a cell has seeds (rows or seed blocks)
     notes: list[str] = field(default_factory=list)  # what auto did (shown under the tables and on stderr)
 
 
@@ -84,7 +85,7 @@ def has_distill(df: pd.DataFrame) -> bool:
     return "distill_method" in df and any(norm(v) not in (None, "none") for v in df["distill_method"])
 
 
-def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None, split_by=(), err="std") -> Plan:
+def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None, split_by=(), err="se") -> Plan:
     """Pick rows × columns from what varies (or take them from the command line), and check nothing else varies."""
     if kind not in KINDS:
         raise ReportError(f"--kind={kind!r} is not allowed: one of {', '.join(KINDS)}")
@@ -102,8 +103,8 @@ def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None
     auto_rows = {"steps": ["sampler"] if "sampler" in var else [], "eta": ["eta"], "guidance": ["guidance_scale"],
                  "distill": ["method"], "generic": []}[kind]
     auto_cols = [] if kind == "guidance" else [c for c in steps if c not in auto_rows]
-    if err not in ("std", "ci95"):
-        raise ReportError(f"--err={err!r} is not allowed: std or ci95")
+    if err not in ("se", "std", "ci95"):
+        raise ReportError(f"--err={err!r} is not allowed: se, std or ci95")
     plan = Plan(kind, list(rows) if rows is not None else auto_rows, list(cols) if cols is not None else auto_cols,
                 [], list(split_by), err)
     # Anything else that varies inside a cell would silently mix rows: add it to the rows (auto) or refuse.
@@ -185,20 +186,47 @@ def groups(df: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]
     return [(dict(zip(keys, t)), df.loc[out[t]]) for t in order]
 
 
-def aggregate(ok: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    """Long form: keys…, mean, std (over repeats, ddof=1; else the row's own <metric>_std), ci95 (half-width of
-    the Student-t 95% interval of the mean over repeats), n — sorted by keys."""
-    from scipy.stats import t as student_t
+def _own_error(row, metric: str) -> tuple:
+    """(std, se, ci95) that a single row carries for ``metric``, when it is an error bar: the spread over the cell's
+    independent seed blocks (``<metric>_std_over == "seeds"``), a bootstrap, or for latency the IQR of its timed
+    batches. KID's std over random subsets and IS's over splits are spreads of sub-estimates, not errors: none."""
+    std = norm(row.get(f"{metric}_std"))
+    over = norm(row.get(f"{metric}_std_over"))
+    if over is None and metric == "fid" and std is not None:  # rows from before <metric>_std_over: the scorer
+        over = "bootstrap" if (norm(row.get("fid_bootstrap")) or 0) > 0 else "seeds"  # wrote fid_std for these only
+    if std is not None and over == "seeds":
+        r = int(norm(row.get(f"{metric}_repeats")) or norm(row.get("repeats")) or 1)
+        if r < 2:
+            return std, None, None  # a spread over seeds whose count the row does not say
+        se = std / math.sqrt(r)
+        return std, se, float(student_t.ppf(0.975, r - 1) * se)
+    if std is not None and over == "bootstrap":
+        lo, hi = norm(row.get(f"{metric}_ci_low")), norm(row.get(f"{metric}_ci_high"))
+        return std, std, (hi - lo) / 2 if lo is not None and hi is not None else 1.96 * std
+    if metric == "latency_p50" and norm(row.get("latency_iqr")) is not None and norm(row.get("latency_batches")):
+        sd = norm(row.get("latency_iqr")) / 1.349  # IQR of a normal = 1.349 sd
+        se = 1.2533 * sd / math.sqrt(int(norm(row.get("latency_batches"))))  # standard error of a median
+        return sd, se, 1.96 * se
+    return None, None, None
 
+
+def aggregate(ok: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """Long form: keys…, mean, std, se (standard error of the mean), ci95 (half-width of the 95% interval), n —
+    sorted by keys. Over a cell's rows (seeds) when it has n > 1; else the row's own error bar (:func:`_own_error`)
+    or none."""
     d = ok[ok[metric].notna()]
     recs = []
     for coords, g in groups(d, keys):
         vals = g[metric].astype(float)
         n = len(vals)
-        std = float(vals.std(ddof=1)) if n > 1 else norm(g[f"{metric}_std"].iloc[0]) if f"{metric}_std" in g else None
-        ci = float(student_t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else None
-        recs.append({**coords, "mean": float(vals.mean()), "std": std, "ci95": ci, "n": n})
-    return pd.DataFrame(recs, columns=[*keys, "mean", "std", "ci95", "n"])
+        if n > 1:
+            std = float(vals.std(ddof=1))
+            se = std / math.sqrt(n)
+            ci = float(student_t.ppf(0.975, n - 1) * se)
+        else:
+            std, se, ci = _own_error(g.iloc[0], metric)
+        recs.append({**coords, "mean": float(vals.mean()), "std": std, "se": se, "ci95": ci, "n": n})
+    return pd.DataFrame(recs, columns=[*keys, "mean", "std", "se", "ci95", "n"])
 
 
 def decimals(metric: str, values) -> int:
@@ -222,34 +250,41 @@ def fmt_stat(mean, std, n, d, show_n) -> str:
     return s
 
 
-def _best(values: list, metric: str, d: int) -> set:
-    """Indices of the best (rounded as displayed, so ties read as ties); none when fewer than two values."""
-    shown = [(i, round(v, d)) for i, v in enumerate(values) if v is not None]
+def _best(values: list, errs: list, metric: str, d: int) -> set:
+    """Indices of the best value and of every value tied with it: equal as displayed, or within 2 standard errors
+    of it (sqrt(se_a² + se_b²)) when both carry one. None when fewer than two values."""
+    shown = [(i, round(v, d), errs[i]) for i, v in enumerate(values) if v is not None]
     if len(shown) < 2:
         return set()
     pick = max if metric in HIGHER_IS_BETTER else min
-    b = pick(v for _, v in shown)
-    return {i for i, v in shown if v == b}
+    b, _, eb = pick(shown, key=lambda t: t[1])
+    best = values[b]
+    return {i for i, v, e in shown
+            if v == round(best, d) or (e is not None and eb is not None and abs(values[i] - best) <= 2 * math.hypot(e, eb))}
 
 
 def _failed_coords(failed: pd.DataFrame, keys: list[str]) -> set:
     return {tuple(norm(r[k]) for k in keys) for _, r in failed.iterrows()}
 
 
+ERR_WORDS = {"se": "standard error", "std": "std", "ci95": "95% CI (Student t)"}
+BOLD_NOTE = ("**bold** = best per column, and every cell within 2 standard errors of it (a tie) "
+             "({}); 'failed' = every run of the cell failed (see Failed cells); '—' = not run.")
+
+
 def _stats_note(longs: list[pd.DataFrame], err: str) -> tuple[bool, str]:
     ns = sorted({int(n) for lg in longs for n in lg["n"]})
-    what = "std" if err == "std" else "95% CI (Student t)"
+    what = ERR_WORDS[err]
     if ns == [1]:
-        own = err == "std" and any(lg["std"].notna().any() for lg in longs)
-        return False, ("± = the metric's own std (e.g. over KID subsets or metric repeats); " if own else "")
-    if len(ns) == 1:
-        return False, f"mean ± {what} over n={ns[0]} seeds per cell; "
-    return True, f"mean ± {what} over the n seeds of each cell (no ± where n=1); " if err != "std" else \
-        "mean ± std over the n seeds of each cell; "
+        if not any(lg["se"].notna().any() for lg in longs):
+            return False, "one seed per cell: no ± (KID's subset and IS's split spreads are not error bars); "
+        return False, (f"± = {what} over the cell's independent seed blocks (latency: from the IQR of its timed "
+                       "batches); no ± = one seed block; ")
+    return len(ns) > 1, f"± = {what} over the n seeds of each cell{' (no ± where n=1)' if 1 in ns else ''}; "
 
 
 def _err(r, plan: Plan, scale: float):
-    e = r["std"] if plan.err == "std" else r["ci95"]
+    e = r[plan.err]
     return e * scale if e is not None and not pd.isna(e) else None
 
 
@@ -267,7 +302,9 @@ def pivot_table(ok, failed, plan: Plan, metric: str, split: dict) -> Table:
     body = [[Cell(fmt_value(v)) for v in rv] for rv in row_vals]
     for ci, cv in enumerate(col_vals):
         means = [cells[rv + cv]["mean"] * scale if rv + cv in cells else None for rv in row_vals]
-        best = _best(means, metric, d)
+        ses = [norm(cells[rv + cv]["se"]) * scale if rv + cv in cells and norm(cells[rv + cv]["se"]) is not None
+               else None for rv in row_vals]
+        best = _best(means, ses, metric, d)
         for ri, rv in enumerate(row_vals):
             r = cells.get(rv + cv)
             if r is None:
@@ -281,8 +318,7 @@ def pivot_table(ok, failed, plan: Plan, metric: str, split: dict) -> Table:
         header[0] = f"{header[0]} \\ {col_label}" if len(plan.rows) == 1 else header[0]
     dims = " × ".join(filter(None, [" × ".join(label(c) for c in plan.rows), col_label]))
     title = f"{label(metric)} {arrow(metric)} by {dims}" + _split_title(split)
-    notes = [note + f"**bold** = best per column ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better); "
-             "'failed' = every run of the cell failed (see Failed cells); '—' = not run."]
+    notes = [note + BOLD_NOTE.format(f"{'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better")]
     return Table(metric, title, header, len(plan.rows), body, notes, _csv_frame(lg, metric), split)
 
 
@@ -299,7 +335,9 @@ def metrics_table(ok, failed, plan: Plan, split: dict) -> Table:
         scale = SCALE.get(m, 1.0)
         cells = {tuple(norm(r[k]) for k in keys): r for _, r in lg.iterrows()}
         d = decimals(m, [v * scale for v in lg["mean"]])
-        best = _best([cells[rv]["mean"] * scale if rv in cells else None for rv in row_vals], m, d)
+        best = _best([cells[rv]["mean"] * scale if rv in cells else None for rv in row_vals],
+                     [norm(cells[rv]["se"]) * scale if rv in cells and norm(cells[rv]["se"]) is not None else None
+                      for rv in row_vals], m, d)
         for ri, rv in enumerate(row_vals):
             r = cells.get(rv)
             if r is None:
@@ -309,8 +347,7 @@ def metrics_table(ok, failed, plan: Plan, split: dict) -> Table:
                                      ri in best))
     header = [label(c) for c in keys] + [f"{label(m)} {arrow(m)}" for m in plan.metrics]
     title = f"{', '.join(label(m) for m in plan.metrics)} by {' × '.join(label(c) for c in keys)}" + _split_title(split)
-    notes = [note + "**bold** = best per column (arrow: ↓ lower / ↑ higher is better); "
-             "'failed' = every run of the cell failed (see Failed cells); '—' = not run."]
+    notes = [note + BOLD_NOTE.format("arrow: ↓ lower / ↑ higher is better")]
     return Table("summary", title, header, len(keys), body, notes, None, split)
 
 
@@ -319,7 +356,7 @@ def _split_title(split: dict) -> str:
 
 
 def _csv_frame(lg: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return lg.rename(columns={"mean": metric, "std": f"{metric}_std", "ci95": f"{metric}_ci95"})
+    return lg.rename(columns={"mean": metric, "std": f"{metric}_std", "se": f"{metric}_se", "ci95": f"{metric}_ci95"})
 
 
 def build_tables(df: pd.DataFrame, plan: Plan) -> tuple[list[Table], dict[str, pd.DataFrame]]:
