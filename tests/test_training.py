@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DMode
 from safetensors.torch import load_file
 
 from bench.data import get_data_info
+from bench.schedule import ddpm_scheduler
 from bench.schema import ConfigError
 from bench.training import DiffusionModule, fit, load_or_train, model_key, objectives as obj, partial_dir
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine"])
 def test_forward_process_and_targets_match_diffusers(compose_cfg, schedule):
     cfg = compose_cfg(f"schedule={schedule}")
-    sched = obj.ddpm_scheduler(cfg.schedule)
+    sched = ddpm_scheduler(cfg.schedule)
     assert sched.config.beta_schedule == {"cosine": "squaredcos_cap_v2"}.get(schedule, schedule)
     ac = obj.alphas_cumprod(cfg.schedule)
     assert ac.shape == (1000,) and (ac[1:] < ac[:-1]).all()
