@@ -6,13 +6,21 @@ misconfigured, crashing mid-run) is a warning, never a lost cell; offline runs c
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
+
+from bench.registry import Entry, Registry
+
 log = logging.getLogger(__name__)
+
+# tracker name -> whether it mirrors rows to W&B (conf/tracker/<name>.yaml)
+TRACKERS = Registry("tracker", "tracker.name", {"wandb": Entry(True), "none": Entry(False)})
 
 
 def wandb_mode(requested: Optional[str]) -> str:
@@ -28,10 +36,6 @@ def wandb_mode(requested: Optional[str]) -> str:
 
 def _table_frame(rows: list[dict]):
     """Rows -> DataFrame with one type per column (W&B tables need that): nested values become JSON strings."""
-    import json
-
-    import pandas as pd
-
     df = pd.DataFrame(rows)
     for col in df.columns:
         if df[col].map(lambda v: isinstance(v, (dict, list))).any():
@@ -44,15 +48,11 @@ class Tracker:
 
     def __init__(self, tracker_cfg: Any, root: str | os.PathLike):
         self.cfg = tracker_cfg
-        self.enabled = tracker_cfg.name == "wandb"
+        self.enabled = TRACKERS[tracker_cfg.name].build  # one-line ConfigError for an unknown name
         self.dir = Path(tracker_cfg.dir or root)
-        if tracker_cfg.name not in ("wandb", "none"):
-            from bench.schema import ConfigError
-
-            raise ConfigError("tracker.name", tracker_cfg.name, "one of wandb, none")
 
     def _init(self, **kwargs):
-        import wandb
+        import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
         self.dir.mkdir(parents=True, exist_ok=True)
         return wandb.init(project=self.cfg.project, entity=self.cfg.entity, dir=str(self.dir),
@@ -73,7 +73,7 @@ class Tracker:
         """Log one cell: its config, its metric row and its sample grid. Returns the run directory."""
 
         def _do():
-            import wandb
+            import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
             name = f"{row.get('sampler')}-{row.get('num_inference_steps')}-g{row.get('guidance_scale')}-{row['cell_key'][:6]}"
             run = self._init(group=row.get("name"), name=name, job_type="cell", config=config)
@@ -96,7 +96,7 @@ class Tracker:
         """Log all rows of a sweep as one ``wandb.Table`` in an 'ablation' run of the sweep's group."""
 
         def _do():
-            import wandb
+            import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
             df = _table_frame(rows)
             run = self._init(group=group, name=f"{group}-{key}", job_type=key)

@@ -105,7 +105,7 @@ def test_min_snr_weights(compose_cfg):
 
 def test_ema_warmup_decay(compose_cfg):
     cfg = compose_cfg("data=toy2d", "model=mlp", "train.ema_decay=0.9")
-    module = DiffusionModule(cfg, get_data_info(cfg.data))
+    module = DiffusionModule.from_config(cfg, get_data_info(cfg.data))
     p, pe = next(module.model.parameters()), next(module.ema.parameters())
     assert torch.equal(p, pe) and not pe.requires_grad
     with torch.no_grad():
@@ -185,7 +185,8 @@ def test_interrupted_training_resumes_exactly(compose_cfg, bench_cache, tmp_path
     monkeypatch.setenv("BENCH_CACHE", str(bench_cache))
     cfg = compose_cfg(*overrides)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        fit(cfg, get_data_info(cfg.data), partial_dir(cfg), callbacks=[_Interrupt(at_step=10)])
+        fit(DiffusionModule.from_config(cfg, get_data_info(cfg.data)), cfg.data, cfg.train, cfg.trainer, partial_dir(cfg),
+            callbacks=[_Interrupt(at_step=10)])
     ckpt = torch.load(partial_dir(cfg) / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10
     model, info = load_or_train(cfg)
@@ -207,8 +208,10 @@ def test_another_process_finishing_first_wins(compose_cfg, bench_cache, monkeypa
                       "train.batch_size=64")
     real_fit = cache.fit
 
-    def fit_then_race(cfg, info, workdir, callbacks=()):
-        module = real_fit(cfg, info, workdir, callbacks)
+    info = get_data_info(cfg.data)
+
+    def fit_then_race(module, data_cfg, train, trainer_cfg, workdir, callbacks=()):
+        module = real_fit(module, data_cfg, train, trainer_cfg, workdir, callbacks)
         theirs = bench_cache / "models" / model_key(cfg)
         theirs.mkdir()
         cache.write_model_dir(module, cfg, info, theirs)
