@@ -30,14 +30,14 @@ class DiffusionModule(L.LightningModule):
         else:
             self.alphas_cumprod = None
         obj.check_loss_weighting(objective_cfg)  # fail on a bad weighting before training
+        self.loss_history: list = []  # per step; tensors until read (no GPU sync per step)
+        self.train_seconds = 0.0  # accumulated across resumes (stored in the checkpoint)
+        self._t0: float | None = None
 
     @classmethod
     def from_config(cls, cfg, info) -> "DiffusionModule":
         """The module a composed config trains (its model, objective, schedule and train groups)."""
         return cls(cfg.model, cfg.objective, cfg.schedule, cfg.train, info)
-        self.loss_history: list = []  # per step; tensors until read (no GPU sync per step)
-        self.train_seconds = 0.0  # accumulated across resumes (stored in the checkpoint)
-        self._t0: float | None = None
 
     def forward(self, x, t, class_labels=None):
         return self.model(x, t, class_labels)
