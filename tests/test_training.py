@@ -185,7 +185,7 @@ def test_interrupted_training_resumes_exactly(compose_cfg, bench_cache, tmp_path
     monkeypatch.setenv("BENCH_CACHE", str(bench_cache))
     cfg = compose_cfg(*overrides)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        fit(DiffusionModule.from_config(cfg, get_data_info(cfg.data)), cfg.data, cfg.train, cfg.trainer, partial_dir(cfg),
+        fit(lambda: DiffusionModule.from_config(cfg, get_data_info(cfg.data)), cfg.data, cfg.train, cfg.trainer, partial_dir(cfg),
             callbacks=[_Interrupt(at_step=10)])
     ckpt = torch.load(partial_dir(cfg) / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10
@@ -210,8 +210,8 @@ def test_another_process_finishing_first_wins(compose_cfg, bench_cache, monkeypa
 
     info = get_data_info(cfg.data)
 
-    def fit_then_race(module, data_cfg, train, trainer_cfg, workdir, callbacks=()):
-        module = real_fit(module, data_cfg, train, trainer_cfg, workdir, callbacks)
+    def fit_then_race(make_module, data_cfg, train, trainer_cfg, workdir, callbacks=()):
+        module = real_fit(make_module, data_cfg, train, trainer_cfg, workdir, callbacks)
         theirs = bench_cache / "models" / model_key(cfg)
         theirs.mkdir()
         cache.write_model_dir(module, cfg, info, theirs)

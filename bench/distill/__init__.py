@@ -145,7 +145,7 @@ def load_or_distill(cfg):
                       else ConsistencyDistillation(cfg, info, state, settings))
             with warnings.catch_warnings():  # Lightning flags the frozen teacher's eval mode: intended
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-                module = training.fit(module, cfg.data, settings, cfg.trainer, work)
+                module = training.fit(lambda: module, cfg.data, settings, cfg.trainer, work)
             return training.write_model_dir(module, cfg, info, work, key=student_key, config=key_cfg,
                                             teacher_key=teacher_info["model_key"], distill_method=method, distill_steps=n)
 

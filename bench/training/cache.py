@@ -73,14 +73,16 @@ def partial_dir(cfg) -> Path:
     return models_root(cfg) / f".{model_key(cfg)}.partial"
 
 
-def fit(module: DiffusionModule, data_cfg, train, trainer_cfg, workdir: str | os.PathLike, callbacks=()
-        ) -> DiffusionModule:
-    """Train ``module`` (a DiffusionModule; distillation passes its own) on ``data_cfg``'s train split per ``train``
-    (max_steps, batch_size, seed, grad_clip, checkpoint_every) and the Lightning ``trainer_cfg`` in ``workdir``,
-    resuming ``workdir/last.ckpt`` when present."""
+def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg, workdir: str | os.PathLike,
+        callbacks=()) -> DiffusionModule:
+    """Train ``make_module()`` (a DiffusionModule; distillation passes its own) on ``data_cfg``'s train split per
+    ``train`` (max_steps, batch_size, seed, grad_clip, checkpoint_every) and the Lightning ``trainer_cfg`` in
+    ``workdir``, resuming ``workdir/last.ckpt`` when present. The module is built after seeding: its initial weights
+    are part of what the model key promises."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(train.seed), workers=True, verbose=False)
+    module = make_module()
     every = int(train.checkpoint_every)
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0,
                                                   every_n_train_steps=every if every > 0 else None)
@@ -155,7 +157,7 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
                        "cached": True, "num_params": num_params(model)}
     final, meta, cached = cached_model_dir(
         models_root(cfg), key, lambda work: write_model_dir(
-        fit(DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, work), cfg, info, work))
+        fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, work), cfg, info, work))
     return load_model_dir(final, cfg.model, info, device), _train_info(cfg, final, meta, cached=cached)
 
 
