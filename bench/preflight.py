@@ -16,14 +16,26 @@ from typing import Iterable
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, IntervalSweep
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bench import schema
-from bench.schema import register
+from bench.schema import check_declared_keys, register
 from bench.validate import validate
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _conf_dir() -> str:
+    """conf/ beside the package in a source checkout (editable install); bench/conf/ (package data) in a wheel."""
+    here = Path(__file__).resolve().parent
+    for d in (here.parent / "conf", here / "conf"):
+        if (d / "bench.yaml").is_file():
+            return str(d)
+    raise FileNotFoundError(f"bench's Hydra configs are missing: neither {here.parent / 'conf'} nor {here / 'conf'} "
+                            "holds bench.yaml (reinstall bench)")
+
+
+CONF_DIR = _conf_dir()
 MAX_CELLS = 2000
 _PASS_FLAGS = {"-m", "--multirun"}
 
@@ -35,6 +47,17 @@ class CompositionError(ValueError):
 def _group_options(group: str) -> list[str]:
     d = Path(CONF_DIR) / group
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _help_groups() -> str:
+    """The config groups and their options for `bench --help` (without the `<group>_schema` ConfigStore nodes)."""
+    root = Path(CONF_DIR)
+    groups = sorted(p.relative_to(root).as_posix() for p in [*root.iterdir(), *root.glob("hydra/*")]
+                    if p.is_dir() and p.name != "hydra")
+    return "\n".join(f"{g}: {', '.join(_group_options(g))}" for g in groups)
+
+
+OmegaConf.register_new_resolver("bench_groups", _help_groups, replace=True)
 
 
 def _one_line(e: BaseException) -> str:
@@ -86,6 +109,26 @@ def _unparsable(parser, overrides: list[str]) -> str:
     return " ".join(overrides)
 
 
+def _sweep_values(o) -> list[str]:
+    """The values of one sweep override, as Hydra's BasicSweeper would run them: lists, choice() and range()
+    enumerate themselves; glob() filters the options of the config group it names (Hydra needs its ConfigLoader
+    for that, which the preflight does not run); interval() has no grid (it is for optimising sweepers)."""
+    key, value = o.get_key_element(), o.value()
+    if isinstance(value, Glob):
+        options = _group_options(key)
+        if not options:
+            raise CompositionError(f"{o.input_line}: glob() selects options of a config group; '{key}' is not one "
+                                   f"(groups: {', '.join(sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()))})")
+        names = value.filter(options)
+        if not names:
+            raise CompositionError(f"{o.input_line}: matches no option of '{key}' (options: {', '.join(options)})")
+        return names
+    if isinstance(value, IntervalSweep):
+        raise CompositionError(f"{o.input_line}: interval() has no grid to run (it is for optimising sweepers); "
+                               "use a list a,b,c or range(start,stop,step)")
+    return list(o.sweep_string_iterator())
+
+
 def expand(argv: Iterable[str]) -> list[list[str]] | None:
     """The override list of every cell `bench argv` would run; None when argv asks Hydra for something else."""
     argv = list(argv)
@@ -102,7 +145,7 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
     for o in parsed:
         if o.is_sweep_override():
             key = o.get_key_element()
-            sweeps[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            sweeps[key] = [f"{key}={v}" for v in _sweep_values(o)]
         else:
             base.append(o.input_line)
     first = [vals[0] for vals in sweeps.values()]
@@ -116,10 +159,35 @@ def expand(argv: Iterable[str]) -> list[list[str]] | None:
             if key in cli_keys:
                 continue  # the command line wins, as in Hydra's BasicSweeper
             o = parser.parse_override(f"{key}={value}")
-            sweeps[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+            sweeps[key] = ([f"{key}={v}" for v in _sweep_values(o)] if o.is_sweep_override()
                            else [o.input_line])
     combos = list(itertools.islice(itertools.product(*sweeps.values()), MAX_CELLS + 1))
     return [base + list(c) for c in combos]
+
+
+# Overrides that say where or how a run goes, not what it computes: they keep the default job a grid.
+WHERE_KEYS = ("out_dir", "cache_dir", "tracker", "trainer", "device", "name", "fail_fast")
+
+
+def one_cell_argv(argv: Iterable[str]) -> list[str]:
+    """A plain `bench KEY=VALUE ...` (no -m, no experiment/sweep chosen, no sweep syntax) runs that one cell, not
+    the default experiment's grid; bare `bench` is still the default job. Returns argv, with hydra.mode=RUN added
+    when it is a plain run."""
+    argv = list(argv)
+    if not argv or any(a.startswith("-") for a in argv):
+        return argv
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(argv)
+    except Exception:
+        return argv  # expand() names the bad override
+    keys = [o.get_key_element().lstrip("+~") for o in parsed]
+    if any(o.is_sweep_override() for o in parsed) or any(k in ("experiment", "sweep") or k.startswith("hydra")
+                                                         for k in keys):
+        return argv
+    if all(k.split(".")[0] in WHERE_KEYS for k in keys):
+        return argv  # `bench out_dir=... tracker=none` is still the default job, elsewhere
+    return argv + ["hydra.mode=RUN"]
 
 
 def check(argv: Iterable[str]) -> int:
@@ -128,5 +196,7 @@ def check(argv: Iterable[str]) -> int:
     if cells is None:
         return 0
     for overrides in cells[:MAX_CELLS]:
-        validate(compose_cfg(overrides))
+        cfg = compose_cfg(overrides)
+        check_declared_keys(cfg)
+        validate(cfg)
     return len(cells)

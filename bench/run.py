@@ -113,6 +113,11 @@ class SweepSummary(Callback):
 
 def main() -> None:
     """Console entry: validate every cell of the requested run/sweep, then hand over to Hydra."""
+    argv = preflight.one_cell_argv(sys.argv[1:])
+    if argv != sys.argv[1:]:
+        print("bench: one cell (plain overrides); `bench -m KEY=a,b` or `bench -m sweep=NAME` runs a grid",
+              file=sys.stderr)
+        sys.argv[1:] = argv
     try:
         preflight.check(sys.argv[1:])
     except ConfigError as e:

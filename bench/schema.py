@@ -6,6 +6,8 @@ individually valid but impossible together (a flow scheduler with an eps model, 
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -219,3 +221,17 @@ def register() -> None:
     cs.store(name="bench_schema", node=BenchConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def check_declared_keys(cfg, cls: type = BenchConfig, prefix: str = "") -> None:
+    """Refuse keys the schema does not declare. Hydra's ``+key=value`` adds them past the struct check, and bench
+    would then ignore them silently (``+trainer.accumulate_grad_batches=2`` trained without accumulation)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in cfg.keys():
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}", cfg[key], f"a key of {cls.__name__}: {', '.join(names)}",
+                              "an added key would be ignored")
+        sub = hints[key]
+        if dataclasses.is_dataclass(sub) and cfg[key] is not None:
+            check_declared_keys(cfg[key], sub, f"{prefix}{key}.")

@@ -34,6 +34,23 @@ def wandb_mode(requested: Optional[str]) -> str:
     return "offline"
 
 
+# Row columns that are measurements (W&B summary); every other column is a setting or provenance (W&B config).
+MEASURED = ("fid", "kid", "is", "clip_score", "swd", "mmd", "nfe", "latency_p50", "latency_p95", "images_per_s",
+            "peak_mem_mb", "wall_s", "train_seconds", "distill_seconds")
+MEASURED_SUFFIXES = ("_std", "_ci95", "_iqr")
+
+
+def is_measured(key: str) -> bool:
+    return key in MEASURED or key.endswith(MEASURED_SUFFIXES) and key.split("_")[0] in MEASURED
+
+
+def split_row(row: dict) -> tuple[dict, dict]:
+    """(settings and provenance, measurements) of a results row: hyperparameters belong in a W&B run's config,
+    scores in its summary, so neither becomes a one-point history chart."""
+    metrics = {k: v for k, v in row.items() if is_measured(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in row.items() if k not in metrics}, metrics
+
+
 def _table_frame(rows: list[dict]):
     """Rows -> DataFrame with one type per column (W&B tables need that): nested values become JSON strings."""
     df = pd.DataFrame(rows)
@@ -55,8 +72,10 @@ class Tracker:
         import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
         self.dir.mkdir(parents=True, exist_ok=True)
+        # silent: one console line per cell comes from bench, not ~40 from W&B
         return wandb.init(project=self.cfg.project, entity=self.cfg.entity, dir=str(self.dir),
-                          mode=wandb_mode(self.cfg.mode), reinit="finish_previous", **kwargs)
+                          mode=wandb_mode(self.cfg.mode), reinit="finish_previous",
+                          settings=wandb.Settings(silent=True, console="off"), **kwargs)
 
     def _guard(self, what: str, fn, *args, **kwargs):
         if not self.enabled:
@@ -70,22 +89,23 @@ class Tracker:
             return None
 
     def log_cell(self, config: dict, row: dict, grid: Optional[str] = None) -> Optional[str]:
-        """Log one cell: its config, its metric row and its sample grid. Returns the run directory."""
+        """Log one cell: its config and the row's settings/provenance as the run config, its scores as the run
+        summary, its sample grid as an image and the full row as a one-row table. Returns the run directory."""
 
         def _do():
             import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
             name = f"{row.get('sampler')}-{row.get('num_inference_steps')}-g{row.get('guidance_scale')}-{row['cell_key'][:6]}"
-            run = self._init(group=row.get("name"), name=name, job_type="cell", config=config)
+            settings, metrics = split_row(row)
+            run = self._init(group=row.get("name"), name=name, job_type="cell",
+                             config={**config, "row": settings})
             try:
-                scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                payload: dict = dict(scalars)
                 # the full row as a one-row table too: offline runs keep tables as readable JSON files
-                payload["cell"] = wandb.Table(dataframe=_table_frame([row]))
+                payload: dict = {"cell": wandb.Table(dataframe=_table_frame([row]))}
                 if grid and Path(grid).exists():
                     payload["samples"] = wandb.Image(str(grid))
                 run.log(payload)
-                run.summary.update({**scalars, "status": row.get("status"), "cell_key": row["cell_key"]})
+                run.summary.update({**metrics, "status": row.get("status"), "cell_key": row["cell_key"]})
                 return run.dir
             finally:
                 run.finish()
@@ -99,7 +119,10 @@ class Tracker:
             import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
             df = _table_frame(rows)
-            run = self._init(group=group, name=f"{group}-{key}", job_type=key)
+            varying = [c for c in df.columns if not is_measured(c) and df[c].astype(str).nunique() > 1
+                       and c not in ("cell_key", "cell_dir", "config_path", "created_at")]
+            run = self._init(group=group, name=f"{group}-{key}", job_type=key,
+                             config={"study": group, "num_cells": len(rows), "varying": varying})
             try:
                 run.log({key: wandb.Table(dataframe=df)})
                 return run.dir

@@ -172,25 +172,24 @@ def test_corrupt_resume_checkpoint(tmp_path, capsys, monkeypatch):
     assert_one_line_error(code, err, out, f"{ckpt}: cannot resume training from this checkpoint", "delete it")
 
 
-def _digits_refstats(cache: Path) -> Path:
-    (npz,) = [p for p in (cache / "refstats").glob("digits-8px-c1-train-digits_cnn-nall-*.npz")
-              if json.loads(p.with_suffix(".json").read_text())["feature_net_hash"]]
-    return npz
+# The built-in digits reference ships with bench (read-only); these tests corrupt a computed, cached one instead:
+# a capped reference (metric.num_reference) is computed on first use and cached.
+CAPPED_REF = "metric.num_reference=1000"
 
 
 @pytest.fixture
 def digits_cache(digits_model, tmp_path):
     from reliability_helpers import compose
+    from bench.data import get_data_info
     from bench.evaluators import load_feature_net
-    from bench.metrics.refstats import ref_id, ref_key
+    from bench.metrics.refstats import get_reference
 
     cache = private_cache(tmp_path / "cache")
-    cfg = compose(*DIGITS, "hydra.mode=RUN", cache=cache)
-    from bench.data import get_data_info
-
+    cfg = compose(*DIGITS, "hydra.mode=RUN", CAPPED_REF, cache=cache)
     info = get_data_info(cfg.data)
-    npz = cache / "refstats" / f"{ref_id(ref_key(info, 'train', load_feature_net(cfg, info), 0))}.npz"
-    assert npz.exists()
+    ref = get_reference(cfg, info, load_feature_net(cfg, info))
+    npz = Path(ref.meta["path"])
+    assert ref.meta["source"] == "computed" and npz.parent == cache / "refstats" and npz.exists()
     return cache, npz
 
 
@@ -199,7 +198,7 @@ def test_refstats_checksum_mismatch(digits_cache, tmp_path, capsys, monkeypatch)
     data = bytearray(npz.read_bytes())
     data[-100] ^= 0xFF
     npz.write_bytes(bytes(data))
-    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}")
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", CAPPED_REF, f"cache_dir={cache}")
     assert_one_line_error(code, err, out, f"{npz}: sha256", "does not match", "delete both to recompute")
 
 
@@ -210,7 +209,7 @@ def test_refstats_of_another_resolution_or_network(field, value, digits_cache, t
     meta_path = npz.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, field: value}))
-    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}")
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", CAPPED_REF, f"cache_dir={cache}")
     assert_one_line_error(code, err, out, f"reference was made with {field}={value!r} but this run uses {field}=")
 
 
@@ -218,11 +217,11 @@ def test_imported_refstats_of_another_feature_network(digits_cache, tmp_path, ca
     cache, _ = digits_cache
     ref = tmp_path / "inception_ref.npz"
     np.savez(ref, mu=np.zeros(2048), sigma=np.eye(2048))
-    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}",
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", CAPPED_REF, f"cache_dir={cache}",
                          f"metric.reference_stats={ref}")
     assert_one_line_error(code, err, out, "holds published mu/sigma", "metric.feature_net=digits_cnn")
     (tmp_path / "inception_ref.npz.json").write_text(json.dumps({"feature_net": "digits_cnn"}))
-    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", f"cache_dir={cache}",
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *DIGITS, "hydra.mode=RUN", CAPPED_REF, f"cache_dir={cache}",
                          f"metric.reference_stats={ref}")
     assert_one_line_error(code, err, out, "has 2048-d statistics but feature net digits_cnn gives 64-d")
 

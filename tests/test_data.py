@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -166,3 +168,54 @@ def test_bad_names_fail_in_one_line(compose_cfg):
         get_data_info(compose_cfg("data=toy2d", "data.toy=spiral").data)
     with pytest.raises(ConfigError, match="split='val'"):
         build_dataset(compose_cfg().data, "val")
+
+
+def test_folder_decodes_every_pil_mode_exactly_or_refuses_by_name(tmp_path):
+    """16-bit grey is scaled (not clipped to white), palettes and alpha (over white) decode as documented."""
+    from PIL import Image
+
+    from bench.data.folder import decode_image
+
+    ramp16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1040)  # 0 .. 65520
+    Image.fromarray(ramp16).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    got = np.asarray(decode_image(tmp_path / "g16.png", "L"), dtype=np.int64)
+    assert got.min() == 0 and got.max() == 255 and np.abs(got - np.round(ramp16 / 257.0)).max() == 0
+    assert (np.asarray(Image.open(tmp_path / "g16.png").convert("L")) == 255).mean() > 0.95  # PIL convert clips
+
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 50
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(tmp_path / "pal.png")
+    assert np.asarray(decode_image(tmp_path / "pal.png", "RGB"))[0, 0].tolist() == [200, 0, 50]
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 255, 0  # fully transparent green -> white
+    rgba[0, 0] = [0, 0, 0, 255]  # opaque black stays black
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    out = np.asarray(decode_image(tmp_path / "rgba.png", "RGB"))
+    assert out[1, 1].tolist() == [255, 255, 255] and out[0, 0].tolist() == [0, 0, 0]
+    la = Image.fromarray(np.stack([np.full((4, 4), 0, np.uint8), np.full((4, 4), 128, np.uint8)], -1))
+    la.save(tmp_path / "la.png")
+    assert abs(int(np.asarray(decode_image(tmp_path / "la.png", "L"))[0, 0]) - 127) <= 1  # half black over white
+
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    assert np.abs(np.asarray(decode_image(tmp_path / "cmyk.jpg", "RGB")).astype(int)[0, 0] - [200, 0, 50]).max() < 8
+
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "f.tiff")
+    (tmp_path / "text.png").write_text("not an image")
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # incompressible
+    Image.fromarray(noise).save(tmp_path / "full.png")
+    full = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(full[:len(full) // 2])
+    for name, why in (("f.tiff", "mode F"), ("text.png", "cannot be decoded"), ("cut.png", "cannot be decoded")):
+        with pytest.raises(ConfigError, match=rf"data.path=.*{name}.*\({re.escape(str(tmp_path / name))}: {why}"):
+            decode_image(tmp_path / name, "RGB")
+
+
+def test_folder_with_one_image_is_refused_before_any_work(compose_cfg, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "one").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "one" / "a.png")
+    with pytest.raises(ConfigError, match="it holds 1 image"):
+        get_data_info(compose_cfg("data=folder", f"data.path={tmp_path / 'one'}").data)

@@ -1,13 +1,18 @@
 """Feature networks: offline digits CNN and tiny CLIP (trained once, cached), Inception-v3 loading path."""
+import json
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from bench.data import build_dataset, get_data_info
 from bench.evaluators import EvaluatorError, resolve_feature_net
+from bench.images import quantize_uint8
 from bench.metrics import distances
 from bench.metrics.scorer import Scorer
-from bench.metrics.stats import quantize_uint8
 from bench.schema import ConfigError
 from metrics_helpers import batches, compose
 
@@ -134,3 +139,86 @@ def test_open_clip_model_without_checkpoint_is_a_clear_error(shapes):
     with pytest.raises(EvaluatorError, match="could not be loaded"):
         load_clip(compose("data=shapes", "metric.clip_model=ViT-B-32", "metric.clip_pretrained=/nonexistent/x.bin"),
                   info)
+
+
+def test_shipped_evaluators_are_pinned_and_load_without_training(monkeypatch, tmp_path):
+    """The frozen evaluators ship in the package: their sha256 is pinned, and loading them never trains."""
+    from omegaconf import OmegaConf
+
+    from bench import evaluators
+    from bench.evaluators import PINNED_SHA256, SHIPPED, digits_cnn
+    from bench.evaluators.clip import load_offline_clip
+    from bench.schema import DataConfig
+    from bench.utils import file_sha256
+
+    assert PINNED_SHA256["digits_cnn-ff8f887cde6bdaaf"].startswith("6745630043570243")
+    for name, digest in PINNED_SHA256.items():
+        (weights,) = [p for p in (SHIPPED / name).glob("*.safetensors")]
+        assert file_sha256(weights) == digest, name
+
+    def no_training(*a, **k):
+        raise AssertionError("a shipped evaluator was retrained")
+
+    monkeypatch.setattr(digits_cnn, "train_digits_cnn", no_training)
+    monkeypatch.setattr("bench.evaluators.clip.train_offline_clip", no_training)
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path), "data": OmegaConf.structured(DataConfig(name="digits"))})
+    net = digits_cnn.load_digits_cnn(cfg)
+    assert net.weights_hash == "6745630043570243" and net.meta["test_accuracy"] > 0.98
+    assert net.meta["path"] == str(SHIPPED / "digits_cnn-ff8f887cde6bdaaf") and not (tmp_path / "evaluators").exists()
+    clip = load_offline_clip(OmegaConf.create({"cache_dir": str(tmp_path), "data": OmegaConf.structured(
+        DataConfig(name="shapes", image_size=16, channels=3))}))
+    assert clip.weights_hash == PINNED_SHA256["tiny_clip-4f3496fabba231ed"][:16]
+
+    # a shipped file replaced together with its meta.json is still caught by the pin
+    fake = tmp_path / "shipped"
+    shutil.copytree(SHIPPED / "digits_cnn-ff8f887cde6bdaaf", fake / "digits_cnn-ff8f887cde6bdaaf")
+    w = fake / "digits_cnn-ff8f887cde6bdaaf" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-100:] = bytes(100)
+    w.write_bytes(bytes(data))
+    meta = json.loads((w.parent / "meta.json").read_text())
+    (w.parent / "meta.json").write_text(json.dumps(dict(meta, weights_sha256=file_sha256(w))))
+    monkeypatch.setattr(evaluators, "SHIPPED", fake)
+    with pytest.raises(evaluators.EvaluatorError, match="bench pins 6745630043570243"):
+        digits_cnn.load_digits_cnn(cfg)
+
+
+def test_shipped_reference_statistics_are_used_for_builtin_digits(monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    import bench.metrics.refstats as refstats
+    from bench.data import get_data_info
+    from bench.evaluators import SHIPPED
+    from bench.evaluators.digits_cnn import load_digits_cnn
+    from bench.schema import DataConfig, MetricConfig
+
+    monkeypatch.setattr(refstats, "compute_reference", lambda *a, **k: (_ for _ in ()).throw(AssertionError("computed")))
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path), "data": OmegaConf.structured(DataConfig(name="digits")),
+                            "metric": OmegaConf.structured(MetricConfig(name="auto"))})
+    info = get_data_info(cfg.data)
+    ref = refstats.get_reference(cfg, info, load_digits_cnn(cfg, info))
+    assert ref.meta["source"] == "shipped" and ref.n == 1437 and ref.mu.shape == (64,)
+    assert ref.meta["path"].startswith(str(SHIPPED))
+
+
+def test_bench_evaluator_list_names_the_pinned_files():
+    p = subprocess.run([sys.executable, "-m", "bench.evaluators.cli", "list"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "digits_cnn-ff8f887cde6bdaaf: sha256 6745630043570243… (ok)" in p.stdout
+    assert "refstats/digits-8px-c1-train-digits_cnn-nall-" in p.stdout
+
+
+def test_a_split_without_a_shipped_evaluator_trains_and_caches_one(tmp_path):
+    """Another split convention has no shipped network: it is trained once (seeded, one thread) and cached."""
+    from omegaconf import OmegaConf
+
+    from bench.evaluators.digits_cnn import load_digits_cnn
+    from bench.schema import DataConfig
+
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path),
+                            "data": OmegaConf.structured(DataConfig(name="digits", split_seed=1))})
+    net = load_digits_cnn(cfg)
+    assert net.meta["path"].startswith(str(tmp_path / "evaluators" / "digits_cnn-"))
+    assert net.meta["test_accuracy"] >= 0.97 and net.weights_hash != "6745630043570243"
+    assert load_digits_cnn(cfg).weights_hash == net.weights_hash  # the cached copy, not a second training

@@ -1,16 +1,18 @@
 """Scorer on digits (offline digits CNN) and toy2d: numbers, provenance, reference registry, uncertainty."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bench.data import build_dataset, get_data_info, sample_true
+from bench.images import quantize_uint8
 from bench.metrics import distances
 from bench.metrics.refstats import RefStatsError, load_reference, ref_key
 from bench.metrics.scorer import Scorer
-from bench.metrics.stats import FeatureStats, quantize_uint8
+from bench.metrics.stats import FeatureStats
 from bench.schema import ConfigError
 from metrics_helpers import CACHE, batches, compose
 
@@ -48,7 +50,7 @@ def test_digits_heldout_far_below_noise_with_provenance(digits, tmp_path):
     json.dumps(row)  # one flat JSON-able row
     # anyone can recompute the FID from files: gen_stats.npz + the cached reference npz
     gen = np.load(tmp_path / "cell" / "gen_stats.npz")
-    ref = np.load(CACHE / "refstats" / f"{row['ref_id']}.npz")
+    ref = np.load(Path(Scorer(cfg, info).ref.meta["path"]))  # shipped with bench for the built-in digits
     assert int(gen["n"]) == 360 and gen["sigma"].dtype == np.float64
     assert distances.frechet_distance(gen["mu"], gen["sigma"], ref["mu"], ref["sigma"]) == pytest.approx(row["fid"],
                                                                                                         rel=1e-10)
@@ -81,7 +83,7 @@ def test_fid_bias_falls_like_one_over_n(digits):
 def test_reference_registry_cached_verified_and_mismatch_is_an_error(digits, tmp_path):
     cfg, info, x, y = digits
     sc = Scorer(cfg, info)
-    path = CACHE / "refstats" / f"{sc.ref.meta['ref_id']}.npz"
+    path = Path(sc.ref.meta["path"])
     mtime = path.stat().st_mtime_ns
     assert Scorer(cfg, info).ref.meta["ref_hash"] == sc.ref.meta["ref_hash"] and path.stat().st_mtime_ns == mtime
     key = ref_key(info, "train", sc.net, 0)

@@ -38,3 +38,56 @@ def test_composition_errors_are_one_line(argv, msg):
     with pytest.raises(CompositionError) as e:
         expand(argv)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv,values", [
+    (["experiment=smoke", "-m", "sampler=glob(d*)"], {"ddim", "ddpm", "dpmpp"}),
+    (["experiment=smoke", "-m", "sampler=glob([d*,e*],exclude=ddpm)"], {"ddim", "dpmpp", "euler"}),
+    (["experiment=smoke", "-m", "sampler=choice(ddim,heun)"], {"ddim", "heun"}),
+])
+def test_hydra_sweep_syntax_expands_like_the_basic_sweeper(argv, values):
+    cells = expand(argv)
+    assert {c[-1].split("=", 1)[1] for c in cells} == values and len(cells) == len(values)
+
+
+def test_range_sweeps_and_bad_sweep_functions():
+    steps = expand(["experiment=smoke", "-m", "sampling.num_inference_steps=range(2,8,2)"])
+    assert [c[-1] for c in steps] == [f"sampling.num_inference_steps={v}" for v in (2, 4, 6)]
+    with pytest.raises(CompositionError, match="matches no option of 'sampler'"):
+        expand(["-m", "sampler=glob(zz*)"])
+    with pytest.raises(CompositionError, match="'sampling.eta' is not one"):
+        expand(["-m", "sampling.eta=glob(*)"])
+    with pytest.raises(CompositionError, match="interval\\(\\) has no grid"):
+        expand(["-m", "sampling.guidance_scale=interval(0,1)"])
+
+
+def test_plain_overrides_run_one_cell_and_bare_bench_the_default_job():
+    from bench.preflight import one_cell_argv
+
+    assert one_cell_argv([]) == [] and len(expand([])) == 6
+    argv = one_cell_argv(["sampling.guidance_scale=3"])
+    assert argv[-1] == "hydra.mode=RUN" and len(expand(argv)) == 1
+    for kept in (["-m", "sampling.guidance_scale=3"], ["sweep=guidance"], ["experiment=smoke"],
+                 ["sampler=ddim,euler"], ["hydra.mode=MULTIRUN"], ["out_dir=/tmp/x", "tracker=none"]):
+        assert one_cell_argv(kept) == kept
+
+
+def test_added_keys_the_schema_does_not_declare_are_refused():
+    from bench.preflight import check
+    from bench.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer.accumulate_grad_batches=2 is not allowed: a key of TrainerConfig"):
+        check(["experiment=smoke", "+trainer.accumulate_grad_batches=2"])
+    with pytest.raises(ConfigError, match=r"sampling.foo"):
+        check(["experiment=smoke", "+sampling.foo=1"])
+    assert check(["experiment=smoke"]) == 1
+
+
+def test_help_lists_real_options_not_schema_nodes():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "bench.run", "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "_schema" not in p.stdout
+    assert "sampler: ddim, ddpm, dpmpp, euler, flow_euler, heun, lcm, unipc" in p.stdout

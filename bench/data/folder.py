@@ -1,4 +1,11 @@
-"""An image folder (optionally one sub-folder per class), loaded lazily with PIL."""
+"""An image folder (optionally one sub-folder per class), loaded lazily with PIL.
+
+Decoding is exact for every PIL mode a folder may hold, or the file is refused by name: 16-bit grey (``I;16*``,
+``I``) is scaled 65535 -> 255 (``convert("L")`` would clip it to solid white); palette images go through their
+palette; an alpha channel (``LA``, ``RGBA``, ``PA``, palette transparency) is composited over a **white** background
+(transparent pixels' colour values are arbitrary, so dropping alpha would be undefined); CMYK, YCbCr and HSV convert
+to RGB with PIL's formulas; float images (``F``) have no defined range and are refused.
+"""
 from __future__ import annotations
 
 import os
@@ -34,7 +41,44 @@ def scan_folder(path) -> tuple[list[tuple[str, int]], list[str]]:
         files = [(str(f), -1) for f in _images_under(root)]
     if not files:
         raise ConfigError("data.path", str(path), allowed, "it contains no images; point data.path at an image folder")
+    if len(files) < 2:
+        raise ConfigError("data.path", str(path), allowed + " with at least 2 images",
+                          "it holds 1 image: a train and a held-out split need two or more")
     return files, classes
+
+
+def _refuse(path, why: str):
+    return ConfigError("data.path", str(path), "a folder of readable 8- or 16-bit images", f"{path}: {why}")
+
+
+def decode_image(path, mode: str) -> Image.Image:
+    """The image at ``path`` as 8-bit ``mode`` ("L" or "RGB"), decoded as described in the module docstring."""
+    try:
+        im = Image.open(path)
+        im.load()  # decode now: a truncated file fails here, naming the file, not later inside a batch
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _refuse(path, f"cannot be decoded ({type(e).__name__}: {e})".splitlines()[0]) from None
+    src = im.mode
+    if src in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im).astype(np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise _refuse(path, f"mode {src} holds values outside 0..65535")
+        im = Image.fromarray(np.round(a / 257.0).astype(np.uint8), "L")
+    elif src == "F":
+        raise _refuse(path, "mode F (32-bit float) has no defined intensity range")
+    elif src == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif src == "PA":
+        im = im.convert("RGBA")
+    elif src in ("CMYK", "YCbCr", "HSV"):
+        im = im.convert("RGB")
+    elif src not in ("1", "L", "LA", "RGB", "RGBA", "La", "RGBa"):
+        raise _refuse(path, f"PIL mode {src} is not supported (convert it to 8/16-bit grey or RGB)")
+    if im.mode in ("LA", "RGBA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert(mode)
 
 
 class FolderDataset(Dataset):
@@ -53,8 +97,7 @@ class FolderDataset(Dataset):
         return len(self.files)
 
     def load(self, path: str) -> torch.Tensor:
-        with Image.open(path) as im:
-            im = im.convert(self.mode)
+        with decode_image(path, self.mode) as im:
             if self.center_crop:
                 w, h = im.size
                 s = min(w, h)

@@ -14,12 +14,13 @@ from __future__ import annotations
 from bench.schema import ConfigError
 
 from .clip import load_clip
-from .common import EvaluatorError, FeatureNet, one_thread, publish, verified_meta
+from .common import (PINNED_SHA256, SHIPPED, EvaluatorError, FeatureNet, find_evaluator, one_thread, publish,
+                     verified_meta)
 from .digits_cnn import load_digits_cnn
 from .inception import load_inception
 
-__all__ = ["FEATURE_NETS", "EvaluatorError", "FeatureNet", "load_feature_net", "one_thread", "publish",
-           "resolve_feature_net", "verified_meta"]
+__all__ = ["FEATURE_NETS", "PINNED_SHA256", "SHIPPED", "EvaluatorError", "FeatureNet", "find_evaluator",
+           "load_feature_net", "one_thread", "publish", "resolve_feature_net", "verified_meta"]
 
 FEATURE_NETS = ("digits_cnn", "inception", "clip")
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-
 from safetensors.torch import save_file
 
 from bench.data import build_dataset, get_data_info
@@ -34,7 +33,9 @@ from bench.images import quantize_uint8
 from bench.schema import DataConfig
 from bench.utils import config_hash, file_sha256
 
-from .common import EvaluatorError, one_thread, publish, verified_meta
+from .common import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
+
+log = logging.getLogger("bench")
 
 MIN_RETRIEVAL = 0.80
 TINY_CLIP = {
@@ -157,18 +158,21 @@ def train_offline_clip(data_cfg, model_dir: Path) -> dict:
     return {"train_seconds": round(time.time() - t0, 1), "final_loss": float(loss.detach()), "n_train": len(ds)}
 
 
-def load_offline_clip(cfg, info=None) -> ClipFeatureNet:
+def load_offline_clip(cfg, info=None, use_shipped: bool = True) -> ClipFeatureNet:
+    """The offline CLIP for this split convention: shipped (default split), cached, or trained on first use."""
     data_cfg = _shapes_cfg(cfg.data)
     key = config_hash({"model": TINY_CLIP, "pre": TINY_PREPROCESS, "train": TRAIN,
                        "split_seed": data_cfg.split_seed, "test_fraction": data_cfg.test_fraction})
     root = Path(cfg.cache_dir) / "evaluators"
-    path = root / f"tiny_clip-{key}"
+    path = find_evaluator(cfg.cache_dir, f"tiny_clip-{key}", use_shipped)  # shipped (the default split) or cached
     captions = list(info.class_names) if info is not None and info.class_names else None
-    if not (path / "meta.json").exists():
+    if path is None:
+        path = root / f"tiny_clip-{key}"
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tiny_clip-{key}."))
         (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP,
                                                                "preprocess_cfg": TINY_PREPROCESS}, indent=2))
+        log.info("training the offline CLIP evaluator on captioned shapes (once; cached at %s, a few minutes)", path)
         with one_thread():
             meta = train_offline_clip(data_cfg, tmp)
         model, tok = _create(tmp)

@@ -4,12 +4,23 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from pathlib import Path
 from typing import Optional, Protocol
 
 import torch
 
 from bench.utils import atomic_write_json, file_sha256
 
+# Frozen evaluators and reference statistics shipped in the package (clean-fid / torch-fidelity pin one network
+# file the same way): a retrained evaluator differs in its last bits from machine to machine, and a score is only
+# comparable with scores from the same weights. `bench-evaluator train NAME` re-trains one and compares it with
+# the shipped file. Each directory is laid out like a cache entry; its weights' sha256 is pinned here as well, so a
+# meta.json edited together with the weights is still caught.
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+PINNED_SHA256 = {
+    "digits_cnn-ff8f887cde6bdaaf": "67456300435702434fe906378aa82256973ace0a91d4d734fb61edcb5eac84fe",
+    "tiny_clip-4f3496fabba231ed": "72d2d0a9b297e504e1c13e3a7bb1289b01f93675af424af2a7da26625b9c86c6",
+}
 
 class EvaluatorError(RuntimeError):
     """An evaluator cannot be loaded or trained. ``str(err)`` is the one line shown to the user."""
@@ -49,6 +60,15 @@ def publish(tmp, path, weights: str, meta: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def find_evaluator(cache_dir, name: str, shipped: bool = True) -> Optional[Path]:
+    """The directory holding evaluator ``name`` (e.g. ``digits_cnn-<key>``): the shipped copy when the package
+    has one for this key, else the cache entry if it was trained before, else None (train it)."""
+    if shipped and (SHIPPED / name / "meta.json").is_file():
+        return SHIPPED / name
+    cached = Path(cache_dir) / "evaluators" / name
+    return cached if (cached / "meta.json").exists() else None
+
+
 def verified_meta(path, weights: str) -> dict:
     """The cached evaluator's meta, after checking its weights file against the sha256 recorded at publish time."""
     meta = json.loads((path / "meta.json").read_text())
@@ -56,4 +76,8 @@ def verified_meta(path, weights: str) -> dict:
     if digest != meta["weights_sha256"]:
         raise EvaluatorError(f"{path / weights} has sha256 {digest[:16]}…, expected "
                              f"{meta['weights_sha256'][:16]}… (corrupt cache: delete {path} to retrain)")
+    pinned = PINNED_SHA256.get(Path(path).name)
+    if Path(path).parent == SHIPPED and digest != pinned:
+        raise EvaluatorError(f"{path / weights} has sha256 {digest[:16]}…, but bench pins {str(pinned)[:16]}… for "
+                             "this shipped evaluator (the installed package is modified: reinstall bench)")
     return meta

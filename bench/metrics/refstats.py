@@ -14,6 +14,7 @@ declare ``feature_net`` / ``resize``; a declared value that differs from the run
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from bench.data import build_dataset
+from bench.evaluators import SHIPPED
 from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics.stats import FeatureStats, save_npz_atomic
 from bench.schema import ConfigError
@@ -64,8 +66,12 @@ def get_reference(cfg, info, net) -> RefStats:
     if split not in REFERENCE_SPLITS:
         raise ConfigError("metric.reference_split", split, " | ".join(REFERENCE_SPLITS))
     key = ref_key(info, split, net, int(cfg.metric.num_reference))
+    shipped = SHIPPED / "refstats" / f"{ref_id(key)}.npz"
+    if shipped.is_file():  # built-in data set with the shipped network: the same bits on every machine
+        return load_reference(shipped, key)
     path = Path(cfg.cache_dir) / "refstats" / f"{ref_id(key)}.npz"
     if not path.exists():
+        logging.getLogger("bench").info("computing reference statistics %s (once; cached at %s)", path.stem, path)
         compute_reference(cfg.data, key, net, path)
     return load_reference(path, key)
 
@@ -103,7 +109,8 @@ def load_reference(path: Path, key: dict) -> RefStats:
             raise RefStatsError(f"{path}: reference was made with {k}={meta.get(k)!r} but this run uses {k}={v!r}")
     with np.load(path) as z:
         return RefStats(z["mu"], z["sigma"], int(z["n"]), z["features"],
-                        dict(meta, ref_hash=digest[:16], source="computed"))
+                        dict(meta, ref_hash=digest[:16], path=str(path),
+                             source="shipped" if path.parent == SHIPPED / "refstats" else "computed"))
 
 
 def import_reference(file: str, net) -> RefStats:
