@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from filelock import FileLock
 
@@ -144,10 +144,9 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     return parse_rows(path, path.read_bytes())
 
 
-def done_keys(path: str | os.PathLike, statuses: Iterable[str] = ("ok",)) -> set[str]:
-    """Keys of cells already finished with one of `statuses` (failed cells are retried on re-run)."""
-    statuses = set(statuses)
-    return {r["cell_key"] for r in read_rows(path) if r["status"] in statuses}
+def done_keys(path: str | os.PathLike) -> set[str]:
+    """Keys of the finished cells (:func:`is_finished`; failed cells are retried on re-run)."""
+    return {r["cell_key"] for r in read_rows(path) if is_finished(r)}
 
 
 def append_row(path: str | os.PathLike, row: Row | dict[str, Any]) -> bool:
