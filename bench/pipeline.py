@@ -56,10 +56,10 @@ def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, dev
     scorer = Scorer(cfg, info, cell_dir)
     keep, grid = [], []
     total = s.num_samples * cfg.metric.repeats  # repeat r = images [r*N, (r+1)*N): disjoint per-image seeds
-    for batch in sampling.sample(model, scheduler, shape=tuple(info.shape), num_samples=total, batch_size=batch_size,
-                        seed=s.seed, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                        num_classes=info.num_classes, device=device, cost=meter, eta=cfg.sampler.eta,
-                        progress=cfg.trainer.enable_progress_bar):
+    for batch in sampling.sample(model, scheduler, shape=tuple(info.shape), num_samples=total,
+                                 batch_size=batch_size, seed=s.seed, num_inference_steps=s.num_inference_steps,
+                                 guidance_scale=s.guidance_scale, num_classes=info.num_classes, device=device,
+                                 cost=meter, eta=cfg.sampler.eta, progress=cfg.trainer.enable_progress_bar):
         scorer.update(batch)
         need = s.grid_size - sum(len(g) for g in grid)
         if need > 0:
@@ -157,15 +157,15 @@ def run_cell(cfg: DictConfig, info: DataInfo, root: Path, key: str, cell_cfg: di
         log.error("cell %s failed: %s", key, row.error)
         if cfg.fail_fast:
             raise CellFailed(row.error, row.failed_step)
-    row = row.to_dict()
-    atomic_write_json(cell_dir / "metrics.json", row)
-    append_row(results, row)
+    record = row.to_dict()
+    atomic_write_json(cell_dir / "metrics.json", record)
+    append_row(results, record)
     grid = cell_dir / "grid.png"
-    Tracker(cfg.tracker, root).log_cell(cell_cfg, row, str(grid) if grid.exists() else None)
-    log.info("cell %s: %s", key, {k: row.get(k) for k in ("sampler", "num_inference_steps", "guidance_scale",
-                                                          "nfe", "fid", "kid", "is", "swd", "mmd", "status")
-                                  if row.get(k) is not None})
-    return row
+    Tracker(cfg.tracker, root).log_cell(cell_cfg, record, str(grid) if grid.exists() else None)
+    log.info("cell %s: %s", key, {k: record.get(k) for k in ("sampler", "num_inference_steps", "guidance_scale",
+                                                             "nfe", "fid", "kid", "is", "swd", "mmd", "status")
+                                  if record.get(k) is not None})
+    return record
 
 
 SUMMARY_COLUMNS = ["distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale", "nfe", "fid", "kid",
