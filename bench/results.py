@@ -119,7 +119,8 @@ def parse_rows(path: Path, data: bytes) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ResultsError(f"{path}:{n}: not JSON Lines ({e.msg}); expected one bench results row per line") from None
+            raise ResultsError(f"{path}:{n}: not JSON Lines ({e.msg}); expected one bench results row per "
+                               f"line") from None
         if not isinstance(row, dict):
             raise ResultsError(f"{path}:{n}: not a bench results row (a JSON {type(row).__name__}, expected an "
                                f"object)")

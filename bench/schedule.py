@@ -23,7 +23,7 @@ def _check(cfg, info) -> None:
         raise ConfigError("schedule.flow_shift", s.flow_shift, "> 0")
 
 
-# schedule name -> diffusers ``beta_schedule`` (Ho et al. 2020 linear; LDM's scaled_linear; Nichol & Dhariwal 2021 cosine)
+# name -> diffusers ``beta_schedule`` (Ho et al. 2020 linear; LDM's scaled_linear; Nichol & Dhariwal 2021 cosine)
 SCHEDULES = Registry("schedule", "schedule.name", {
     "linear": Entry("linear", _check),
     "scaled_linear": Entry("scaled_linear", _check),

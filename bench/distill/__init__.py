@@ -124,8 +124,8 @@ def student_key_config(cfg, parent_key: str, steps: int | None) -> dict:
 
 def load_or_distill(cfg):
     """(student in eval mode on ``cfg.device``, train_info) — the teacher from ``load_or_train`` (trained if needed),
-    then each student from the cache or distilled and cached. train_info: the teacher's model_key/train_* replaced by the
-    student's key; plus teacher_key, distill_method, distill_steps, distill_train_steps and distill_seconds
+    then each student from the cache or distilled and cached. train_info: the teacher's model_key/train_* replaced
+    by the student's key; plus teacher_key, distill_method, distill_steps, distill_train_steps and distill_seconds
     (cumulative over progressive rounds, cached ones included: the price of the speed-up)."""
     method = cfg.distill.method
     info = get_data_info(cfg.data)
@@ -147,13 +147,15 @@ def load_or_distill(cfg):
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
                 module = training.fit(lambda: module, cfg.data, settings, cfg.trainer, work)
             return training.write_model_dir(module, cfg, info, work, key=student_key, config=key_cfg,
-                                            teacher_key=teacher_info["model_key"], distill_method=method, distill_steps=n)
+                                            teacher_key=teacher_info["model_key"], distill_method=method,
+                                            distill_steps=n)
 
         path, meta, hit = training.cached_model_dir(training.models_root(cfg), student_key, train)
         model, key, cached = training.load_model_dir(path, cfg.model, info, device), student_key, cached and hit
         seconds, steps = seconds + float(meta["train_seconds"]), steps + int(meta["train_steps"])
     distill_steps = int(cfg.sampling.num_inference_steps) if method == "progressive" else None
-    return model, {**teacher_info, "model_key": key, "path": str(path), "cached": cached, "teacher_key": teacher_info["model_key"],
+    return model, {**teacher_info, "model_key": key, "path": str(path), "cached": cached,
+                   "teacher_key": teacher_info["model_key"],
                    "distill_method": method, "distill_steps": distill_steps, "distill_train_steps": steps,
                    "distill_seconds": round(seconds, 3), "distill_rounds": len(plan) if method == "progressive"
                    else 1}

@@ -145,8 +145,9 @@ def _train_info(cfg, path: Path, meta: dict, cached: bool) -> dict:
 def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode with EMA weights on ``cfg.device``, train_info) — from the cache, or trained and cached.
 
-    train_info (a dict; ``info`` is always the data's DataInfo): model_key, path, train_steps, train_seconds, cached, num_params. ``model.pretrained`` set → that model,
-    loaded and never trained (cached=True, train_steps=0). ``distill.*`` is ignored: the distilled students of this
+    train_info (a dict; ``info`` is always the data's DataInfo): model_key, path, train_steps, train_seconds,
+    cached, num_params. ``model.pretrained`` set → that model, loaded and never trained (cached=True,
+    train_steps=0). ``distill.*`` is ignored: the distilled students of this
     model are :func:`bench.distill.load_or_distill`'s (``bench.pipeline`` picks which one a cell samples)."""
     info = get_data_info(cfg.data)
     device = resolve_device(cfg.device)
