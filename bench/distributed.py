@@ -35,18 +35,6 @@ def enabled(cfg) -> bool:
     return int(cfg.sampling.devices) > 1 or int(cfg.sampling.shard_size) > 0
 
 
-def check_distributed(cfg) -> None:
-    """sampling.devices >= 1 (and no more than the visible GPUs on CUDA); sampling.shard_size >= 0."""
-    devices, shard = cfg.sampling.devices, cfg.sampling.shard_size
-    if not isinstance(devices, int) or devices < 1:
-        raise ConfigError("sampling.devices", devices, "an integer >= 1 (processes that share a cell's images)")
-    if shard < 0:
-        raise ConfigError("sampling.shard_size", shard, "an integer >= 0 (0 = one batch per shard when sharding)")
-    if devices > 1 and cfg.device != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
-        raise ConfigError("sampling.devices", devices, f"at most {torch.cuda.device_count()} (the visible GPUs)",
-                          "or device=cpu for CPU processes")
-
-
 def plan(cfg) -> list[tuple[int, int]]:
     """The cell's shards: fixed [start, stop) image ranges, independent of the world size."""
     total = int(cfg.sampling.num_samples) * int(cfg.metric.repeats)
@@ -129,7 +117,7 @@ def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size):
     """One rank of ``Fabric.launch``: its round-robin share of the pending shards; rank 0 returns every rank's
     counters (gathered)."""
     from bench.metrics.scorer import Scorer
-    from bench.sampling import build_scheduler
+    from bench.sampling import build_sampler
 
     rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
     if device.type == "cuda":
@@ -137,7 +125,8 @@ def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size):
     model = model.to(device)
     scorer = Scorer(cfg, info, None)
     mine = pending[rank::world]
-    out = _errors(_sample_shards, cfg, info, model, build_scheduler(cfg), scorer, cell_dir, mine, device, batch_size,
+    out = _errors(_sample_shards, cfg, info, model, build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name,
+                                                             lcm_grid=cfg.distill.num_ddim_timesteps), scorer, cell_dir, mine, device, batch_size,
                   rank, world, bool(cfg.trainer.enable_progress_bar) and rank == 0)
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, out)

@@ -7,6 +7,7 @@ This is validation only; Hydra's launcher still runs the jobs.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import warnings
@@ -16,11 +17,13 @@ from typing import Iterable
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, IntervalSweep
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
-from bench.schema import ConfigError, check_declared_keys, register
-
+from bench import schema
+from bench.schema import check_declared_keys, register
+from bench.validate import validate
 
 
 def _conf_dir() -> str:
@@ -75,10 +78,6 @@ def _one_line(e: BaseException) -> str:
     m = re.search(r"Key '(\w+)' not in '(\w+)'", text + " " + str(cause or ""))
     o = re.search(r"override '([\w.]+)'", text)
     if m:
-        import dataclasses
-
-        from bench import schema
-
         node = getattr(cause, "object_type", None)  # the failing node's dataclass (ours, or a plugin's)
         if not dataclasses.is_dataclass(node):
             node = getattr(schema, m.group(2), None)
@@ -121,8 +120,6 @@ def _sweep_values(o) -> list[str]:
     """The values of one sweep override, as Hydra's BasicSweeper would run them: lists, choice() and range()
     enumerate themselves; glob() filters the options of the config group it names (Hydra needs its ConfigLoader
     for that, which the preflight does not run); interval() has no grid (it is for optimising sweepers)."""
-    from hydra.core.override_parser.types import Glob, IntervalSweep
-
     key, value = o.get_key_element(), o.value()
     if isinstance(value, Glob):
         options = _group_options(key)
@@ -213,16 +210,11 @@ def one_cell_argv(argv: Iterable[str]) -> list[str]:
 
 def check(argv: Iterable[str]) -> int:
     """Compose + validate every cell; raise ConfigError/CompositionError on the first bad one. Returns #cells."""
-    from bench.validate import validate
-
     cells = expand(argv)
     if cells is None:
         return 0
     for overrides in cells[:MAX_CELLS]:
         cfg = compose_cfg(overrides)
         check_declared_keys(cfg)
-        try:
-            validate(cfg)
-        except MissingMandatoryValue as e:
-            raise ConfigError(str(e.full_key), "???", "a value (it has no default)") from None
+        validate(cfg)
     return len(cells)

@@ -1,15 +1,19 @@
-"""Append-only results table: one JSON row per sweep cell in ``<root>/results.jsonl``.
+"""The results row and its file: one JSON row per sweep cell in ``<root>/results.jsonl``, append-only.
 
+:class:`Row` is the row's schema (what ``bench`` writes); :func:`read_rows` is the one reader (``bench`` resumes with
+it, ``bench-report`` reports from it); :func:`is_finished` is the one rule for "this cell is done".
 Every append rewrites the file through a temp file + ``os.replace`` under a file lock, so a reader (or a run killed
 with ``kill -9`` at any point) only ever sees whole rows, and two sweeps appending to one file never interleave.
 A cell whose key is already present is not appended again: that is how re-running a sweep resumes it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Optional
 
 from filelock import FileLock
 
@@ -17,10 +21,75 @@ from bench.utils import atomic_write_text
 
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.jsonl"
+REQUIRED = ("schema_version", "cell_key", "status")  # every row bench writes has these
+STATUSES = ("ok", "failed")
+
+
+@dataclass
+class Row:
+    """One sweep cell. Metric columns (``scores``) are absent when not computed; see docs/design.md."""
+
+    cell_key: str  # hash of the cell's resolved config (minus keys that do not change its numbers)
+    created_at: str = ""  # UTC, ISO 8601, seconds
+    name: str = ""  # the sweep/experiment name (results root = out_dir/name)
+    data: str = ""  # DataInfo.id, e.g. "digits-8px-c1"
+    model: str = ""
+    objective: str = ""
+    schedule: str = ""
+    sampler: str = ""
+    eta: float = 0.0
+    timestep_spacing: str = ""
+    num_inference_steps: int = 0
+    guidance_scale: float = 1.0
+    num_samples: int = 0  # N per repeat
+    repeats: int = 1  # metric.repeats: disjoint seed blocks
+    batch_size: int = 0  # the batch size actually used (halved on CUDA out-of-memory)
+    seed: int = 0  # image i of the cell uses seed + i
+    model_key: Optional[str] = None  # the sampled model's cache key (the student's, when distilled)
+    train_steps: Optional[int] = None
+    train_seconds: Optional[float] = None
+    num_params: Optional[int] = None
+    distill_method: str = "none"  # none | progressive | consistency
+    distill_steps: Optional[int] = None
+    distill_train_steps: Optional[int] = None  # cumulative over progressive rounds
+    distill_seconds: Optional[float] = None
+    torch: str = ""  # library versions and the code's git sha
+    diffusers: str = ""
+    bench: str = ""
+    git_sha: str = ""
+    device: str = ""  # cpu | cuda
+    hardware: str = ""  # CPU model x threads, or the GPU's name
+    config_path: str = ""  # cells/<cell_key>/config.yaml, relative to the results root
+    cell_dir: str = ""  # cells/<cell_key>, relative to the results root
+    status: str = "ok"  # ok | failed
+    error: Optional[str] = None  # failed rows: why (one line)
+    failed_step: Optional[int] = None  # failed rows: the sampling step where NaN/Inf appeared
+    wall_s: Optional[float] = None  # sampling + scoring wall time of the cell
+    # cost (bench.metrics.cost: nfe, latency_p50/p95 in s per image, images_per_s, peak_mem_mb, mem_kind)
+    cost: dict = field(default_factory=dict)
+    # scores and their provenance (bench.metrics.scorer: fid, fid_std, kid, kid_std, is, is_std, clip_score, swd,
+    # mmd, feature_net, feature_net_hash, resize, quantize, ref_id, ref_hash, n_ref, ...)
+    scores: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON object of the row: fixed columns, then cost and score columns (which win on a shared name, except
+        the cell's wall_s); error/failed_step only when set."""
+        out = {"schema_version": SCHEMA_VERSION}
+        for f in dataclasses.fields(self):
+            if f.name in ("cost", "scores"):
+                continue
+            v = getattr(self, f.name)
+            if v is None and f.name in ("error", "failed_step"):
+                continue
+            out[f.name] = v
+        out = {**out, **self.cost, **self.scores}
+        if self.wall_s is not None:
+            out["wall_s"] = self.wall_s  # the cell's wall time wins over the sampling loop's own (cost's wall_s)
+        return out
 
 
 class ResultsError(RuntimeError):
-    pass
+    """A results file bench cannot read. ``str(err)`` is the one line shown to the user."""
 
 
 def results_path(root: str | os.PathLike) -> Path:
@@ -28,40 +97,60 @@ def results_path(root: str | os.PathLike) -> Path:
     return root if root.suffix == ".jsonl" else root / RESULTS_NAME
 
 
+def is_finished(row: dict) -> bool:
+    """The one rule: a cell is done when its row says ok (failed cells are retried on re-run)."""
+    return row.get("status", "ok") == "ok"
+
+
 def _lock(path: Path) -> FileLock:
     return FileLock(str(path) + ".lock", timeout=600)
 
 
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """All rows of a results file ([] when it does not exist). A row from a newer schema is an error."""
-    path = results_path(path)
-    if not path.exists():
-        return []
+def parse_rows(path: Path, data: bytes) -> list[dict]:
+    """The rows of a results file's bytes; a foreign or newer-schema file is a ResultsError naming the line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path}: not a text file; expected results.jsonl (one JSON results row per line)") from None
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ResultsError(f"{path}:{n}: not a JSON row ({e.msg}); is this a bench results.jsonl?") from None
-        if not isinstance(row, dict) or "cell_key" not in row:
-            raise ResultsError(f"{path}:{n}: row has no 'cell_key'; is this a bench results.jsonl?")
+            raise ResultsError(f"{path}:{n}: not JSON Lines ({e.msg}); expected one bench results row per "
+                               f"line") from None
+        if not isinstance(row, dict):
+            raise ResultsError(f"{path}:{n}: not a bench results row (a JSON {type(row).__name__}, expected an "
+                               f"object)")
         version = row.get("schema_version", 0)
-        if version > SCHEMA_VERSION:
+        if isinstance(version, int) and version > SCHEMA_VERSION:
             raise ResultsError(f"{path}:{n}: schema_version={version} is newer than this bench reads "
                                f"(<= {SCHEMA_VERSION}); upgrade bench to read it")
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise ResultsError(f"{path}:{n}: not a bench results row (missing {', '.join(missing)})")
+        if row["status"] not in STATUSES:
+            raise ResultsError(f"{path}:{n}: status={row['status']!r} is not allowed: one of {', '.join(STATUSES)}")
         rows.append(row)
     return rows
 
 
-def done_keys(path: str | os.PathLike, statuses: Iterable[str] = ("ok",)) -> set[str]:
-    """Keys of cells already finished with one of `statuses` (failed cells are retried on re-run)."""
-    statuses = set(statuses)
-    return {r["cell_key"] for r in read_rows(path) if r.get("status", "ok") in statuses}
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """All rows of a results file ([] when it does not exist). A foreign file or a newer schema is an error."""
+    path = results_path(path)
+    if not path.exists():
+        return []
+    return parse_rows(path, path.read_bytes())
 
 
-def append_row(path: str | os.PathLike, row: dict) -> bool:
+def done_keys(path: str | os.PathLike) -> set[str]:
+    """Keys of the finished cells (:func:`is_finished`; failed cells are retried on re-run)."""
+    return {r["cell_key"] for r in read_rows(path) if is_finished(r)}
+
+
+def append_row(path: str | os.PathLike, row: Row | dict[str, Any]) -> bool:
     """Atomically append `row` unless a finished row with its cell_key exists. Returns True if written.
 
     A failed row for the same key is replaced by a later row for it (the retry), so the file holds at most one row per
@@ -69,10 +158,10 @@ def append_row(path: str | os.PathLike, row: dict) -> bool:
     """
     path = results_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    row = {"schema_version": SCHEMA_VERSION, **row}
+    row = row.to_dict() if isinstance(row, Row) else {"schema_version": SCHEMA_VERSION, **row}
     with _lock(path):
         rows = read_rows(path)
-        if any(r["cell_key"] == row["cell_key"] and r.get("status", "ok") == "ok" for r in rows):
+        if any(r["cell_key"] == row["cell_key"] and is_finished(r) for r in rows):
             return False
         rows = [r for r in rows if r["cell_key"] != row["cell_key"]] + [row]
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))

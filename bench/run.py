@@ -17,8 +17,12 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bench import preflight
+from bench import pipeline, preflight
+from bench.evaluators import EvaluatorError
+from bench.metrics.refstats import RefStatsError
+from bench.results import ResultsError
 from bench.schema import ConfigError, register
+from bench.training.cache import ModelCacheError
 from bench.utils import config_hash, to_plain
 
 log = logging.getLogger("bench")
@@ -62,17 +66,10 @@ def fail(msg: str, root: Path | None = None, code: int = 2):
     sys.exit(code)
 
 
-def _fatal_errors() -> tuple[type[BaseException], ...]:
-    """Errors that stop the run with one `bench: error:` line (bad input found at run time: a corrupt cache file,
-    missing evaluator weights, reference statistics that do not match, a results file bench cannot read).
-    NaN/Inf and out-of-memory are not among them: those fail only their cell (a failed row) and the sweep goes on."""
-    from bench.evaluators import EvaluatorError
-    from bench.metrics.refstats import RefStatsError
-    from bench.pipeline import CellFailed
-    from bench.results import ResultsError
-    from bench.training.cache import ModelCacheError
-
-    return ConfigError, EvaluatorError, RefStatsError, ResultsError, ModelCacheError, CellFailed
+# Errors that stop the run with one `bench: error:` line (bad input found at run time: a corrupt cache file, missing
+# evaluator weights, reference statistics that do not match, a results file bench cannot read). NaN/Inf and
+# out-of-memory are not among them: those fail only their cell (a failed row) and the sweep goes on.
+FATAL_ERRORS = (ConfigError, EvaluatorError, RefStatsError, ResultsError, ModelCacheError, pipeline.CellFailed)
 
 
 def _drop_unfinished_cell(root: Path, key: str) -> None:
@@ -86,29 +83,26 @@ def _drop_unfinished_cell(root: Path, key: str) -> None:
             pass
 
 
-def run_cell(cfg: DictConfig) -> dict | None:
-    from bench import pipeline
-
+def run_job(cfg: DictConfig) -> dict | None:
+    """One Hydra job: validate, then :func:`bench.pipeline.run_cell`; a fatal error is one line and exit 2."""
     root, key = results_root(cfg), cell_key(cfg)
     try:
         info = pipeline.prepare(cfg)
         return pipeline.run_cell(cfg, info, root, key, cell_config(cfg))
-    except _fatal_errors() as e:
+    except FATAL_ERRORS as e:
         _drop_unfinished_cell(root, key)
         fail(str(e), root)
 
 
 @hydra.main(config_path=preflight.CONF_DIR, config_name="bench", version_base="1.3")
 def app(cfg: DictConfig) -> Any:
-    return run_cell(cfg)
+    return run_job(cfg)
 
 
 class SweepSummary(Callback):
     """At the end of a run or sweep: print the results table and where things are; log the ablation table."""
 
     def _summarise(self, config: DictConfig) -> None:
-        from bench import pipeline
-
         pipeline.summarise(config)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -2,7 +2,7 @@
 
 Values live in YAML under ``conf/``; this file only fixes the *shape* (keys and types). Combinations that are
 individually valid but impossible together (a flow scheduler with an eps model, ...) are checked by
-:func:`validate` before any work is done.
+:func:`bench.validate.validate` (which walks one registry per group) before any work is done.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # toy2d | digits | folder | shapes
+    name: str = MISSING  # a conf/data/ name (registry bench.data.DATA)
     toy: str = "moons"  # toy2d only: moons | gmm
     num_train: int = 0  # toy2d: points to draw; images: cap on the train split (0 = all)
     image_size: int = 8  # images are resized to image_size x image_size
@@ -44,7 +44,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # mlp | unet
+    name: str = MISSING  # a conf/model/ name (registry bench.models.MODELS)
     # mlp (toy2d)
     hidden: int = 128
     layers: int = 3
@@ -62,14 +62,14 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = MISSING  # eps | v | x0 | flow
+    name: str = MISSING  # a conf/objective/ name (registry bench.training.objectives.OBJECTIVES)
     loss_weighting: str = "uniform"  # uniform | min_snr
     min_snr_gamma: float = 5.0
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = MISSING  # linear | scaled_linear | cosine
+    name: str = MISSING  # a conf/schedule/ name (registry bench.schedule.SCHEDULES)
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
     beta_end: float = 0.02
@@ -78,7 +78,7 @@ class ScheduleConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = MISSING  # ddpm | ddim | dpmpp | euler | heun | unipc | flow_euler | lcm
+    name: str = MISSING  # a conf/sampler/ name (registry bench.sampling.SAMPLERS)
     eta: float = 0.0  # ddim: 0 deterministic, 1 DDPM-like
     timestep_spacing: str = "trailing"  # leading | linspace | trailing
     solver_order: int = 2  # dpmpp / unipc
@@ -149,7 +149,7 @@ class CostConfig:
 
 @dataclass
 class MetricConfig:
-    name: str = MISSING  # auto (by data set) | inception | none
+    name: str = MISSING  # a conf/metric/ name (registry bench.metrics.scorer.METRICS)
     fid: bool = True
     kid: bool = True
     inception_score: bool = True
@@ -176,7 +176,7 @@ class MetricConfig:
 
 @dataclass
 class TrackerConfig:
-    name: str = "none"  # wandb | none
+    name: str = "none"  # a conf/tracker/ name (registry bench.tracking.TRACKERS)
     project: str = "bench"
     entity: Optional[str] = None
     mode: Optional[str] = None  # online | offline | disabled; None = WANDB_MODE, else offline without API key
@@ -189,7 +189,7 @@ class DistillConfig:
     with ``sampling.num_inference_steps``: progressive → DDIM at that count (rounds teacher_steps → … → it);
     consistency → LCMScheduler at that count (≤ num_ddim_timesteps). Part of the student's cache key."""
 
-    method: str = "none"  # none | progressive | consistency
+    method: str = "none"  # a conf/distill/ name (registry bench.distill.METHODS)
     teacher_steps: int = 64  # progressive: DDIM steps of the first teacher; each round halves them
     max_steps: int = 400  # training steps per round (progressive) / in all (consistency)
     batch_size: int = 128

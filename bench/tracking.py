@@ -6,13 +6,21 @@ misconfigured, crashing mid-run) is a warning, never a lost cell; offline runs c
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
+
+from bench.registry import Entry, Registry
+
 log = logging.getLogger(__name__)
+
+# tracker name -> whether it mirrors rows to W&B (conf/tracker/<name>.yaml)
+TRACKERS = Registry("tracker", "tracker.name", {"wandb": Entry(True), "none": Entry(False)})
 
 
 def wandb_mode(requested: Optional[str]) -> str:
@@ -60,10 +68,6 @@ def split_row(row: dict) -> tuple[dict, dict]:
 
 def _table_frame(rows: list[dict]):
     """Rows -> DataFrame with one type per column (W&B tables need that): nested values become JSON strings."""
-    import json
-
-    import pandas as pd
-
     df = pd.DataFrame(rows)
     for col in df.columns:
         if df[col].map(lambda v: isinstance(v, (dict, list))).any():
@@ -76,18 +80,14 @@ class Tracker:
 
     def __init__(self, tracker_cfg: Any, root: str | os.PathLike):
         self.cfg = tracker_cfg
-        self.enabled = tracker_cfg.name == "wandb"
+        self.enabled = TRACKERS[tracker_cfg.name].build  # one-line ConfigError for an unknown name
         self.dir = Path(tracker_cfg.dir or root)
-        if tracker_cfg.name not in ("wandb", "none"):
-            from bench.schema import ConfigError
-
-            raise ConfigError("tracker.name", tracker_cfg.name, "one of wandb, none")
 
     def _init(self, agent_env: Optional[dict] = None, **kwargs):
         """wandb.init; ``agent_env``: the claimed `wandb agent` variables, in the environment for this init only.
         wandb's process-wide settings read the environment once, at setup: the agent's run gets a setup of its own
         (teardown before and after, as `wandb agent` itself does between runs), so no other run inherits its id."""
-        import wandb
+        import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
         self.dir.mkdir(parents=True, exist_ok=True)
         if agent_env:
@@ -119,7 +119,7 @@ class Tracker:
         summary, its sample grid as an image and the full row as a one-row table. Returns the run directory."""
 
         def _do():
-            import wandb
+            import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
             name = f"{row.get('sampler')}-{row.get('num_inference_steps')}-g{row.get('guidance_scale')}-{row['cell_key'][:6]}"
             settings, metrics = split_row(row)
@@ -152,7 +152,7 @@ class Tracker:
             return None
 
         def _do():
-            import wandb
+            import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
             df = _table_frame(rows)
             varying = [c for c in df.columns if not is_measured(c) and df[c].astype(str).nunique() > 1

@@ -1,10 +1,9 @@
-"""Small shared helpers: stable hashing, atomic writes, device choice, versions."""
+"""Small shared helpers: stable hashing and atomic writes (no torch: bench-report imports this too)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,31 +55,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def resolve_device(name: str = "auto") -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def git_sha(default: str = "unknown") -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or default
-    except Exception:
-        return default
-
-
-def versions() -> dict:
-    import diffusers
-    import torch
-
-    import bench
-
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "bench": bench.__version__,
-            "git_sha": git_sha()}

@@ -1,26 +1,30 @@
 """Checks a composed config before any work: one clear ConfigError naming the key, the value and what is allowed.
 
-Hydra + the dataclass schema already reject unknown keys, wrong types and unknown group options; this adds the
-value ranges and the combinations that are individually valid but impossible together.
+Hydra + the dataclass schema already reject unknown keys, wrong types and unknown group options; this walks the
+registries (one per config group, owned by its package: each entry checks its own values and combinations) and
+adds the checks that belong to no group (ranges of plain keys, the device, the output directory).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from bench.schema import ConfigError
+import torch
+from omegaconf.errors import MissingMandatoryValue
 
-ALLOWED = {
-    "data.name": ("toy2d", "digits", "folder", "shapes"),
-    "model.name": ("mlp", "unet"),
-    "objective.name": ("eps", "v", "x0", "flow"),
-    "schedule.name": ("linear", "scaled_linear", "cosine"),
-    "metric.name": ("auto", "inception", "none"),
-    "tracker.name": ("wandb", "none"),
-    "distill.method": ("none", "progressive", "consistency"),
-    "device": ("auto", "cpu", "cuda"),
-    "objective.loss_weighting": ("uniform", "min_snr"),
-}
+from bench.data import DATA, DataInfo, get_data_info
+from bench.distill import METHODS
+from bench.metrics.scorer import METRICS
+from bench.models import MODELS
+from bench.schedule import SCHEDULES
+from bench.sampling import SAMPLERS
+from bench.schema import ConfigError
+from bench.tracking import TRACKERS
+from bench.training.objectives import OBJECTIVES
+
+# one registry per config group, checked in this order (data first: the others need its DataInfo)
+REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _get(cfg, dotted: str):
@@ -51,69 +55,48 @@ def check_output_dir(path: str | os.PathLike, key: str = "out_dir") -> None:
         raise ConfigError(key, str(path), "a writable directory", f"{p} is not writable")
 
 
-def _check_metric_files(cfg, info) -> None:
-    """Local files the scores need, checked before training rather than after it (their contents are verified when
-    loaded: Inception's sha256, the reference statistics' arrays)."""
-    if cfg.metric.name == "none" or info.kind != "images":
-        return
-    from bench.evaluators import resolve_feature_net
-
-    if resolve_feature_net(cfg) == "inception":
-        from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
-
-        given, path = weights_file(cfg)
-        if path is None:
-            raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
-                              f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
-    ref = cfg.metric.reference_stats
-    if ref and not Path(ref).expanduser().is_file():
-        raise ConfigError("metric.reference_stats", ref, "a local .npz with mu/sigma or an ADM arr_0 batch",
-                          "file not found")
+def _check_sharding(cfg) -> None:
+    """sampling.devices >= 1 (no more than the visible GPUs on CUDA); sampling.shard_size >= 0 (bench.distributed)."""
+    devices, shard = cfg.sampling.devices, cfg.sampling.shard_size
+    if not isinstance(devices, int) or devices < 1:
+        raise ConfigError("sampling.devices", devices, "an integer >= 1 (processes that share a cell's images)")
+    if shard < 0:
+        raise ConfigError("sampling.shard_size", shard, "an integer >= 0 (0 = one batch per shard when sharding)")
+    if devices > 1 and cfg.device != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
+        raise ConfigError("sampling.devices", devices, f"at most {torch.cuda.device_count()} (the visible GPUs)",
+                          "or device=cpu for CPU processes")
 
 
-def validate(cfg, info=None) -> None:
-    """Raise ConfigError for the first bad value or combination in `cfg` (a composed BenchConfig)."""
-    for key, allowed in ALLOWED.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(key, value, "one of " + ", ".join(allowed))
-    data, model = cfg.data.name, cfg.model.name
-    if (data == "toy2d") != (model == "mlp"):
-        want = "mlp" if data == "toy2d" else "unet"
-        raise ConfigError("model", model, f"model={want} for data={data}")
-    if cfg.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("device", "cuda", "auto or cpu", "no CUDA device is visible")
-    for key in ("sampling.num_samples", "sampling.batch_size", "train.batch_size", "train.lr",
-                "schedule.num_train_timesteps", "data.image_size", "metric.repeats"):
+def _check_plain_keys(cfg) -> None:
+    """Keys outside the registered groups: device, ranges of sampling.*, train.*, data.image_size, metric.* counts."""
+    if cfg.device not in DEVICES:
+        raise ConfigError("device", cfg.device, "one of " + ", ".join(DEVICES))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda", "auto or cpu", "no CUDA device is visible")
+    for key in ("sampling.num_samples", "sampling.batch_size", "train.batch_size", "train.lr", "data.image_size",
+                "metric.repeats"):
         _positive(cfg, key)
     _positive(cfg, "cost.repeats")
-    for key in ("train.max_steps", "train.warmup_steps", "train.grad_clip", "metric.bootstrap", "sampler.eta",
+    for key in ("train.max_steps", "train.warmup_steps", "train.grad_clip", "metric.bootstrap",
                 "cost.warmup_batches", "cost.min_timed_batches", "cost.num_threads"):
         _positive(cfg, key, strict=False)
+    _check_sharding(cfg)
     _unit(cfg, "train.ema_decay")
     _unit(cfg, "train.cond_drop_prob")
-    if cfg.sampling.guidance_scale < 0:
-        raise ConfigError("sampling.guidance_scale", cfg.sampling.guidance_scale,
-                          "a number >= 0 (0 = unconditional, 1 = conditional, > 1 = classifier-free guidance)")
-    if cfg.data.name == "folder" and not cfg.data.path:
-        raise ConfigError("data.path", cfg.data.path, "a directory of images (data.path=/path/to/images)")
     check_output_dir(cfg.out_dir)
 
-    from bench.sampling import check_combination, check_guidance
 
-    check_combination(cfg)
-    if info is None:
-        from bench.data import get_data_info
-
-        info = get_data_info(cfg.data)
-    check_guidance(cfg.sampling.guidance_scale, info.num_classes)
-    _check_metric_files(cfg, info)
-    from bench.distill import check_distill
-
-    check_distill(cfg, info.num_classes)
-    from bench.distributed import check_distributed
-
-    check_distributed(cfg)
+def validate(cfg, info: DataInfo | None = None) -> DataInfo:
+    """Raise ConfigError for the first bad value or combination in `cfg` (a composed BenchConfig); return the data's
+    DataInfo. A mandatory value left unset (``???``) is a ConfigError too (the one place that converts it)."""
+    try:
+        entries = [(registry, registry[registry.name_in(cfg)]) for registry in REGISTRIES]  # unknown names first
+        data_entry = entries[0][1]
+        data_entry.check(cfg, None)  # cheap config checks before the data set is looked at
+        info = info if info is not None else get_data_info(cfg.data)
+        _check_plain_keys(cfg)
+        for _, entry in entries[1:]:
+            entry.check(cfg, info)
+    except MissingMandatoryValue as e:
+        raise ConfigError(str(e.full_key), "???", "a value (it has no default)") from None
+    return info

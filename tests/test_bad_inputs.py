@@ -240,7 +240,7 @@ def test_inception_weights_checksum_mismatch(digits_model, tmp_path, capsys, mon
 
 @pytest.mark.parametrize("content,fragment", [
     ('{"cell_key": "x", "schema_version": 99, "status": "ok"}\n', "schema_version=99 is newer than this bench reads"),
-    ("sampler,fid\nddim,3.1\n", "not a JSON row"),
+    ("sampler,fid\nddim,3.1\n", "not JSON Lines"),
 ])
 def test_unreadable_results_file(content, fragment, toy_model, tmp_path, capsys, monkeypatch):
     results = tmp_path / "runs" / "toy2d" / "results.jsonl"

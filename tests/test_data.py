@@ -147,14 +147,14 @@ def test_step_batch_sampler_is_a_function_of_seed_and_step():
 
 def test_datamodule_flip_and_batches(compose_cfg):
     cfg = compose_cfg("data.hflip=true", "train.batch_size=16")
-    dm = BenchDataModule(cfg)
+    dm = BenchDataModule(cfg.data, cfg.train.batch_size, cfg.train.seed)
     dm.setup("fit")
     assert isinstance(dm.train_set, MirroredDataset) and len(dm.train_set) == 2 * 1437
     x, y = dm.train_set[1437 + 5]
     assert torch.equal(x, torch.flip(dm.train_set[5][0], dims=[-1])) and y == dm.train_set[5][1]
     xb, yb = next(iter(dm.train_dataloader()))
     assert xb.shape == (16, 1, 8, 8) and yb.shape == (16,)
-    xb2, _ = next(iter(BenchDataModule(cfg).train_dataloader()))
+    xb2, _ = next(iter(BenchDataModule(cfg.data, cfg.train.batch_size, cfg.train.seed).train_dataloader()))
     assert torch.equal(xb, xb2)
     # the batched fetch equals per-item reads (mirrors included)
     idx = StepBatchSampler(len(dm.train_set), 16, int(cfg.train.seed)).batch(0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bench.data import get_data_info
-from bench.distill import load_or_distill, progressive_rounds
+from bench.distill import load_or_distill, progressive_rounds, round_train
 from bench.distill.progressive import ddim_grid, ddim_target
-from bench.distill.speedup import matched_latency, pareto_front, speedup_at_matched_fid
+from bench.report.speedup import matched_latency, pareto_front, speedup_at_matched_fid
 from bench.metrics.cost import CostMeter
 from bench.sampling import build_scheduler, sample
 from bench.schema import ConfigError
@@ -143,7 +143,7 @@ def test_consistency_function_is_what_lcm_scheduler_computes(compose_cfg, bench_
     cfg = compose_cfg(*TINY, "distill=consistency", "distill.num_ddim_timesteps=10")
     info = get_data_info(cfg.data)
     teacher = load_or_train(compose_cfg(*TINY))[0]
-    module = ConsistencyDistillation(cfg, info, teacher.state_dict())
+    module = ConsistencyDistillation(cfg, info, teacher.state_dict(), round_train(cfg))
     assert module.grid.tolist() == list(range(99, 1000, 100))
     sched = build_scheduler(cfg)
     assert sched.config.original_inference_steps == 10

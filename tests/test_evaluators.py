@@ -10,9 +10,9 @@ import torch
 
 from bench.data import build_dataset, get_data_info
 from bench.evaluators import EvaluatorError, resolve_feature_net
+from bench.images import quantize_uint8
 from bench.metrics import distances
 from bench.metrics.scorer import Scorer
-from bench.metrics.stats import quantize_uint8
 from bench.schema import ConfigError
 from metrics_helpers import batches, compose
 
@@ -178,7 +178,7 @@ def test_shipped_evaluators_are_pinned_and_load_without_training(monkeypatch, tm
     w.write_bytes(bytes(data))
     meta = json.loads((w.parent / "meta.json").read_text())
     (w.parent / "meta.json").write_text(json.dumps(dict(meta, weights_sha256=file_sha256(w))))
-    monkeypatch.setattr(evaluators, "SHIPPED", fake)
+    monkeypatch.setattr(evaluators.common, "SHIPPED", fake)  # where find_evaluator and verified_meta read it
     with pytest.raises(evaluators.EvaluatorError, match="bench pins 6745630043570243"):
         digits_cnn.load_digits_cnn(cfg)
 

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench.images import quantize_uint8
 from bench.metrics import distances, toy
-from bench.metrics.stats import FeatureStats, quantize_uint8
+from bench.metrics.stats import FeatureStats
 
 
 def _rotation(d, seed):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from bench.data import build_dataset, get_data_info, sample_true
+from bench.images import quantize_uint8
 from bench.metrics import distances
 from bench.metrics.refstats import RefStatsError, load_reference, ref_key
 from bench.metrics.scorer import Scorer
-from bench.metrics.stats import FeatureStats, quantize_uint8
+from bench.metrics.stats import FeatureStats
 from bench.schema import ConfigError
 from metrics_helpers import CACHE, batches, compose
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_default_unet_size_and_interface(compose_cfg):
     cfg = compose_cfg("experiment=default")  # the real default model: block_out_channels [32, 64] on digits 8x8
     info = get_data_info(cfg.data)
-    model = build_model(cfg, info)
+    model = build_model(cfg.model, info)
     n = num_params(model)
     print(f"default unet params: {n:,}")
     assert isinstance(model, UNetDenoiser) and model.num_classes == 10
@@ -28,7 +28,7 @@ def test_default_unet_size_and_interface(compose_cfg):
 
 def test_unconditional_unet_ignores_labels(compose_cfg):
     cfg = compose_cfg("data.class_conditional=false")
-    model = build_model(cfg, get_data_info(cfg.data))
+    model = build_model(cfg.model, get_data_info(cfg.data))
     assert model.unet.class_embedding is None and model.num_classes == 0
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 20.0])
     with torch.no_grad():
@@ -37,7 +37,7 @@ def test_unconditional_unet_ignores_labels(compose_cfg):
 
 def test_mlp_interface(compose_cfg):
     cfg = compose_cfg("data=toy2d", "model=mlp")
-    model = build_model(cfg, get_data_info(cfg.data))
+    model = build_model(cfg.model, get_data_info(cfg.data))
     assert isinstance(model, MLPDenoiser) and model.class_embed is None
     out = model(torch.randn(5, 2), torch.rand(5) * 1000)
     assert out.shape == (5, 2)
@@ -50,10 +50,10 @@ def test_mlp_interface(compose_cfg):
 def test_model_data_mismatch_is_one_line(compose_cfg):
     cfg = compose_cfg("data=toy2d")  # unet on points
     with pytest.raises(ConfigError, match=r"model.name='unet' is not allowed: mlp for point data"):
-        build_model(cfg, get_data_info(cfg.data))
+        build_model(cfg.model, get_data_info(cfg.data))
     cfg = compose_cfg("model.norm_num_groups=5")
     with pytest.raises(ConfigError, match="model.norm_num_groups=5"):
-        build_model(cfg, get_data_info(cfg.data))
+        build_model(cfg.model, get_data_info(cfg.data))
 
 
 def _tiny_unet(num_class_embeds=11):
@@ -72,7 +72,7 @@ def test_pretrained_unet_dir_and_pipeline_dir(compose_cfg, tmp_path):
         want = unet(x, t, class_labels=y).sample
         for path in (tmp_path / "unet_dir", tmp_path / "pipe"):
             cfg = compose_cfg(f"model.pretrained={path}")
-            model = build_model(cfg, get_data_info(cfg.data)).eval()
+            model = build_model(cfg.model, get_data_info(cfg.data)).eval()
             assert model.num_classes == 10
             torch.testing.assert_close(model(x, t, y), want)
 
@@ -81,9 +81,9 @@ def test_pretrained_mismatch_and_missing_fail_in_one_line(compose_cfg, tmp_path)
     _tiny_unet(num_class_embeds=5).save_pretrained(tmp_path / "u5")
     cfg = compose_cfg(f"model.pretrained={tmp_path / 'u5'}")
     with pytest.raises(ConfigError, match="a UNet with 10 classes"):
-        build_model(cfg, get_data_info(cfg.data))
+        build_model(cfg.model, get_data_info(cfg.data))
     cfg = compose_cfg("model.pretrained=nobody/no-such-unet")
     with pytest.raises(ConfigError, match=r"model.pretrained='nobody/no-such-unet' is not allowed: a local "
                                           r"directory saved with .*could not be loaded offline") as err:
-        build_model(cfg, get_data_info(cfg.data))
+        build_model(cfg.model, get_data_info(cfg.data))
     assert "\n" not in str(err.value)

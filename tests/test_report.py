@@ -169,6 +169,7 @@ def test_mixed_hardware_refused_for_latency(tmp_path):
     ("a,b,c\n1,2,3\n", "not JSON Lines"),
     ('{"loss": 0.1, "step": 3}\n', "not a bench results row \\(missing schema_version, cell_key, status\\)"),
     ("[1, 2]\n", "not a bench results row"),
+    ('{"cell_key": "a", "schema_version": 99, "status": "ok"}\n', "schema_version=99 is newer than this bench reads"),
 ])
 def test_empty_or_foreign_file(tmp_path, capsys, content, msg):
     (tmp_path / "results.jsonl").write_text(content)

@@ -14,11 +14,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from bench.metrics.cost import CostMeter
-from bench.sampling import (OBJECTIVES, build_scheduler, check_combination, check_guidance, image_generators,
+from bench.sampling import (SAMPLERS, build_scheduler, check_combination, check_guidance, image_generators,
                             initial_noise, sample)
 from bench.sampling.oracles import GaussianOracle
-from bench.sampling.schedulers import CLASSES, PREDICTION_TYPES, train_sigmas
+from bench.schedule import train_sigmas
 from bench.schema import ConfigError, register
+from bench.training.objectives import PREDICTION_TYPE
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SCHEDULES = ("linear", "scaled_linear", "cosine")
@@ -57,27 +58,27 @@ class SchedulerFamily:
     extra: tuple = ()  # extra overrides for every config of this family
 
     def cfg(self, *overrides, objective=None, schedule="linear"):
-        objective = objective or OBJECTIVES[self.sampler][0]
+        objective = objective or SAMPLERS[self.sampler].objectives[0]
         return make_cfg(f"sampler={self.sampler}", f"objective={objective}", f"schedule={schedule}", *self.extra,
                         *overrides)
 
     @pytest.mark.parametrize("schedule", SCHEDULES)
     def test_builds_for_each_schedule_and_objective(self, schedule):
-        for objective in OBJECTIVES[self.sampler]:
+        for objective in SAMPLERS[self.sampler].objectives:
             if objective == "flow" and schedule != "linear":
                 continue  # flow ignores the beta schedule
             cfg = self.cfg(objective=objective, schedule=schedule)
             check_combination(cfg)
             sched = build_scheduler(cfg)
-            assert isinstance(sched, CLASSES[self.sampler])
+            assert isinstance(sched, SAMPLERS[self.sampler].cls)
             if "prediction_type" in sched.config:
-                assert sched.config.prediction_type == PREDICTION_TYPES[objective]
+                assert sched.config.prediction_type == PREDICTION_TYPE[objective]
             sched.set_timesteps(10)
             assert len(sched.timesteps) == self.nfe_10
             assert float(sched.timesteps.max()) <= cfg.schedule.num_train_timesteps
 
     def test_rejects_other_objectives(self):
-        for objective in set(PREDICTION_TYPES) - set(OBJECTIVES[self.sampler]):
+        for objective in set(PREDICTION_TYPE) - set(SAMPLERS[self.sampler].objectives):
             with pytest.raises(ConfigError, match=r"objective\.name='%s'" % objective):
                 check_combination(self.cfg(objective=objective))
 
@@ -111,7 +112,7 @@ class SchedulerFamily:
     @pytest.mark.parametrize("schedule", ["linear", "cosine"])
     def test_analytic_gaussian(self, schedule):
         # every objective on linear; the first one on cosine (the conventions do not depend on the schedule)
-        objectives = OBJECTIVES[self.sampler] if schedule == "linear" else OBJECTIVES[self.sampler][:1]
+        objectives = SAMPLERS[self.sampler].objectives if schedule == "linear" else SAMPLERS[self.sampler].objectives[:1]
         for objective in objectives:
             if objective == "flow" and schedule != "linear":
                 continue
@@ -230,7 +231,7 @@ def test_flow_multistep_uses_flow_sigmas(sampler):
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 def test_cosine_sigma_max_clip(sampler, caplog):
     cfg = make_cfg(f"sampler={sampler}", "schedule=cosine", "sampling.num_inference_steps=10")
-    sigmas = train_sigmas(cfg)
+    sigmas = train_sigmas(cfg.schedule)
     assert sigmas[-1] > 2e4  # abar_{T-1} ~ 2e-9: the problem being handled
     with caplog.at_level(logging.WARNING):
         sched = build_scheduler(cfg)

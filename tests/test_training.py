@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DMode
 from safetensors.torch import load_file
 
 from bench.data import get_data_info
+from bench.schedule import ddpm_scheduler
 from bench.schema import ConfigError
 from bench.training import DiffusionModule, fit, load_or_train, model_key, objectives as obj, partial_dir
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine"])
 def test_forward_process_and_targets_match_diffusers(compose_cfg, schedule):
     cfg = compose_cfg(f"schedule={schedule}")
-    sched = obj.ddpm_scheduler(cfg.schedule)
+    sched = ddpm_scheduler(cfg.schedule)
     assert sched.config.beta_schedule == {"cosine": "squaredcos_cap_v2"}.get(schedule, schedule)
     ac = obj.alphas_cumprod(cfg.schedule)
     assert ac.shape == (1000,) and (ac[1:] < ac[:-1]).all()
@@ -104,7 +105,7 @@ def test_min_snr_weights(compose_cfg):
 
 def test_ema_warmup_decay(compose_cfg):
     cfg = compose_cfg("data=toy2d", "model=mlp", "train.ema_decay=0.9")
-    module = DiffusionModule(cfg, get_data_info(cfg.data))
+    module = DiffusionModule.from_config(cfg, get_data_info(cfg.data))
     p, pe = next(module.model.parameters()), next(module.ema.parameters())
     assert torch.equal(p, pe) and not pe.requires_grad
     with torch.no_grad():
@@ -184,7 +185,8 @@ def test_interrupted_training_resumes_exactly(compose_cfg, bench_cache, tmp_path
     monkeypatch.setenv("BENCH_CACHE", str(bench_cache))
     cfg = compose_cfg(*overrides)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        fit(cfg, get_data_info(cfg.data), partial_dir(cfg), callbacks=[_Interrupt(at_step=10)])
+        fit(lambda: DiffusionModule.from_config(cfg, get_data_info(cfg.data)), cfg.data, cfg.train, cfg.trainer, partial_dir(cfg),
+            callbacks=[_Interrupt(at_step=10)])
     ckpt = torch.load(partial_dir(cfg) / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10
     model, info = load_or_train(cfg)
@@ -206,8 +208,10 @@ def test_another_process_finishing_first_wins(compose_cfg, bench_cache, monkeypa
                       "train.batch_size=64")
     real_fit = cache.fit
 
-    def fit_then_race(cfg, info, workdir, callbacks=()):
-        module = real_fit(cfg, info, workdir, callbacks)
+    info = get_data_info(cfg.data)
+
+    def fit_then_race(make_module, data_cfg, train, trainer_cfg, workdir, callbacks=()):
+        module = real_fit(make_module, data_cfg, train, trainer_cfg, workdir, callbacks)
         theirs = bench_cache / "models" / model_key(cfg)
         theirs.mkdir()
         cache.write_model_dir(module, cfg, info, theirs)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from .catalog import build_dataset, get_data_info
+
 
 class MirroredDataset(Dataset):
     """The data set and its horizontal mirror images (items n..2n-1): random flips as a deterministic index."""
@@ -82,20 +84,18 @@ class StepBatchSampler(Sampler):
 
 
 class BenchDataModule(L.LightningDataModule):
-    """Train loader over ``build_dataset(cfg.data, "train")`` (+ mirrors when ``data.hflip`` on images), with
-    batches ``StepBatchSampler(seed=cfg.train.seed)`` resumed at the trainer's restored ``global_step``."""
+    """Train loader over ``build_dataset(data_cfg, "train")`` (+ mirrors when ``data.hflip`` on images), with
+    batches ``StepBatchSampler(batch_size, seed)`` resumed at the trainer's restored ``global_step``."""
 
-    def __init__(self, cfg):
+    def __init__(self, data_cfg, batch_size: int, seed: int):
         super().__init__()
-        self.cfg = cfg
+        self.data_cfg, self.batch_size, self.seed = data_cfg, int(batch_size), int(seed)
         self.train_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            from bench.data import build_dataset, get_data_info
-
-            ds = build_dataset(self.cfg.data, "train")
-            if self.cfg.data.hflip and get_data_info(self.cfg.data).kind == "images":
+            ds = build_dataset(self.data_cfg, "train")
+            if self.data_cfg.hflip and get_data_info(self.data_cfg).kind == "images":
                 ds = MirroredDataset(ds)
             self.train_set = ds
 
@@ -106,9 +106,8 @@ class BenchDataModule(L.LightningDataModule):
         # step to resume at.
         start = int(trainer.global_step) if trainer is not None else 0
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = StepBatchSampler(len(self.train_set), int(self.cfg.train.batch_size), int(self.cfg.train.seed),
-                                   start, rank, world)
-        workers = int(self.cfg.data.num_workers)
+        sampler = StepBatchSampler(len(self.train_set), self.batch_size, self.seed, start, rank, world)
+        workers = int(self.data_cfg.num_workers)
         # batch_size=None: the sampler yields whole batches and _Batches fetches each in one go (in-memory data
         # sets index their tensors once instead of 512 __getitem__ calls + collate)
         return DataLoader(_Batches(self.train_set), sampler=sampler, batch_size=None, num_workers=workers,

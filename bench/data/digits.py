@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 
 from .memory import InMemoryDataset
 from .splits import split_indices
@@ -18,8 +19,6 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
 
 class DigitsDataset(InMemoryDataset):
     def __init__(self, data_cfg, split: str):
-        from sklearn.datasets import load_digits
-
         d = load_digits()
         idx = split_indices(d.target, split, data_cfg.test_fraction, data_cfg.split_seed, int(data_cfg.num_train))
         x = torch.from_numpy(d.images[idx].astype(np.float32) / 16.0 * 2.0 - 1.0)[:, None]

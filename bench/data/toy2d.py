@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from bench.schema import ConfigError
+
 from .memory import InMemoryDataset
+
+TOYS = ("moons", "gmm")
 
 MOONS_NOISE = 0.1
 # Exact mean/std of the noisy two-moons mixture below (outer: (cos θ, sin θ), inner: (1 - cos θ, 0.5 - sin θ),
@@ -34,9 +39,7 @@ def sample_true(data_cfg, n: int, seed: int) -> np.ndarray:
         angle = 2 * np.pi * k / GMM_MODES
         centres = GMM_RADIUS * np.stack([np.cos(angle), np.sin(angle)], 1)
         return centres + rng.normal(0.0, GMM_STD, (n, 2))
-    from bench.schema import ConfigError
-
-    raise ConfigError("data.toy", data_cfg.toy, "moons | gmm")
+    raise ConfigError("data.toy", data_cfg.toy, " | ".join(TOYS))
 
 
 class PointsDataset(InMemoryDataset):

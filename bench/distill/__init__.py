@@ -11,15 +11,21 @@ the method's distill settings and its step count, so a sweep over step counts tr
 """
 from __future__ import annotations
 
-import copy
 import warnings
 
-from omegaconf import open_dict
+from omegaconf import OmegaConf
 
+from bench import training
+from bench.data import get_data_info
+from bench.registry import Entry, Registry
+from bench.sampling import check_guidance
 from bench.schema import ConfigError
-from bench.utils import config_hash, resolve_device, to_plain
+from bench.env import resolve_device
+from bench.utils import config_hash, to_plain
 
-METHODS = ("none", "progressive", "consistency")
+from .consistency import ConsistencyDistillation
+from .progressive import ProgressiveDistillation
+
 SAMPLER = {"progressive": "ddim", "consistency": "lcm"}
 # distill.* keys that change each method's student (its cache key); the rest do not apply to the method
 KEY_FIELDS = {
@@ -34,13 +40,9 @@ def _power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
 
-def check_distill(cfg, num_classes: int | None = None) -> None:
-    """Raise a one-line ConfigError for a distillation setting that cannot run (before any work)."""
+def _check_common(cfg, info) -> None:
+    """What every distillation method needs: a diffusion teacher, its sampler, positive budgets."""
     d, method = cfg.distill, cfg.distill.method
-    if method not in METHODS:
-        raise ConfigError("distill.method", method, " | ".join(METHODS))
-    if method == "none":
-        return
     if cfg.objective.name == "flow":
         raise ConfigError("objective.name", "flow", f"eps | v | x0 with distill.method={method}",
                           "the students distil a DDIM (diffusion) teacher")
@@ -54,44 +56,49 @@ def check_distill(cfg, num_classes: int | None = None) -> None:
         raise ConfigError("distill.warmup_steps", d.warmup_steps, "a number >= 0")
     if not 0 <= d.ema_decay < 1:
         raise ConfigError("distill.ema_decay", d.ema_decay, "a number in [0, 1)")
-    if d.guidance_scale < 0 or (num_classes == 0 and d.guidance_scale != 1):
-        raise ConfigError("distill.guidance_scale", d.guidance_scale,
-                          ">= 0" if d.guidance_scale < 0 else "1 for an unconditional teacher (num_classes=0)")
-    T, steps = int(cfg.schedule.num_train_timesteps), int(cfg.sampling.num_inference_steps)
-    if method == "progressive":
-        if cfg.sampler.timestep_spacing != "trailing":
-            raise ConfigError("sampler.timestep_spacing", cfg.sampler.timestep_spacing,
-                              "trailing with distill=progressive", "only trailing DDIM grids at N and 2N steps nest")
-        if not _power_of_two(int(d.teacher_steps)) or d.teacher_steps > T:
-            raise ConfigError("distill.teacher_steps", d.teacher_steps, f"a power of two <= {T}")
-        if steps > d.teacher_steps or not _power_of_two(int(d.teacher_steps) // steps) or d.teacher_steps % steps:
-            raise ConfigError("sampling.num_inference_steps", steps,
-                              f"teacher_steps / 2^k (1, 2, 4, ..., {d.teacher_steps}) with distill=progressive",
-                              "each round halves the teacher's DDIM steps")
-    else:
-        if not 1 <= d.num_ddim_timesteps <= T:
-            raise ConfigError("distill.num_ddim_timesteps", d.num_ddim_timesteps, f"1..{T}")
-        if d.loss not in LOSSES:
-            raise ConfigError("distill.loss", d.loss, " | ".join(LOSSES))
+    check_guidance(d.guidance_scale, info.num_classes, key="distill.guidance_scale")
 
 
-def teacher_config(cfg):
-    """The config of the teacher: ``cfg`` with distill.method=none (its model key ignores distill anyway)."""
-    t = copy.deepcopy(cfg)
-    with open_dict(t):
-        t.distill.method = "none"
-    return t
-
-
-def round_config(cfg, seed_offset: int = 0):
-    """``cfg`` with ``train.*`` set from ``distill.*``: the Lightning runner (bench.training.fit) trains by train.*."""
-    r = copy.deepcopy(cfg)
+def _check_progressive(cfg, info) -> None:
+    """DDIM on trailing grids that nest: steps = teacher_steps / 2^k."""
+    _check_common(cfg, info)
     d = cfg.distill
-    with open_dict(r):
-        r.train.update(max_steps=int(d.max_steps), batch_size=int(d.batch_size), lr=float(d.lr),
-                       warmup_steps=int(d.warmup_steps), ema_decay=float(d.ema_decay),
-                       seed=int(cfg.train.seed) * 1000 + seed_offset)  # rounds do not reuse each other's noise
-    return r
+    T, steps = int(cfg.schedule.num_train_timesteps), int(cfg.sampling.num_inference_steps)
+    if cfg.sampler.timestep_spacing != "trailing":
+        raise ConfigError("sampler.timestep_spacing", cfg.sampler.timestep_spacing,
+                          "trailing with distill=progressive", "only trailing DDIM grids at N and 2N steps nest")
+    if not _power_of_two(int(d.teacher_steps)) or d.teacher_steps > T:
+        raise ConfigError("distill.teacher_steps", d.teacher_steps, f"a power of two <= {T}")
+    if steps > d.teacher_steps or not _power_of_two(int(d.teacher_steps) // steps) or d.teacher_steps % steps:
+        raise ConfigError("sampling.num_inference_steps", steps,
+                          f"teacher_steps / 2^k (1, 2, 4, ..., {d.teacher_steps}) with distill=progressive",
+                          "each round halves the teacher's DDIM steps")
+
+
+def _check_consistency(cfg, info) -> None:
+    """LCM sampling on the distillation's skip-step grid (steps <= num_ddim_timesteps, checked by the lcm sampler)."""
+    _check_common(cfg, info)
+    d, T = cfg.distill, int(cfg.schedule.num_train_timesteps)
+    if not 1 <= d.num_ddim_timesteps <= T:
+        raise ConfigError("distill.num_ddim_timesteps", d.num_ddim_timesteps, f"1..{T}")
+    if d.loss not in LOSSES:
+        raise ConfigError("distill.loss", d.loss, " | ".join(LOSSES))
+
+
+METHODS = Registry("distill", "distill.method", {
+    "none": Entry(),  # sample the trained model itself
+    "progressive": Entry(ProgressiveDistillation, _check_progressive),
+    "consistency": Entry(ConsistencyDistillation, _check_consistency),
+})
+
+
+def round_train(cfg, seed_offset: int = 0):
+    """The ``train.*`` settings a distillation round trains by: ``cfg.train`` with max_steps, batch_size, lr,
+    warmup_steps and ema_decay from ``distill.*``, and its own seed (rounds do not reuse each other's noise)."""
+    d = cfg.distill
+    return OmegaConf.create({**to_plain(cfg.train), "max_steps": int(d.max_steps), "batch_size": int(d.batch_size),
+                             "lr": float(d.lr), "warmup_steps": int(d.warmup_steps),
+                             "ema_decay": float(d.ema_decay), "seed": int(cfg.train.seed) * 1000 + seed_offset})
 
 
 def progressive_rounds(cfg) -> list[int]:
@@ -116,46 +123,42 @@ def student_key_config(cfg, parent_key: str, steps: int | None) -> dict:
 
 
 def load_or_distill(cfg):
-    """(student in eval mode on ``cfg.device``, info) — the teacher from ``load_or_train`` (trained if needed), then
-    each student from the cache or distilled and cached. info: the teacher's model_key/train_* replaced by the
-    student's key; plus teacher_key, distill_method, distill_steps, distill_train_steps and distill_seconds
+    """(student in eval mode on ``cfg.device``, train_info) — the teacher from ``load_or_train`` (trained if needed),
+    then each student from the cache or distilled and cached. train_info: the teacher's model_key/train_* replaced
+    by the student's key; plus teacher_key, distill_method, distill_steps, distill_train_steps and distill_seconds
     (cumulative over progressive rounds, cached ones included: the price of the speed-up)."""
-    from bench.data import get_data_info
-    from bench.training import cached_model_dir, fit, load_model_dir, load_or_train, models_root, write_model_dir
-
-    from .consistency import ConsistencyDistillation
-    from .progressive import ProgressiveDistillation
-
     method = cfg.distill.method
     info = get_data_info(cfg.data)
     device = resolve_device(cfg.device)
-    teacher, tinfo = load_or_train(teacher_config(cfg))
+    teacher, teacher_info = training.load_or_train(cfg)  # the teacher's key ignores distill.*
     plan = progressive_rounds(cfg) if method == "progressive" else [None]
-    model, key, path, cached = teacher, tinfo["model_key"], tinfo["path"], tinfo["cached"]
+    model, key, path, cached = teacher, teacher_info["model_key"], teacher_info["path"], teacher_info["cached"]
     seconds, steps = 0.0, 0
     for n in plan:
         key_cfg = student_key_config(cfg, key, n)
         student_key = config_hash(key_cfg)
 
         def train(work, parent=model, n=n, key_cfg=key_cfg, student_key=student_key):
-            rcfg = round_config(cfg, seed_offset=n or 0)
+            settings = round_train(cfg, seed_offset=n or 0)
             state = {k: v.detach().cpu() for k, v in parent.state_dict().items()}
-            module = (ProgressiveDistillation(rcfg, info, state, n) if method == "progressive"
-                      else ConsistencyDistillation(rcfg, info, state))
+            module = (ProgressiveDistillation(cfg, info, state, n, settings) if method == "progressive"
+                      else ConsistencyDistillation(cfg, info, state, settings))
             with warnings.catch_warnings():  # Lightning flags the frozen teacher's eval mode: intended
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-                module = fit(rcfg, info, work, module=module)
-            return write_model_dir(module, rcfg, info, work, key=student_key, config=key_cfg,
-                                   teacher_key=tinfo["model_key"], distill_method=method, distill_steps=n)
+                module = training.fit(lambda: module, cfg.data, settings, cfg.trainer, work)
+            return training.write_model_dir(module, cfg, info, work, key=student_key, config=key_cfg,
+                                            teacher_key=teacher_info["model_key"], distill_method=method,
+                                            distill_steps=n)
 
-        path, meta, hit = cached_model_dir(models_root(cfg), student_key, train)
-        model, key, cached = load_model_dir(path, cfg, info, device), student_key, cached and hit
+        path, meta, hit = training.cached_model_dir(training.models_root(cfg), student_key, train)
+        model, key, cached = training.load_model_dir(path, cfg.model, info, device), student_key, cached and hit
         seconds, steps = seconds + float(meta["train_seconds"]), steps + int(meta["train_steps"])
     distill_steps = int(cfg.sampling.num_inference_steps) if method == "progressive" else None
-    return model, {**tinfo, "model_key": key, "path": str(path), "cached": cached, "teacher_key": tinfo["model_key"],
+    return model, {**teacher_info, "model_key": key, "path": str(path), "cached": cached,
+                   "teacher_key": teacher_info["model_key"],
                    "distill_method": method, "distill_steps": distill_steps, "distill_train_steps": steps,
                    "distill_seconds": round(seconds, 3), "distill_rounds": len(plan) if method == "progressive"
                    else 1}
 
 
-__all__ = ["check_distill", "load_or_distill", "progressive_rounds", "student_key_config", "METHODS"]
+__all__ = ["METHODS", "load_or_distill", "progressive_rounds", "round_train", "student_key_config"]

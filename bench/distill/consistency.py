@@ -13,7 +13,7 @@ import copy
 
 import torch
 
-from bench.sampling import build_scheduler
+from bench.sampling import build_sampler
 from bench.training import DiffusionModule
 from bench.training import objectives as obj
 
@@ -24,15 +24,16 @@ class ConsistencyDistillation(DiffusionModule):
     """Student ``self.model`` and EMA target ``self.ema`` (decay distill.ema_decay), both initialised from the
     teacher (as LCM does); teacher guided with ``distill.guidance_scale`` (a fixed w baked into the student).
     Loss: L2, or pseudo-Huber sqrt(d² + c²) − c (Song & Dhariwal 2023; element-wise as in LCM) with
-    c = distill.huber_c."""
+    c = distill.huber_c. ``train``: the optimisation settings (``bench.distill.round_train``)."""
 
-    def __init__(self, cfg, info, teacher_state: dict):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, info, teacher_state: dict, train):
+        super().__init__(cfg.model, cfg.objective, cfg.schedule, train, info)
+        self.cfg = cfg  # distill.*, sampler.*: the method's own settings
         for net in (self.model, self.ema):
             net.load_state_dict(teacher_state)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.lcm = build_scheduler(cfg)  # LCMScheduler: grid size and boundary scalings
         K = int(cfg.distill.num_ddim_timesteps)
+        self.lcm = build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name, K)  # grid + boundary scalings
         self.skip = int(cfg.schedule.num_train_timesteps) // K
         self.register_buffer("grid", torch.arange(1, K + 1) * self.skip - 1, persistent=False)
 

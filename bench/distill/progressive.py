@@ -12,14 +12,14 @@ import copy
 
 import torch
 
-from bench.sampling import build_scheduler, guided
+from bench.sampling import build_sampler, guided
 from bench.training import DiffusionModule
 from bench.training import objectives as obj
 
 
 def ddim_grid(cfg, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(timesteps (n,), ᾱ_t (n,), ᾱ of where each step lands (n,)) of ``cfg``'s DDIM sampler at n steps."""
-    sched = build_scheduler(cfg)
+    sched = build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name)
     sched.set_timesteps(n)
     t = sched.timesteps.long()
     prev = t - sched.config.num_train_timesteps // n
@@ -46,10 +46,12 @@ class ProgressiveDistillation(DiffusionModule):
     """One round: the student (``self.model``, initialised with ``teacher_state``; EMA in ``self.ema``) learns
     N-step DDIM from a frozen copy of the teacher sampled at 2N steps. Loss on x0 weighted by max(SNR, 1)
     ("truncated SNR", Salimans & Ho 2022 §4), labels dropped as in training (the student keeps the unconditional
-    branch for CFG); the teacher is guided with ``distill.guidance_scale`` (1 = plain conditional)."""
+    branch for CFG); the teacher is guided with ``distill.guidance_scale`` (1 = plain conditional). ``train``: the
+    round's optimisation settings (``bench.distill.round_train``)."""
 
-    def __init__(self, cfg, info, teacher_state: dict, student_steps: int):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, info, teacher_state: dict, student_steps: int, train):
+        super().__init__(cfg.model, cfg.objective, cfg.schedule, train, info)
+        self.cfg = cfg  # distill.*, sampler.*: the method's own settings
         for net in (self.model, self.ema):
             net.load_state_dict(teacher_state)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()

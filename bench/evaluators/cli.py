@@ -22,7 +22,11 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from bench.data import get_data_info
 from bench.evaluators import PINNED_SHA256, SHIPPED, EvaluatorError, one_thread
+from bench.evaluators.clip import load_offline_clip
+from bench.evaluators.digits_cnn import load_digits_cnn
+from bench.metrics.refstats import compute_reference, load_reference, ref_id, ref_key
 from bench.schema import DataConfig
 from bench.utils import file_sha256
 
@@ -37,11 +41,7 @@ def _cfg(cache_dir: str, data: dict):
 
 def _load(which: str, cache_dir: str, use_shipped: bool):
     if which == "digits":
-        from bench.evaluators.digits_cnn import load_digits_cnn
-
         return load_digits_cnn(_cfg(cache_dir, {"name": "digits"}), use_shipped=use_shipped)
-    from bench.evaluators.clip import load_offline_clip
-
     return load_offline_clip(_cfg(cache_dir, {"name": "shapes", "image_size": 16, "channels": 3}),
                              use_shipped=use_shipped)
 
@@ -85,10 +85,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_refstats(args) -> int:
-    from bench.data import get_data_info
-    from bench.evaluators.digits_cnn import load_digits_cnn
-    from bench.metrics.refstats import compute_reference, load_reference, ref_id, ref_key
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-refstats-"))
     try:
         for data in BUILTIN_REFERENCES:

@@ -26,9 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
-from bench.evaluators import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
+from bench.data import build_dataset, get_data_info
+from bench.images import quantize_uint8
+from bench.schema import DataConfig
 from bench.utils import config_hash, file_sha256
+
+from .common import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
 
 log = logging.getLogger("bench")
 
@@ -88,8 +93,6 @@ class ClipFeatureNet:
 
 def _shapes_cfg(data_cfg):
     """The offline CLIP's data: canonical 16px RGB shapes, split like the run's data when that is shapes."""
-    from bench.schema import DataConfig
-
     same = data_cfg is not None and data_cfg.name == "shapes"
     return OmegaConf.structured(DataConfig(name="shapes", image_size=16, channels=3, num_train=TRAIN["num_train"],
                                            test_fraction=float(data_cfg.test_fraction) if same else 0.2,
@@ -97,7 +100,7 @@ def _shapes_cfg(data_cfg):
 
 
 def _create(model_dir: Path):
-    import open_clip
+    import open_clip  # lazy: an optional extra, needed only for CLIP scores
 
     logging.getLogger().disabled, was = True, logging.getLogger().disabled  # "no weights found" on a fresh dir
     try:
@@ -110,9 +113,6 @@ def _create(model_dir: Path):
 @torch.no_grad()
 def retrieval_accuracy(net: ClipFeatureNet, data_cfg, split: str = "test") -> float:
     """Image -> text top-1 over all class captions on ``split`` (the zero-shot logits' argmax)."""
-    from bench.data import build_dataset
-    from bench.metrics.stats import quantize_uint8
-
     ds = build_dataset(data_cfg, split)
     correct = 0
     for s in range(0, len(ds), 500):
@@ -124,11 +124,7 @@ def retrieval_accuracy(net: ClipFeatureNet, data_cfg, split: str = "test") -> fl
 def train_offline_clip(data_cfg, model_dir: Path) -> dict:
     """Train the tiny CLIP with open_clip's ClipLoss; each batch holds one image of every caption (no duplicate
     captions, so the contrastive targets are exact). Writes the weights into ``model_dir``."""
-    from open_clip.loss import ClipLoss
-    from safetensors.torch import save_file
-
-    from bench.data import build_dataset, get_data_info
-    from bench.metrics.stats import quantize_uint8
+    from open_clip.loss import ClipLoss  # lazy: open_clip is an optional extra, needed only for CLIP scores
 
     torch.manual_seed(TRAIN["seed"])
     g = torch.Generator().manual_seed(TRAIN["seed"])
@@ -172,8 +168,6 @@ def load_offline_clip(cfg, info=None, use_shipped: bool = True) -> ClipFeatureNe
     captions = list(info.class_names) if info is not None and info.class_names else None
     if path is None:
         path = root / f"tiny_clip-{key}"
-        from bench.data import get_data_info
-
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tiny_clip-{key}."))
         (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP,
@@ -192,8 +186,6 @@ def load_offline_clip(cfg, info=None, use_shipped: bool = True) -> ClipFeatureNe
     meta = verified_meta(path, "open_clip_model.safetensors")
     model, tok = _create(path)
     if captions is None:
-        from bench.data import get_data_info
-
         captions = get_data_info(data_cfg).class_names
     return ClipFeatureNet(model, tok, captions, meta["weights_sha256"][:16], "offline-tiny-clip",
                           {"test_retrieval_top1": meta["test_retrieval_top1"], "path": str(path)})
@@ -204,7 +196,7 @@ def load_clip(cfg, info=None) -> ClipFeatureNet:
     name, pretrained = cfg.metric.clip_model, cfg.metric.clip_pretrained
     if name == "offline":
         return load_offline_clip(cfg, info)
-    import open_clip
+    import open_clip  # lazy: an optional extra, needed only for CLIP scores
 
     if name not in open_clip.list_models():
         raise EvaluatorError(f"metric.clip_model={name!r} is not an open_clip model: offline | one of "

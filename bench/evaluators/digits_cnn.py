@@ -17,10 +17,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
 
-from bench.evaluators import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
-from bench.metrics.stats import quantize_uint8
+from bench.data import build_dataset
+from bench.data.digits import resize_images
+from bench.images import quantize_uint8
+from bench.schema import DataConfig
 from bench.utils import config_hash
+
+from .common import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
 
 log = logging.getLogger("bench")
 
@@ -68,16 +73,12 @@ def _random_shift(x: torch.Tensor, g: torch.Generator, k: int) -> torch.Tensor:
 
 def _digits_cfg(data_cfg):
     """The evaluator always sees native 8x8 grey digits, split like the run's data (split_seed, test_fraction)."""
-    from bench.schema import DataConfig
-
     return OmegaConf.structured(DataConfig(name="digits", image_size=NATIVE_SIZE, channels=1, num_train=0,
                                            test_fraction=float(data_cfg.test_fraction),
                                            split_seed=int(data_cfg.split_seed)))
 
 
 def _split(data_cfg, split: str):
-    from bench.data import build_dataset
-
     ds = build_dataset(data_cfg, split)
     # train and test on what a saved PNG holds, as the scores will
     return _dequantize(quantize_uint8(ds.x)), ds.y
@@ -131,8 +132,6 @@ class DigitsFeatureNet:
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor):
-        from bench.data.digits import resize_images
-
         x = _dequantize(images_uint8)
         if x.shape[1] == 3:
             x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
@@ -143,8 +142,6 @@ class DigitsFeatureNet:
 def load_digits_cnn(cfg, info=None, use_shipped: bool = True) -> DigitsFeatureNet:
     """The digits CNN for this split convention: the shipped frozen one for the default split, else the cached one,
     trained (and cached) on first use. ``use_shipped=False`` retrains into the cache (``bench-evaluator train``)."""
-    from safetensors.torch import load_file, save_file
-
     data_cfg = _digits_cfg(cfg.data)
     key = config_hash({"train": TRAIN, "split_seed": data_cfg.split_seed, "test_fraction": data_cfg.test_fraction})
     root = Path(cfg.cache_dir) / "evaluators"

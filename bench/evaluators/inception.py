@@ -17,8 +17,9 @@ from unittest import mock
 
 import torch
 
-from bench.evaluators import EvaluatorError
 from bench.utils import file_sha256
+
+from .common import EvaluatorError
 
 ENV_VAR = "BENCH_INCEPTION_WEIGHTS"
 OFFICIAL_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -58,7 +59,7 @@ def weights_file(cfg) -> tuple[str | None, Path | None]:
 
 
 def load_inception(cfg) -> InceptionFeatureNet:
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
+    from torch_fidelity import feature_extractor_inceptionv3 as fe  # lazy: optional; only Inception scores need it
 
     given, path = weights_file(cfg)
     if path is None:
@@ -86,7 +87,7 @@ def load_inception(cfg) -> InceptionFeatureNet:
 def save_random_inception_weights(path, seed: int = 0) -> str:
     """A randomly initialised torch-fidelity Inception-v3 state dict, for testing the loading path only (its
     'FID' means nothing). Returns the file's sha256."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
+    from torch_fidelity import feature_extractor_inceptionv3 as fe  # lazy: optional; only Inception scores need it
 
     torch.manual_seed(seed)
     with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \

@@ -44,7 +44,7 @@ def _seeded(seed: int):
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) in float64 (clean-fid's implementation)."""
-    from cleanfid.fid import frechet_distance as _fd
+    from cleanfid.fid import frechet_distance as _fd  # lazy: clean-fid pulls in its download stack; FID only
 
     args = [np.asarray(a, dtype=np.float64) for a in (mu1, sigma1, mu2, sigma2)]
     if args[0].shape != args[2].shape or args[1].shape != args[3].shape:
@@ -61,7 +61,7 @@ def kid(feats_gen, feats_ref, subsets: int = 100, subset_size: int = 1000, seed:
 
     Returns (kid, kid_std, subset_size_used). std is over subsets (torchmetrics' convention).
     """
-    from torchmetrics.image.kid import KernelInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance  # lazy: torchmetrics.image imports slowly; KID only
 
     fg = torch.as_tensor(np.asarray(feats_gen), dtype=torch.float64)
     fr = torch.as_tensor(np.asarray(feats_ref), dtype=torch.float64)
@@ -78,7 +78,7 @@ def kid(feats_gen, feats_ref, subsets: int = 100, subset_size: int = 1000, seed:
 
 def inception_score(logits, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """IS mean and std over ``splits`` splits of a seeded permutation of the samples (torchmetrics, float64)."""
-    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.inception import InceptionScore  # lazy: torchmetrics.image imports slowly; IS only
 
     lg = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     with _seeded(seed):

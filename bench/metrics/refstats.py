@@ -23,8 +23,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bench.data import build_dataset
 from bench.evaluators import SHIPPED
-from bench.metrics.stats import QUANTIZE, FeatureStats, quantize_uint8, save_npz_atomic
+from bench.images import QUANTIZE, quantize_uint8
+from bench.metrics.stats import FeatureStats, save_npz_atomic
 from bench.schema import ConfigError
 from bench.utils import atomic_write_json, config_hash, file_sha256
 
@@ -75,8 +77,6 @@ def get_reference(cfg, info, net) -> RefStats:
 
 
 def compute_reference(data_cfg, key: dict, net, path: Path, batch_size: int = 500) -> None:
-    from bench.data import build_dataset
-
     ds = build_dataset(data_cfg, key["split"])
     idx = torch.arange(len(ds))
     if key["n"]:

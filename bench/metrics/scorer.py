@@ -15,24 +15,52 @@ image i is in block i // num_samples, and the row holds the mean and std of r FI
 """
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
+from bench.data import sample_true
+from bench.evaluators import load_feature_net, resolve_feature_net
+from bench.evaluators.clip import load_clip
+from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
+from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics import distances, toy
-from bench.metrics.stats import QUANTIZE, FeatureStats, quantize_uint8, save_npz_atomic
+from bench.metrics.refstats import RefStatsError, get_reference
+from bench.metrics.stats import FeatureStats, save_npz_atomic
+from bench.registry import Entry, Registry
 from bench.schema import ConfigError
 
 IS_SPLIT_SIZE = 5000  # images per Inception Score split at least (Salimans et al. 2016: 50k in 10 splits)
 TRUE_SAMPLE_SEED = 7_000_000  # + metric.seed: toy2d reference points never share a seed with train/test points
-METRIC_NAMES = ("auto", "inception", "none")
+
+
+def _check_files(cfg, info) -> None:
+    """Local files the scores need, checked before training rather than after it (their contents are verified when
+    loaded: Inception's sha256, the reference statistics' arrays)."""
+    if info.kind != "images":
+        return
+    if resolve_feature_net(cfg) == "inception":
+        given, path = weights_file(cfg)
+        if path is None:
+            raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
+                              f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
+    ref = cfg.metric.reference_stats
+    if ref and not Path(ref).expanduser().is_file():
+        raise ConfigError("metric.reference_stats", ref, "a local .npz with mu/sigma or an ADM arr_0 batch",
+                          "file not found")
+
+
+# metric.name -> its check (conf/metric/<name>.yaml); the Scorer reads the rest of metric.*
+METRICS = Registry("metric", "metric.name", {
+    "auto": Entry(check=_check_files, doc="by data set: toy2d swd/mmd; digits digits-FID/KID/IS; shapes + CLIP"),
+    "inception": Entry(check=_check_files, doc="FID/KID/IS on Inception-v3 from local weights"),
+    "none": Entry(doc="no scores (cost only)"),
+})
 
 
 def metric_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for key, dist in (("torchmetrics", "torchmetrics"), ("cleanfid", "clean-fid"), ("open_clip", "open_clip_torch"),
                       ("torch_fidelity", "torch-fidelity"), ("scipy", "scipy")):
@@ -51,8 +79,7 @@ class Scorer:
     def __init__(self, cfg, info, cell_dir=None):
         self.cfg, self.info, self.m = cfg, info, cfg.metric
         self.cell_dir = Path(cell_dir) if cell_dir is not None else None
-        if self.m.name not in METRIC_NAMES:
-            raise ConfigError("metric.name", self.m.name, " | ".join(METRIC_NAMES))
+        METRICS[self.m.name]  # one-line ConfigError for an unknown name
         self.seed = int(self.m.seed)
         self.num_samples = int(cfg.sampling.num_samples)
         self.n_gen = 0
@@ -67,9 +94,6 @@ class Scorer:
 
     # ---- images -------------------------------------------------------------------------------------------
     def _init_images(self, cfg, info) -> None:
-        from bench.evaluators import load_feature_net
-        from bench.metrics.refstats import get_reference
-
         m = self.m
         self.repeats = int(m.repeats)
         if self.repeats < 1:
@@ -92,8 +116,6 @@ class Scorer:
             if self.net.name == "clip":
                 self.clip = self.net
             else:
-                from bench.evaluators.clip import load_clip
-
                 self.clip = load_clip(cfg, info)
             self.text_embeds = self.clip.encode_text(list(info.class_names))
 
@@ -162,8 +184,6 @@ class Scorer:
             row.update(ref_id=ref.meta["ref_id"], ref_hash=ref.meta["ref_hash"], n_ref=int(ref.n),
                        reference_split=ref.meta.get("split", "import"))
             if gen.dim != ref.mu.shape[0]:
-                from bench.metrics.refstats import RefStatsError
-
                 raise RefStatsError(f"generated features are {gen.dim}-d but reference {ref.meta['ref_id']} is "
                                     f"{ref.mu.shape[0]}-d (other feature network?)")
         if m.fid and ref is not None:
@@ -240,8 +260,6 @@ class Scorer:
 
     # ---- points (toy2d) ------------------------------------------------------------------------------------
     def _compute_points(self) -> dict:
-        from bench.data import sample_true
-
         m = self.m
         x = np.concatenate(self.points)
         n_ref = int(m.toy_num_reference)

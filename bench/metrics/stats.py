@@ -7,19 +7,14 @@ small for our networks (d <= 2048) and are kept for KID and the bootstrap.
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Optional
 
 import numpy as np
 import torch
 
-QUANTIZE = "uint8"  # recorded beside every score: images are scored as a saved PNG would be
-
-
-def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] -> uint8 [0, 255] (NCHW), also what bench.pipeline saves as PNG."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
+from bench.utils import atomic_write_bytes
 
 class FeatureStats:
     """Running mean / covariance of features in float64 (Heusel et al. 2017 fit a Gaussian to these).
@@ -94,10 +89,6 @@ class FeatureStats:
 
 def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
     """np.savez to a temp file, then rename (readers never see a torn file)."""
-    import io
-
-    from bench.utils import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())

@@ -6,36 +6,53 @@ guidance, Ho & Salimans 2022); ``None`` means the null class.
 """
 from __future__ import annotations
 
-
 from torch import nn
 
+from bench.registry import Entry, Registry
 from bench.schema import ConfigError
 
 from .mlp import MLPDenoiser
 from .unet import UNetDenoiser, load_pretrained_unet
 
-MODEL_NAMES = ("mlp", "unet")
-
-__all__ = ["build_model", "MLPDenoiser", "UNetDenoiser", "load_pretrained_unet", "num_params", "MODEL_NAMES"]
+__all__ = ["MODELS", "build_model", "MLPDenoiser", "UNetDenoiser", "load_pretrained_unet", "num_params"]
 
 
-def build_model(cfg, info) -> nn.Module:
-    """The denoiser for ``cfg.model`` on data described by ``info`` (a :class:`bench.data.DataInfo`).
+def _mlp(m, info) -> nn.Module:
+    if info.kind != "points":
+        raise ConfigError("model.name", m.name, "unet for image data", f"data {info.id} has shape {info.shape}")
+    return MLPDenoiser(dim=info.shape[0], hidden=m.hidden, layers=m.layers, time_embed_dim=m.time_embed_dim,
+                       num_classes=info.num_classes)
+
+
+def _unet(m, info) -> nn.Module:
+    if info.kind != "images":
+        raise ConfigError("model.name", m.name, "mlp for point data", f"data {info.id} has shape {info.shape}")
+    return UNetDenoiser.from_config(m, info)
+
+
+def _needs(kind: str, other: str):
+    """A check: this family only denoises ``kind`` data (points: mlp; images: unet)."""
+
+    def check(cfg, info) -> None:
+        if info.kind != kind:
+            raise ConfigError("model", cfg.model.name, f"model={other} for data={cfg.data.name}")
+
+    return check
+
+
+MODELS = Registry("model", "model.name", {
+    "mlp": Entry(_mlp, _needs("points", "unet")),
+    "unet": Entry(_unet, _needs("images", "mlp")),
+})
+
+
+def build_model(model_cfg, info) -> nn.Module:
+    """The denoiser for ``model_cfg`` (``cfg.model``) on data described by ``info`` (a :class:`bench.data.DataInfo`).
 
     ``model.pretrained`` set → that diffusers UNet, loaded (not trained)."""
-    m = cfg.model
-    if m.pretrained:
-        return load_pretrained_unet(m.pretrained, info)
-    if m.name == "mlp":
-        if info.kind != "points":
-            raise ConfigError("model.name", m.name, "unet for image data", f"data {info.id} has shape {info.shape}")
-        return MLPDenoiser(dim=info.shape[0], hidden=m.hidden, layers=m.layers, time_embed_dim=m.time_embed_dim,
-                           num_classes=info.num_classes)
-    if m.name == "unet":
-        if info.kind != "images":
-            raise ConfigError("model.name", m.name, "mlp for point data", f"data {info.id} has shape {info.shape}")
-        return UNetDenoiser.from_config(m, info)
-    raise ConfigError("model.name", m.name, " | ".join(MODEL_NAMES))
+    if model_cfg.pretrained:
+        return load_pretrained_unet(model_cfg.pretrained, info)
+    return MODELS[model_cfg.name].build(model_cfg, info)
 
 
 def num_params(model: nn.Module) -> int:

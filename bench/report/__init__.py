@@ -17,7 +17,9 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
+from .distill import speedup_table
 from .load import ReportError, Source, fmt_value, load, norm, sort_key
 from .plots import make_plots
 from .published import published_tables
@@ -27,6 +29,7 @@ from .tables import FACTORS, KIND_TITLES, KINDS, build_tables, label, plan_study
 __all__ = ["ReportError", "build_report", "main"]
 
 
+STUDY_TABLES = {"distill": (speedup_table,)}  # tables a study kind adds to the ablation tables
 CONFIG_KEYS = ("rows", "cols", "metric", "kind", "title", "split_by", "where", "err")
 
 
@@ -66,8 +69,6 @@ def _image_study(df: pd.DataFrame) -> bool:
 def _options(args: argparse.Namespace) -> dict:
     opts = {}
     if args.config:
-        from omegaconf import OmegaConf
-
         try:
             opts = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True) or {}
         except Exception as e:
@@ -133,7 +134,7 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     df, sources = load(results)
     df = _where(df, where)
     plan = plan_study(df, kind or "auto", _csv(rows), _csv(cols), _csv(metric), _csv(split_by) or [], err or "se")
-    tables, csvs = build_tables(df, plan)
+    tables, csvs = build_tables(df, plan, study_tables=STUDY_TABLES.get(plan.kind, ()))
     names = sorted({str(v) for v in df.get("name", []) if norm(v) is not None}) or ["report"]
     out_dir = Path(out) if out else Path("reports") / "+".join(names)
     command = command or "bench-report " + shlex.join(results + (["--out", str(out)] if out else []))
@@ -181,7 +182,7 @@ def _swap(tmp: Path, out: Path) -> None:
 
 def log_wandb(report: Report, out: Path, project: str, wandb_dir: str | None) -> str:
     """Log the tables (wandb.Table) and plots (wandb.Image); offline unless WANDB_MODE or an API key say otherwise."""
-    import wandb
+    import wandb  # lazy: optional and slow to import; only --wandb needs it
 
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     wdir = Path(wandb_dir) if wandb_dir else out / "wandb"

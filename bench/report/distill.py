@@ -1,13 +1,12 @@
 """The distillation study's own table: each cell's quality and latency, the speed-up of every student at matched
-quality over the DDIM teacher (bench.distill.speedup), the quality-vs-latency Pareto front, and what the
+quality over the DDIM teacher (speedup.py), the quality-vs-latency Pareto front, and what the
 distillation cost. Derived from the rows (means and stds over repeats), never from re-scored samples."""
 from __future__ import annotations
 
 import pandas as pd
 
-from bench.distill.speedup import pareto_front, speedup_at_matched_fid
-
 from .load import fmt_value, norm
+from .speedup import pareto_front, speedup_at_matched_fid
 from .tables import HIGHER_IS_BETTER, QUALITY, SCALE, Cell, Plan, Table, aggregate, decimals, label
 
 KEYS = ["method", "num_inference_steps"]

@@ -1,4 +1,4 @@
-"""Read result rows (``results.jsonl``, one JSON object per line, see docs/design.md "results row").
+"""Read result rows (``results.jsonl``) through bench.results, the row's owner (schema, reader, "finished").
 
 Reports only read rows and saved artifacts; nothing here recomputes a score.
 """
@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REQUIRED = ("schema_version", "cell_key", "status")
-STATUSES = ("ok", "failed")
+from bench.results import ResultsError, is_finished, parse_rows
 
 
 class ReportError(Exception):
@@ -45,29 +44,16 @@ def find_results(arg: str) -> list[Path]:
 
 
 def read_rows(path: Path) -> list[dict]:
+    """The rows of one results file (bench.results' reader: a newer schema_version is refused in one line)."""
+    data = path.read_bytes()
     try:
-        data = path.read_bytes()
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ReportError(f"{path}: not a text file; expected results.jsonl (one JSON results row per line)") from None
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{path}:{i}: not JSON Lines ({e.msg}); expected one bench results row per line") from None
-        if not isinstance(obj, dict):
-            raise ReportError(f"{path}:{i}: not a bench results row (a JSON {type(obj).__name__}, expected an object)")
-        missing = [k for k in REQUIRED if k not in obj]
-        if missing:
-            raise ReportError(f"{path}:{i}: not a bench results row (missing {', '.join(missing)})")
-        if obj["status"] not in STATUSES:
-            raise ReportError(f"{path}:{i}: status={obj['status']!r} is not allowed: one of {', '.join(STATUSES)}")
+        rows = parse_rows(path, data)
+    except ResultsError as e:
+        raise ReportError(str(e)) from None
+    sha = hashlib.sha256(data).hexdigest()[:12]
+    for obj in rows:
         obj["_results_dir"] = str(path.parent)  # cell_dir may be relative to the results file
-        obj["_sha"] = hashlib.sha256(data).hexdigest()[:12]
-        rows.append(obj)
+        obj["_sha"] = sha
     if not rows:
         raise ReportError(f"{path}: empty results file (no rows)")
     return rows
@@ -84,7 +70,7 @@ def load(args: list[str]) -> tuple[pd.DataFrame, list[Source]]:
             sources.append(Source(arg, path, rows[0]["_sha"], len(rows)))
             for row in rows:
                 prev = by_key.get(row["cell_key"])
-                if prev is None or row["status"] == "ok" or prev["status"] != "ok":
+                if prev is None or is_finished(row) or not is_finished(prev):
                     by_key[row["cell_key"]] = row
     df = pd.DataFrame([by_key[k] for k in sorted(by_key)])
     # one label for "how were these samples made": the distillation method, else the sampler

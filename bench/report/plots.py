@@ -14,6 +14,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .load import fmt_value, norm, sort_key  # noqa: E402
+from .speedup import pareto_front, speedup_at_matched_fid  # noqa: E402
 from .tables import ERR_WORDS, HIGHER_IS_BETTER, SCALE, Plan, aggregate, arrow, groups, label  # noqa: E402
 
 META = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}}
@@ -107,8 +108,6 @@ def vs_nfe(ok, plan, metric, plots, split) -> Figure | None:
 
 def pareto(points: list[tuple[float, float]], higher: bool) -> list[tuple[float, float]]:
     """Points not beaten on both latency (lower) and the metric; ascending latency."""
-    from bench.distill.speedup import pareto_front
-
     sign = -1.0 if higher else 1.0
     lat, m = pareto_front([p[0] for p in points], [sign * p[1] for p in points])
     return [(float(a), sign * float(b)) for a, b in zip(lat, m)]
@@ -177,9 +176,7 @@ def cfg_curves(ok, plan, metrics, plots, split) -> Figure | None:
 
 def distill(ok, plan, metric, plots, split) -> Figure | None:
     """Teacher (DDIM) and students: metric vs steps and vs latency, with the Pareto front and each student's
-    speed-up at matched metric over the teacher (bench.distill.speedup; lower-is-better metrics)."""
-    from bench.distill.speedup import speedup_at_matched_fid
-
+    speed-up at matched metric over the teacher (speedup.py; lower-is-better metrics)."""
     if "num_inference_steps" not in ok:
         return None
     has_lat = "latency_p50" in ok and ok["latency_p50"].notna().all()

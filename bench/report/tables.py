@@ -359,8 +359,10 @@ def _csv_frame(lg: pd.DataFrame, metric: str) -> pd.DataFrame:
     return lg.rename(columns={"mean": metric, "std": f"{metric}_std", "se": f"{metric}_se", "ci95": f"{metric}_ci95"})
 
 
-def build_tables(df: pd.DataFrame, plan: Plan) -> tuple[list[Table], dict[str, pd.DataFrame]]:
-    """Display tables (per metric when there are columns, one metrics table otherwise) and one tidy frame per metric."""
+def build_tables(df: pd.DataFrame, plan: Plan, study_tables=()) -> tuple[list[Table], dict[str, pd.DataFrame]]:
+    """Display tables (per metric when there are columns, one metrics table otherwise) and one tidy frame per metric;
+    then each of ``study_tables`` (``fn(ok_part, plan, split) -> Table | None``, e.g. the distillation study's
+    speed-up table) per split, its tidy frame under the table's name."""
     ok, failed = df[df["status"] == "ok"], df[df["status"] == "failed"]
     tables, csvs = [], {}
     split_groups = groups(ok, plan.split_by)
@@ -386,11 +388,9 @@ def build_tables(df: pd.DataFrame, plan: Plan) -> tuple[list[Table], dict[str, p
             tables += [pivot_table(part, fpart, plan, m, split) for m in plan.metrics]
         else:
             tables.append(metrics_table(part, fpart, plan, split))
-        if plan.kind == "distill":
-            from .distill import speedup_table
-
-            t = speedup_table(part, plan, split)
+        for study_table in study_tables:
+            t = study_table(part, plan, split)
             if t is not None:
                 tables.append(t)
-                csvs["speedup" + "".join(f"_{k}={fmt_value(v)}" for k, v in split.items())] = t.long
+                csvs[t.name + "".join(f"_{k}={fmt_value(v)}" for k, v in split.items())] = t.long
     return tables, csvs

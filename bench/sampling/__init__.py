@@ -1,14 +1,16 @@
-"""Sampling: one loop (loop.py) over a registry of diffusers schedulers (schedulers.py), seeded per image (rng.py)."""
+"""Sampling: one loop (loop.py) over a registry of samplers, each a stock diffusers scheduler (samplers.py),
+seeded per image (rng.py)."""
 from bench.sampling.loop import Batch, NonFiniteError, guided, sample
 from bench.sampling.rng import image_generators, initial_noise
-from bench.sampling.schedulers import (
-    OBJECTIVES,
-    SCHEDULERS,
+from bench.sampling.samplers import (
+    SAMPLERS,
+    build_sampler,
     build_scheduler,
     check_combination,
     check_guidance,
+    lcm_grid,
     scheduler_config,
 )
 
-__all__ = ["Batch", "NonFiniteError", "sample", "guided", "image_generators", "initial_noise", "OBJECTIVES",
-           "SCHEDULERS", "build_scheduler", "check_combination", "check_guidance", "scheduler_config"]
+__all__ = ["Batch", "NonFiniteError", "sample", "guided", "image_generators", "initial_noise", "SAMPLERS",
+           "build_sampler", "build_scheduler", "check_combination", "check_guidance", "lcm_grid", "scheduler_config"]

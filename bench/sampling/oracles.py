@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.sampling.schedulers import train_sigmas
+from bench.schedule import train_sigmas
 
 
 class GaussianOracle(torch.nn.Module):
@@ -26,7 +26,7 @@ class GaussianOracle(torch.nn.Module):
         super().__init__()
         self.objective, self.std, self.consistency = cfg.objective.name, float(std), consistency
         self.T = int(cfg.schedule.num_train_timesteps)
-        self.register_buffer("log_sigmas", train_sigmas(cfg).log(), persistent=False)
+        self.register_buffer("log_sigmas", train_sigmas(cfg.schedule).log(), persistent=False)
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         lo = t.floor().long().clamp(0, self.T - 1)

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from bench.data import BenchDataModule, get_data_info
 from bench.models import build_model, num_params
-from bench.utils import atomic_write_json, atomic_write_text, config_hash, resolve_device, to_plain, versions
+from bench.env import resolve_device, versions
+from bench.utils import atomic_write_json, atomic_write_text, config_hash, to_plain
 
 from .module import DiffusionModule
 
@@ -72,28 +73,31 @@ def partial_dir(cfg) -> Path:
     return models_root(cfg) / f".{model_key(cfg)}.partial"
 
 
-def fit(cfg, info, workdir: str | os.PathLike, callbacks=(), module: DiffusionModule | None = None
-        ) -> DiffusionModule:
-    """Train ``module`` (default ``DiffusionModule(cfg, info)``; distillation passes its own) per ``cfg.train`` /
-    ``cfg.trainer`` in ``workdir``, resuming ``workdir/last.ckpt`` when present."""
+def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg, workdir: str | os.PathLike,
+        callbacks=()) -> DiffusionModule:
+    """Train ``make_module()`` (a DiffusionModule; distillation passes its own) on ``data_cfg``'s train split per
+    ``train`` (max_steps, batch_size, seed, grad_clip, checkpoint_every) and the Lightning ``trainer_cfg`` in
+    ``workdir``, resuming ``workdir/last.ckpt`` when present. The module is built after seeding: its initial weights
+    are part of what the model key promises."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
-    module = DiffusionModule(cfg, info) if module is None else module
-    every = int(cfg.train.checkpoint_every)
+    L.seed_everything(int(train.seed), workers=True, verbose=False)
+    module = make_module()
+    every = int(train.checkpoint_every)
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0,
                                                   every_n_train_steps=every if every > 0 else None)
-    tr = cfg.trainer
-    trainer = L.Trainer(max_steps=int(cfg.train.max_steps), accelerator=tr.accelerator, devices=tr.devices,
+    tr = trainer_cfg
+    trainer = L.Trainer(max_steps=int(train.max_steps), accelerator=tr.accelerator, devices=tr.devices,
                         precision=tr.precision, strategy=tr.strategy, logger=False,
                         enable_progress_bar=bool(tr.enable_progress_bar), log_every_n_steps=int(tr.log_every_n_steps),
-                        gradient_clip_val=float(cfg.train.grad_clip) or None, enable_model_summary=False,
+                        gradient_clip_val=float(train.grad_clip) or None, enable_model_summary=False,
                         callbacks=[ckpt_cb, *callbacks], default_root_dir=str(workdir),
                         use_distributed_sampler=False, num_sanity_val_steps=0)
     last = workdir / CKPT
     if last.exists():
         _check_resumable(last)
-    trainer.fit(module, datamodule=BenchDataModule(cfg), ckpt_path=str(last) if last.exists() else None,
+    datamodule = BenchDataModule(data_cfg, train.batch_size, train.seed)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None,
                 weights_only=True)
     if trainer.global_step and not (last.exists() and every and trainer.global_step % every == 0):
         trainer.save_checkpoint(last, weights_only=False)  # the final state, when the cadence did not just write it
@@ -101,9 +105,9 @@ def fit(cfg, info, workdir: str | os.PathLike, callbacks=(), module: DiffusionMo
     return module
 
 
-def load_model_dir(path: str | os.PathLike, cfg, info, device: str | None = None) -> torch.nn.Module:
-    """``build_model(cfg, info)`` with the weights of ``path/model.safetensors``, in eval mode on ``device``."""
-    model = build_model(cfg, info)
+def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str) -> torch.nn.Module:
+    """``build_model(model_cfg, info)`` with the weights of ``path/model.safetensors``, in eval mode on ``device``."""
+    model = build_model(model_cfg, info)
     file = Path(path) / WEIGHTS
     try:
         state = load_file(str(file))
@@ -111,7 +115,7 @@ def load_model_dir(path: str | os.PathLike, cfg, info, device: str | None = None
         raise ModelCacheError(f"{file}: cached model weights cannot be read ({type(e).__name__}: {_why(e)}); delete "
                               f"{Path(path)} to train it again") from None
     model.load_state_dict(state, strict=True)
-    return model.eval().to(device or resolve_device(cfg.device))
+    return model.eval().to(device)
 
 
 def write_model_dir(module: DiffusionModule, cfg, info, workdir: Path, key: str | None = None,
@@ -139,25 +143,23 @@ def _train_info(cfg, path: Path, meta: dict, cached: bool) -> dict:
 
 
 def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode with EMA weights on ``cfg.device``, info) — from the cache, or trained and cached.
+    """(model in eval mode with EMA weights on ``cfg.device``, train_info) — from the cache, or trained and cached.
 
-    info: model_key, path, train_steps, train_seconds, cached, num_params. ``model.pretrained`` set → that model,
-    loaded and never trained (cached=True, train_steps=0). ``distill.method`` set → the distilled student of this
-    model (:func:`bench.distill.load_or_distill`; info adds distill_* keys)."""
-    if OmegaConf.select(cfg, "distill.method", default="none") != "none":
-        from bench.distill import load_or_distill
-
-        return load_or_distill(cfg)
+    train_info (a dict; ``info`` is always the data's DataInfo): model_key, path, train_steps, train_seconds,
+    cached, num_params. ``model.pretrained`` set → that model, loaded and never trained (cached=True,
+    train_steps=0). ``distill.*`` is ignored: the distilled students of this
+    model are :func:`bench.distill.load_or_distill`'s (``bench.pipeline`` picks which one a cell samples)."""
     info = get_data_info(cfg.data)
     device = resolve_device(cfg.device)
     key = model_key(cfg)
     if cfg.model.pretrained:
-        model = build_model(cfg, info).eval().to(device)
+        model = build_model(cfg.model, info).eval().to(device)
         return model, {"model_key": key, "path": str(cfg.model.pretrained), "train_steps": 0, "train_seconds": 0.0,
                        "cached": True, "num_params": num_params(model)}
     final, meta, cached = cached_model_dir(
-        models_root(cfg), key, lambda work: write_model_dir(fit(cfg, info, work), cfg, info, work))
-    return load_model_dir(final, cfg, info, device), _train_info(cfg, final, meta, cached=cached)
+        models_root(cfg), key, lambda work: write_model_dir(
+        fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, work), cfg, info, work))
+    return load_model_dir(final, cfg.model, info, device), _train_info(cfg, final, meta, cached=cached)
 
 
 def cached_model_dir(root: Path, key: str, train: Callable[[Path], dict]) -> tuple[Path, dict, bool]:

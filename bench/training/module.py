@@ -13,31 +13,38 @@ from . import objectives as obj
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains ``build_model(cfg, info)`` with :func:`objectives.diffusion_loss`; ``self.ema`` holds the EMA weights
-    used for sampling. All per-step randomness (t, noise, label dropout) comes from a generator seeded by
-    (train.seed, global_step), so a resumed run repeats an uninterrupted one exactly."""
+    """Trains ``build_model(model_cfg, info)`` with :func:`objectives.diffusion_loss` on ``objective_cfg`` /
+    ``schedule_cfg``, optimised per ``train`` (the ``train.*`` settings: lr, weight_decay, warmup_steps, ema_decay,
+    cond_drop_prob, seed); ``self.ema`` holds the EMA weights used for sampling. All per-step randomness (t, noise,
+    label dropout) comes from a generator seeded by (train.seed, global_step), so a resumed run repeats an
+    uninterrupted one exactly."""
 
-    def __init__(self, cfg, info):
+    def __init__(self, model_cfg, objective_cfg, schedule_cfg, train, info):
         super().__init__()
-        self.cfg, self.info = cfg, info
-        self.model = build_model(cfg, info)
+        self.objective_cfg, self.schedule_cfg, self.train_cfg, self.info = objective_cfg, schedule_cfg, train, info
+        self.model = build_model(model_cfg, info)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        if cfg.objective.name != "flow":
-            self.register_buffer("alphas_cumprod", obj.alphas_cumprod(cfg.schedule), persistent=False)
+        if objective_cfg.name != "flow":
+            self.register_buffer("alphas_cumprod", obj.alphas_cumprod(schedule_cfg), persistent=False)
         else:
             self.alphas_cumprod = None
-        obj.loss_weight(cfg.objective, torch.ones(1), torch.ones(1))  # fail on a bad weighting before training
+        obj.check_loss_weighting(objective_cfg)  # fail on a bad weighting before training
         self.loss_history: list = []  # per step; tensors until read (no GPU sync per step)
         self.train_seconds = 0.0  # accumulated across resumes (stored in the checkpoint)
         self._t0: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg, info) -> "DiffusionModule":
+        """The module a composed config trains (its model, objective, schedule and train groups)."""
+        return cls(cfg.model, cfg.objective, cfg.schedule, cfg.train, info)
 
     def forward(self, x, t, class_labels=None):
         return self.model(x, t, class_labels)
 
     def training_step(self, batch, batch_idx):
         x0, y = batch
-        g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.cfg.train.seed, self.global_step))
+        g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.train_cfg.seed, self.global_step))
         loss = self.compute_loss(x0, self.drop_labels(y, g), g)
         self.loss_history.append(loss.detach())
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -45,7 +52,7 @@ class DiffusionModule(L.LightningModule):
 
     def compute_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
         """The objective's loss on one batch (distillation modules override this, and only this)."""
-        return obj.diffusion_loss(self.model, x0, labels, self.cfg.objective, self.cfg.schedule, g,
+        return obj.diffusion_loss(self.model, x0, labels, self.objective_cfg, self.schedule_cfg, g,
                                   self.alphas_cumprod)
 
     def drop_labels(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
@@ -53,7 +60,7 @@ class DiffusionModule(L.LightningModule):
         (None for an unconditional model)."""
         if not self.info.num_classes:
             return None
-        drop = torch.rand(y.shape[0], generator=g, device=y.device) < float(self.cfg.train.cond_drop_prob)
+        drop = torch.rand(y.shape[0], generator=g, device=y.device) < float(self.train_cfg.cond_drop_prob)
         return torch.where(drop, torch.full_like(y, self.info.num_classes), y)
 
     def optimizer_step(self, *args, **kwargs):
@@ -65,7 +72,7 @@ class DiffusionModule(L.LightningModule):
         """θ_ema ← d θ_ema + (1 - d) θ with the warm-up d = min(ema_decay, (1 + n)/(10 + n)) (TF's
         ExponentialMovingAverage ``num_updates``), so early weights do not dominate a short run."""
         n = float(self.ema_updates)
-        d = min(float(self.cfg.train.ema_decay), (1 + n) / (10 + n))
+        d = min(float(self.train_cfg.ema_decay), (1 + n) / (10 + n))
         ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema_p, [q.detach() for q in p], 1.0 - d)
         for be, b in zip(self.ema.buffers(), self.model.buffers()):
@@ -73,7 +80,7 @@ class DiffusionModule(L.LightningModule):
         self.ema_updates += 1
 
     def configure_optimizers(self):
-        tc = self.cfg.train
+        tc = self.train_cfg
         opt = torch.optim.AdamW(self.model.parameters(), lr=float(tc.lr), weight_decay=float(tc.weight_decay))
         warmup = int(tc.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)

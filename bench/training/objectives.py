@@ -9,33 +9,51 @@ Every objective here is a Gaussian path x_t = alpha_t x0 + sigma_t eps (one :fun
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 
-from bench.sampling.schedulers import BETA_SCHEDULES, beta_kwargs
+from bench.registry import Entry, Registry
+from bench.schedule import alphas_cumprod
 from bench.schema import ConfigError
 
-OBJECTIVES = ("eps", "v", "x0", "flow")
-PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction", "x0": "sample", "flow": "flow"}  # diffusers' names
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 
+@dataclass(frozen=True)
+class Objective(Entry):
+    """``prediction_type``: diffusers' name for what the model outputs (its samplers' ``prediction_type``)."""
+
+    prediction_type: str = ""
+
+
+def check_loss_weighting(o) -> None:
+    """objective.loss_weighting: uniform | min_snr; min_snr is defined for eps / v / x0 only."""
+    if o.loss_weighting not in LOSS_WEIGHTINGS:
+        raise ConfigError("objective.loss_weighting", o.loss_weighting, "one of " + ", ".join(LOSS_WEIGHTINGS))
+    if o.loss_weighting == "min_snr" and o.name == "flow":
+        raise ConfigError("objective.loss_weighting", o.loss_weighting, "uniform for objective=flow",
+                          "min_snr is defined for eps / v / x0")
+
+
+def _check(cfg, info) -> None:
+    check_loss_weighting(cfg.objective)
+
+
+# Ho et al. 2020 (eps), Salimans & Ho 2022 (v), x0, rectified flow (Liu et al. 2023; velocity = noise - x0)
+OBJECTIVES = Registry("objective", "objective.name", {
+    "eps": Objective(check=_check, prediction_type="epsilon"),
+    "v": Objective(check=_check, prediction_type="v_prediction"),
+    "x0": Objective(check=_check, prediction_type="sample"),
+    "flow": Objective(check=_check, prediction_type="flow_prediction"),
+})
+PREDICTION_TYPE = {name: OBJECTIVES[name].prediction_type for name in OBJECTIVES}  # objective -> diffusers' name
+DIFFUSION_OBJECTIVES = ("eps", "v", "x0")  # Gaussian diffusion paths (every sampler but flow_euler takes them)
+
+
 def _check_objective(name: str) -> None:
-    if name not in OBJECTIVES:
-        raise ConfigError("objective.name", name, " | ".join(OBJECTIVES))
-
-
-def ddpm_scheduler(schedule_cfg) -> DDPMScheduler:
-    """The diffusers ``DDPMScheduler`` holding this schedule's betas / ``alphas_cumprod``."""
-    if schedule_cfg.name not in BETA_SCHEDULES:
-        raise ConfigError("schedule.name", schedule_cfg.name, " | ".join(BETA_SCHEDULES))
-    return DDPMScheduler(**beta_kwargs(schedule_cfg))
-
-
-def alphas_cumprod(schedule_cfg) -> torch.Tensor:
-    """ᾱ_t for t = 0..T-1 (float32, as diffusers computes them)."""
-    return ddpm_scheduler(schedule_cfg).alphas_cumprod.clone()
+    OBJECTIVES[name]  # raises a one-line ConfigError for an unknown name
 
 
 def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
@@ -100,13 +118,9 @@ def loss_weight(objective_cfg, alpha: torch.Tensor, sigma: torch.Tensor) -> torc
     """Per-example loss weights. min_snr (Hang et al. 2023, eq. 9 and its eps / v forms): with SNR = alpha²/sigma²,
     x0: min(SNR, γ); eps: min(SNR, γ)/SNR; v: min(SNR, γ)/(SNR + 1)."""
     name, objective = objective_cfg.loss_weighting, objective_cfg.name
+    check_loss_weighting(objective_cfg)
     if name == "uniform":
         return torch.ones_like(alpha)
-    if name != "min_snr":
-        raise ConfigError("objective.loss_weighting", name, " | ".join(LOSS_WEIGHTINGS))
-    if objective == "flow":
-        raise ConfigError("objective.loss_weighting", name, "uniform for objective=flow",
-                          "min_snr is defined for eps / v / x0")
     gamma = float(objective_cfg.min_snr_gamma)
     snr = alpha.double() ** 2 / (sigma.double() ** 2)
     if objective == "eps":

@@ -1,0 +1,58 @@
+"""A cell's files besides its row: the sample grid (PNG; a scatter plot for 2-D points) and the samples (npz).
+
+Every file is written atomically (temp file + rename), so a killed run leaves whole files or none.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image
+
+from bench.utils import atomic_write_bytes
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+
+def write_grid(path: Path, images: np.ndarray) -> None:
+    """A square-ish grid of uint8 NHWC images as PNG (nearest-neighbour upscaled so 8x8 digits are visible)."""
+    n, h, w, c = images.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    pad = 1
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = images[i]
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    scale = max(1, 256 // max(canvas.shape[:2]))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_scatter(path: Path, points: np.ndarray, reference: np.ndarray | None, title: str) -> None:
+    """2-D samples (and the true distribution's, grey) as a PNG scatter plot."""
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.75", label="true")
+    ax.scatter(points[:, 0], points[:, 1], s=1, c="C0", label="generated")
+    ax.set_title(title, fontsize=8)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=6, markerscale=4)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """Compressed npz (samples.npz: uint8 NHWC images or float32 points), written atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,116 @@
+"""The data registry (``conf/data/<name>.yaml`` ↔ one entry): what each data set looks like and its items.
+
+:func:`get_data_info` (shape, classes, id; cheap) and :func:`build_dataset` (the items) dispatch through ``DATA``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+from torch.utils.data import Dataset
+
+from bench.registry import Entry, Registry
+from bench.schema import ConfigError
+from bench.utils import config_hash
+
+from .digits import DigitsDataset
+from .folder import FolderDataset, scan_folder
+from .shapes import SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, ShapesDataset, shapes_caption
+from .toy2d import TOYS, PointsDataset
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class DataInfo:
+    kind: str  # "points" | "images"
+    shape: Tuple[int, ...]  # one item's x: (2,) or (C, H, W)
+    num_classes: int  # classes the model is conditioned on; 0 = unconditional
+    class_names: List[str] = field(default_factory=list)  # the data set's label names (shapes: captions)
+    id: str = ""  # e.g. "digits-8px-c1"; names reference statistics
+
+
+def _split_suffix(data_cfg) -> str:
+    """Non-default split settings change the items, so they must change the id (reference stats are keyed by it)."""
+    parts = []
+    if data_cfg.test_fraction != 0.2:
+        parts.append(f"tf{data_cfg.test_fraction:g}")
+    if data_cfg.split_seed != 0:
+        parts.append(f"s{data_cfg.split_seed}")
+    return "".join(f"-{p}" for p in parts)
+
+
+def _check_channels(ch: int) -> None:
+    if ch not in (1, 3):
+        raise ConfigError("data.channels", ch, "1 (grey) | 3 (RGB)")
+
+
+def _toy2d_info(d) -> DataInfo:
+    if d.toy not in TOYS:
+        raise ConfigError("data.toy", d.toy, " | ".join(TOYS))
+    return DataInfo("points", (2,), 0, [], f"toy2d-{d.toy}")
+
+
+def _digits_info(d) -> DataInfo:
+    size, ch = int(d.image_size), int(d.channels)
+    _check_channels(ch)
+    cap = f"-n{d.num_train}" if d.num_train else ""
+    return DataInfo("images", (ch, size, size), 10 if d.class_conditional else 0, [str(k) for k in range(10)],
+                    f"digits-{size}px-c{ch}{cap}{_split_suffix(d)}")
+
+
+def _shapes_info(d) -> DataInfo:
+    size, ch = int(d.image_size), int(d.channels)
+    _check_channels(ch)
+    names = [shapes_caption(k) for k in range(len(SHAPES_COLOURS) * len(SHAPES_KINDS) * len(SHAPES_POSITIONS))]
+    n = ShapesDataset.num_items(d, "train")
+    return DataInfo("images", (ch, size, size), len(names) if d.class_conditional else 0, names,
+                    f"shapes-{size}px-c{ch}-n{n}{_split_suffix(d)}")
+
+
+def _folder_info(d) -> DataInfo:
+    size, ch = int(d.image_size), int(d.channels)
+    _check_channels(ch)
+    files, classes = scan_folder(d.path)
+    cap = f"-n{d.num_train}" if d.num_train else ""
+    crop = "" if d.center_crop else "-nocrop"
+    root_id = config_hash(str(d.path), n=8)
+    return DataInfo("images", (ch, size, size), len(classes) if (d.class_conditional and classes) else 0, classes,
+                    f"folder-{root_id}-{size}px-c{ch}{crop}{cap}{_split_suffix(d)}")
+
+
+def _check_folder(cfg, info) -> None:
+    if not cfg.data.path:
+        raise ConfigError("data.path", cfg.data.path, "a directory of images (data.path=/path/to/images)")
+
+
+@dataclass(frozen=True)
+class DataSet(Entry):
+    """``build(data_cfg, split)`` -> the items; ``info(data_cfg)`` -> :class:`DataInfo` (validates with one-line
+    errors); ``check(cfg, info)`` runs before ``info`` (cheap config checks)."""
+
+    info: Optional[Callable] = None
+
+
+DATA = Registry("data", "data.name", {
+    "toy2d": DataSet(PointsDataset, info=_toy2d_info),
+    "digits": DataSet(DigitsDataset, info=_digits_info),
+    "folder": DataSet(FolderDataset, _check_folder, info=_folder_info),
+    "shapes": DataSet(ShapesDataset, info=_shapes_info),
+})
+
+
+def get_data_info(data_cfg) -> DataInfo:
+    """Shape, classes and id of the data set named by ``data_cfg`` (without building it, except folder scans)."""
+    return DATA[data_cfg.name].info(data_cfg)
+
+
+def build_dataset(data_cfg, split: str) -> Dataset:
+    """The ``split`` ("train" | "test") items of the data set: deterministic given ``data_cfg``, un-augmented.
+
+    Training adds horizontal flips (``data.hflip``) on top, see :class:`MirroredDataset`.
+    """
+    if split not in SPLITS:
+        raise ConfigError("split", split, " | ".join(SPLITS))
+    get_data_info(data_cfg)  # validates name / toy / channels with one-line errors
+    return DATA[data_cfg.name].build(data_cfg, split)

@@ -1,0 +1,60 @@
+"""Where a run executes: device choice, determinism switches, hardware and library versions (recorded in rows)."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import diffusers
+import torch
+
+import bench
+
+
+def resolve_device(name: str = "auto") -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def set_determinism(on: bool) -> None:
+    """CPU runs are deterministic as they are; on GPU, `sampling.deterministic=true` also pins cuDNN and turns
+    TF32 off (slower), so samples and scores repeat bit for bit on the same GPU and software."""
+    if on:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def hardware(device: str) -> str:
+    """The GPU's name, or the CPU model with its core and torch thread counts (threads change float reductions)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
+def git_sha(default: str = "unknown") -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or default
+    except Exception:
+        return default
+
+
+def versions() -> dict:
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "bench": bench.__version__,
+            "git_sha": git_sha()}

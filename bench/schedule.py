@@ -1,0 +1,53 @@
+"""Noise schedules (``conf/schedule/``): the β schedule of training and sampling, as diffusers' constructor arguments.
+
+Training builds its ``DDPMScheduler`` and every sampler its diffusers scheduler from :func:`beta_kwargs`, so the two
+share one noise schedule exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from diffusers import DDPMScheduler
+
+from bench.registry import Entry, Registry
+from bench.schema import ConfigError
+
+
+def _check(cfg, info) -> None:
+    """num_train_timesteps > 0; the flow objective's sigma shift > 0."""
+    s = cfg.schedule
+    if s.num_train_timesteps <= 0:
+        raise ConfigError("schedule.num_train_timesteps", s.num_train_timesteps, "a positive number")
+    if cfg.objective.name == "flow" and s.flow_shift <= 0:
+        raise ConfigError("schedule.flow_shift", s.flow_shift, "> 0")
+
+
+# name -> diffusers ``beta_schedule`` (Ho et al. 2020 linear; LDM's scaled_linear; Nichol & Dhariwal 2021 cosine)
+SCHEDULES = Registry("schedule", "schedule.name", {
+    "linear": Entry("linear", _check),
+    "scaled_linear": Entry("scaled_linear", _check),
+    "cosine": Entry("squaredcos_cap_v2", _check),
+})
+
+
+def beta_kwargs(s) -> Dict[str, Any]:
+    """The diffusers constructor arguments of schedule config ``s`` (training and sampling both build from these)."""
+    return dict(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
+                beta_schedule=SCHEDULES[s.name].build)
+
+
+def ddpm_scheduler(s) -> DDPMScheduler:
+    """The diffusers ``DDPMScheduler`` holding this schedule's betas / ``alphas_cumprod``."""
+    return DDPMScheduler(**beta_kwargs(s))
+
+
+def alphas_cumprod(s) -> torch.Tensor:
+    """ᾱ_t for t = 0..T-1 (float32, as diffusers computes them)."""
+    return ddpm_scheduler(s).alphas_cumprod.clone()
+
+
+def train_sigmas(s) -> torch.Tensor:
+    """sigma_t = sqrt((1 - abar_t) / abar_t) of the training schedule ``s``, t = 0..T-1 (float64)."""
+    abar = ddpm_scheduler(s).alphas_cumprod.double()
+    return ((1 - abar) / abar).sqrt()

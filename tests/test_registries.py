@@ -1,0 +1,38 @@
+"""One registry per config group: every conf/<group>/<name>.yaml has exactly one entry and every entry a YAML file,
+so adding a sampler / model family / metric is one entry plus one YAML file."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bench.sampling import SAMPLERS
+from bench.schema import ConfigError
+from bench.validate import REGISTRIES
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_each_config_group_has_one_registry():
+    groups = [r.group for r in REGISTRIES]
+    assert len(groups) == len(set(groups))
+    assert set(groups) == {"data", "model", "objective", "schedule", "sampler", "metric", "tracker", "distill"}
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=[r.group for r in REGISTRIES])
+def test_registry_matches_yaml_files(registry):
+    files = sorted(p.stem for p in (CONF / registry.group).glob("*.yaml"))
+    assert files, f"conf/{registry.group}/ has no YAML files"
+    assert sorted(registry.names()) == files
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=[r.group for r in REGISTRIES])
+def test_registry_key_names_the_yaml(registry):
+    """conf/<group>/<name>.yaml sets <key> = <name> (the registry is looked up by that key)."""
+    field = registry.key.split(".", 1)[1]
+    for name in registry:
+        assert OmegaConf.load(CONF / registry.group / f"{name}.yaml")[field] == name
+
+
+def test_unknown_name_is_one_line():
+    with pytest.raises(ConfigError, match=r"^sampler\.name='plms' is not allowed: one of ddpm, ddim, .*flow_euler$"):
+        SAMPLERS["plms"]
