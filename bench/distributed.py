@@ -22,8 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 
+from bench.metrics.cost import CostMeter
+from bench.metrics.scorer import Scorer
+from bench.metrics.stats import save_npz_atomic
+from bench.sampling import NonFiniteError, build_sampler, sample
 from bench.schema import ConfigError
 
 log = logging.getLogger("bench")
@@ -65,9 +71,6 @@ def _load_shard(path: Path, cell: str) -> dict | None:
 def _sample_shards(cfg, info, model, scheduler, scorer, cell_dir: Path, shards, device, batch_size: int,
                    rank: int, world: int, progress: bool) -> dict:
     """Sample, measure and write ``shards`` (this rank's share); return this rank's cost counters."""
-    from bench.metrics.cost import CostMeter
-    from bench.sampling import sample
-    from bench.metrics.stats import save_npz_atomic
 
     s = cfg.sampling
     fault = int(os.environ.get(FAULT_ENV, "0"))
@@ -103,7 +106,6 @@ def _sample_shards(cfg, info, model, scheduler, scorer, cell_dir: Path, shards, 
 
 def _errors(fn, *args) -> dict:
     """Run fn; NaN/Inf and CUDA OOM come back as data (every rank must reach the gather), not as a dead rank."""
-    from bench.sampling import NonFiniteError
 
     try:
         return fn(*args)
@@ -116,8 +118,6 @@ def _errors(fn, *args) -> dict:
 def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size):
     """One rank of ``Fabric.launch``: its round-robin share of the pending shards; rank 0 returns every rank's
     counters (gathered)."""
-    from bench.metrics.scorer import Scorer
-    from bench.sampling import build_sampler
 
     rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
     if device.type == "cuda":
@@ -134,8 +134,6 @@ def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size):
 
 
 def _launch(cfg, info, model, cell_dir: Path, pending, device: str, batch_size: int) -> list[dict]:
-    import lightning as L
-    from lightning.fabric.plugins.environments import LightningEnvironment
 
     world = int(cfg.sampling.devices)
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -150,7 +148,6 @@ def _launch(cfg, info, model, cell_dir: Path, pending, device: str, batch_size: 
 
 
 def _raise_rank_errors(per_rank: list[dict]) -> None:
-    from bench.sampling import NonFiniteError
 
     for r in per_rank:
         if r.get("error") == "nonfinite":
@@ -182,7 +179,6 @@ def _total_cost(shards: list[dict], per_rank: list[dict], device: str) -> dict:
 
 def sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int):
     """The sharded path of ``pipeline._sample_and_score``: (metrics, cost, grid tensors, kept sample tensors)."""
-    from bench.metrics.scorer import Scorer
 
     cell_dir = Path(cell_dir)
     cell = cell_dir.name

@@ -26,10 +26,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
+import lightning as L
 import numpy as np
+import psutil
 import torch
+from PIL import Image
+
+from bench import pipeline
+from bench.data import build_dataset, get_data_info
+from bench.data.datamodule import BenchDataModule
+from bench.env import hardware
+from bench.evaluators import load_feature_net
+from bench.images import quantize_uint8
+from bench.metrics.cost import CostMeter, load_average
+from bench.metrics.refstats import get_reference
+from bench.metrics.scorer import Scorer
+from bench.models import build_model
+from bench.preflight import compose_cfg
+from bench.run import cell_config, cell_key
+from bench.sampling import Batch, build_scheduler, sample
+from bench.schema import CostConfig
+from bench.training import load_or_train, objectives as obj
+from bench.training.cache import fit
+from bench.training.module import DiffusionModule
+from bench.utils import atomic_write_text
+from bench.validate import check_output_dir
 
 # Real config, shrunk per mode. "arch" overrides pick the UNet: full = the default digits UNet (conf/model/unet.yaml),
 # quick = the smoke UNet. `train` = the (tiny) training of the model the 12-cell sweep samples.
@@ -49,7 +73,6 @@ BASE = ["tracker=none", "device=cpu", "trainer.enable_progress_bar=false", "hydr
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
 def _cfg(*overrides):
-    from bench.preflight import compose_cfg
 
     return compose_cfg([*BASE, *overrides])
 
@@ -59,7 +82,6 @@ def _median(xs) -> float:
 
 
 def _rss_mb() -> float:
-    import psutil
 
     return psutil.Process().memory_info().rss / 2**20
 
@@ -79,7 +101,7 @@ def interleaved(sides: dict, rounds: int) -> tuple[dict, dict]:
 
 def torch_profile(fn, top: int = 6) -> str:
     """Top ops by self CPU time of one call of ``fn`` (torch.profiler), as a markdown table."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile  # lazy: only a missed goal is profiled
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -114,7 +136,6 @@ def py_profile(fn, top: int = 8, cumulative: bool = False, only: str | None = No
 
 @functools.lru_cache(maxsize=1)
 def _digits_train() -> torch.Tensor:
-    from bench.data import build_dataset
 
     return build_dataset(_cfg().data, "train").x
 
@@ -122,7 +143,6 @@ def _digits_train() -> torch.Tensor:
 def digits_images(n: int, seed: int = 0) -> torch.Tensor:
     """n uint8 (1, 8, 8) images: the digits train split tiled to n, each copy with its own small noise (distinct
     images with digit statistics; timing does not depend on what they show)."""
-    from bench.metrics.stats import quantize_uint8
 
     x = _digits_train()
     g = torch.Generator().manual_seed(seed)
@@ -134,18 +154,13 @@ def digits_images(n: int, seed: int = 0) -> torch.Tensor:
 
 # ---- 1 + 2: sampling vs the bare forward floor and vs diffusers' DDIMPipeline; optimisations on/off ------------------
 def sampling_ratios(P, out: dict) -> list[dict]:
-    from diffusers import DDIMPipeline, DDIMScheduler
+    from diffusers import DDIMPipeline, DDIMScheduler  # lazy: the peer pipeline is only built for this ratio
 
-    from bench.data import get_data_info
-    from bench.metrics.cost import CostMeter
-    from bench.models import build_model
-    from bench.sampling import build_scheduler, sample
-    from bench.schema import CostConfig
 
     cfg = _cfg(*P["arch"])
     info = dataclasses.replace(get_data_info(cfg.data), num_classes=0)  # DDIMPipeline is unconditional
     torch.manual_seed(0)
-    model = build_model(cfg, info).eval()
+    model = build_model(cfg.model, info).eval()
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     sched = build_scheduler(cfg)
     B, S = P["batch"], P["steps"]
@@ -210,14 +225,8 @@ def sampling_ratios(P, out: dict) -> list[dict]:
 
 # ---- 3: feature extraction + FID vs clean-fid's compute_fid on a PNG folder ----------------------------------------
 def fid_ratio(P, out: dict, cache: Path) -> list[dict]:
-    from cleanfid import fid as cfid
-    from PIL import Image
+    from cleanfid import fid as cfid  # lazy: the peer is only imported for this ratio
 
-    from bench.data import build_dataset, get_data_info
-    from bench.evaluators import load_feature_net
-    from bench.metrics.scorer import Scorer
-    from bench.metrics.stats import quantize_uint8
-    from bench.sampling import Batch
 
     cfg = _cfg(f"cache_dir={cache}", "metric.kid=false", "metric.inception_score=false")
     info = get_data_info(cfg.data)
@@ -272,11 +281,7 @@ def fid_ratio(P, out: dict, cache: Path) -> list[dict]:
 # ---- 4: scoring memory vs N (a fresh process per N) ---------------------------------------------------------------
 def score_memory(n: int) -> dict:
     """In this (fresh) process: score n images with the real digits scorer (FID, KID, IS); peak RSS and time."""
-    import psutil
 
-    from bench.data import get_data_info
-    from bench.metrics.scorer import Scorer
-    from bench.sampling import Batch
 
     cfg = _cfg()
     info = get_data_info(cfg.data)
@@ -314,17 +319,12 @@ def memory_ratio(P, out: dict) -> list[dict]:
 
 # ---- scaling: time vs N, time vs NFE ---------------------------------------------------------------------------
 def scaling(P, out: dict) -> None:
-    from bench.data import get_data_info
-    from bench.metrics.cost import CostMeter
-    from bench.metrics.scorer import Scorer
-    from bench.models import build_model
-    from bench.sampling import build_scheduler, sample
 
     def run(n, steps):
         cfg = _cfg(*P["arch"], f"sampling.num_inference_steps={steps}", "metric.kid=false")
         info = get_data_info(cfg.data)
         torch.manual_seed(0)
-        model = build_model(cfg, info).eval()
+        model = build_model(cfg.model, info).eval()
         scorer, meter = Scorer(cfg, info), CostMeter("cpu")
         t0 = time.perf_counter()
         for b in sample(model, build_scheduler(cfg), shape=tuple(info.shape), num_samples=n, batch_size=250, seed=0,
@@ -341,13 +341,7 @@ def scaling(P, out: dict) -> None:
 
 # ---- 5: Lightning training step vs a plain PyTorch loop ---------------------------------------------------------
 def training_ratio(P, out: dict) -> list[dict]:
-    import lightning as L
 
-    from bench.data import get_data_info
-    from bench.data.datamodule import BenchDataModule
-    from bench.training import objectives as obj
-    from bench.training.cache import fit
-    from bench.training.module import DiffusionModule
 
     steps = P["train_steps"]
     cfg = _cfg(*P["arch"], f"train.max_steps={steps}", f"train.batch_size={P['train_batch']}",
@@ -367,13 +361,13 @@ def training_ratio(P, out: dict) -> list[dict]:
     def lightning():
         clock = Clock()
         with tempfile.TemporaryDirectory() as d:
-            fit(cfg, info, d, callbacks=[clock])
+            fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, d, callbacks=[clock])
         return list(np.diff(clock.t)[2:])  # steps 0-1 warm up
 
     def plain():
         torch.manual_seed(int(cfg.train.seed))
-        module = DiffusionModule(cfg, info)
-        dm = BenchDataModule(cfg)
+        module = DiffusionModule.from_config(cfg, info)
+        dm = BenchDataModule(cfg.data, cfg.train.batch_size, cfg.train.seed)
         dm.setup("fit")
         opt_cfg = module.configure_optimizers()
         opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
@@ -406,14 +400,9 @@ def training_ratio(P, out: dict) -> list[dict]:
 
 # ---- 6: a 12-cell sweep vs the sum of its cells' sampling + scoring ---------------------------------------------
 def sweep_ratio(P, out: dict, root: Path) -> list[dict]:
-    from bench import pipeline
-    from bench.run import cell_config, cell_key
-    from bench.training import load_or_train
 
     base = [*P["arch"], *P["sweep_train"], f"sampling.num_samples={P['sweep_n']}", "sampling.batch_size=100",
             f"out_dir={root}", "name=sweep", "metric.kid_subset_size=100"]
-    from bench.evaluators import load_feature_net
-    from bench.metrics.refstats import get_reference
 
     cfg = _cfg(*base)
     load_or_train(cfg)  # trained once (cache), the evaluator and reference statistics too: none of it is timed
@@ -443,13 +432,11 @@ def sweep_ratio(P, out: dict, root: Path) -> list[dict]:
 
 # ---- report ----------------------------------------------------------------------------------------------------
 def machine() -> str:
-    from bench.pipeline import hardware
 
     return hardware("cpu")
 
 
 def lib_versions() -> str:
-    from importlib.metadata import version
 
     libs = ["torch", "diffusers", "lightning", "clean-fid", "numpy"]
     return ", ".join([f"python {platform.python_version()}", *(f"{n} {version(n)}" for n in libs)])
@@ -558,8 +545,6 @@ def main(argv=None) -> None:
     if a.score_memory is not None:
         print(json.dumps(score_memory(a.score_memory)))
         return
-    from bench.utils import atomic_write_text
-    from bench.validate import check_output_dir
 
     try:
         check_output_dir(Path(a.out).parent, "--out")
@@ -568,7 +553,6 @@ def main(argv=None) -> None:
         sys.exit(2)
     mode = "quick" if a.quick else "full"
     P = SIZES[mode]
-    from bench.metrics.cost import load_average
 
     load0, t0, out, ratios = load_average(), time.perf_counter(), {}, []
     cache = Path(_cfg().cache_dir)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         sys.stdout.write(text)
     if a.create:
-        import wandb
+        import wandb  # lazy: optional and slow to import; only --create needs it
 
         sweep_id = wandb.sweep(spec, project=spec["project"], entity=spec.get("entity"))
         where = "/".join(x for x in (spec.get("entity"), spec["project"], sweep_id) if x)

@@ -18,11 +18,12 @@ FLOORS = {
     "bench.artifacts": 1,
     "bench.training": 2, "bench.sampling": 2, "bench.metrics": 2,
     "bench.distill": 3,
-    "bench.validate": 4,
+    "bench.validate": 4, "bench.distributed": 4,
     "bench.pipeline": 5, "bench.preflight": 5,
     "bench.run": 6,
     "bench.report": 6,
     "bench.evaluators.cli": 6,  # the bench-evaluator console entry: lives with its package, sits on the entry floor
+    "bench.perf": 6, "bench.wandb_sweep": 6,  # the bench-perf and bench-wandb-sweep console entries
 }
 ENTRY_MODULES = {"bench.evaluators.cli"}  # units of their own (not part of their package's unit)
 REPORT_MAY_IMPORT = {"bench.report", "bench.results"}  # report/ reads rows through the results schema, nothing else
