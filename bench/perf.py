@@ -249,7 +249,8 @@ def fid_ratio(P, out: dict, cache: Path) -> list[dict]:
 
         def harness():
             shutil.rmtree(run_cache, ignore_errors=True)
-            shutil.copytree(cache / "evaluators", run_cache / "evaluators")
+            if (cache / "evaluators").is_dir():  # a trained (not shipped) evaluator lives in the cache
+                shutil.copytree(cache / "evaluators", run_cache / "evaluators")
             t0 = time.perf_counter()
             scorer = Scorer(c, info)
             for s in range(0, len(gen), 250):

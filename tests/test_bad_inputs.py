@@ -334,7 +334,9 @@ def test_out_of_memory_halves_the_batch_or_fails_the_cell(max_batch, toy_model, 
     (row,) = rows(out / "toy2d" / "results.jsonl")
     if max_batch:
         assert seen == [32, 16, 8] and row["status"] == "ok" and row["batch_size"] == 8
-        assert row["cell_key"] == ref["cell_key"] and (row["swd"], row["mmd"]) == (ref["swd"], ref["mmd"])
+        assert row["cell_key"] == ref["cell_key"]
+        # batch 8 vs 32: float32 GEMMs round differently per batch shape on some CPUs (documented ~1e-6 relative)
+        assert row["swd"] == pytest.approx(ref["swd"], rel=1e-4) and row["mmd"] == pytest.approx(ref["mmd"], rel=1e-3)
     else:
         assert seen == [32, 16, 8, 4, 2, 1] and row["status"] == "failed"
         assert row["error"] == "CUDA out of memory at sampling.batch_size=1"
