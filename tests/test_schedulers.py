@@ -184,6 +184,11 @@ class TestUniPC(SchedulerFamily):
     sampler = "unipc"
 
 
+class TestDEIS(SchedulerFamily):
+    """Added as one registry entry + conf/sampler/deis.yaml (the #10 proof that a sampler is one entry)."""
+    sampler = "deis"
+
+
 class TestLCM(SchedulerFamily):
     sampler = "lcm"
     stochastic = True

@@ -18,6 +18,7 @@ dpmpp       DPMSolverMultistepScheduler        eps, v, x0, flow (use_flow_sigmas
 euler       EulerDiscreteScheduler             eps, v, x0
 heun        HeunDiscreteScheduler              eps, v, x0
 unipc       UniPCMultistepScheduler            eps, v, x0, flow (use_flow_sigmas)
+deis        DEISMultistepScheduler             eps, v, x0
 lcm         LCMScheduler                       eps, v, x0
 flow_euler  FlowMatchEulerDiscreteScheduler    flow
 =========== ================================== ============================================
@@ -31,6 +32,7 @@ from typing import Any, Dict
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 SIGMA_MAX_POLICIES = ("clip", "error", "allow")
-KARRAS = ("euler", "heun", "dpmpp", "unipc")  # accept use_karras_sigmas (diffusion objectives only)
 DEFAULT_LCM_GRID = 50  # LCMScheduler's original_inference_steps when no distillation grid is given
 
 
@@ -89,6 +90,12 @@ def _unipc(smp, sch, objective, lcm_grid):
     """UniPC multistep predictor-corrector, Zhao et al. 2023 (arXiv:2302.04867), bh2 variant."""
     return UniPCMultistepScheduler(**_multistep_kwargs(smp, sch, objective), solver_order=smp.solver_order,
                                    thresholding=False)
+
+
+def _deis(smp, sch, objective, lcm_grid):
+    """DEIS multistep exponential integrator, Zhang & Chen 2023 (arXiv:2204.13902), log-rho variant."""
+    return DEISMultistepScheduler(**_common(smp, sch, objective), solver_order=smp.solver_order,
+                                  use_karras_sigmas=smp.use_karras_sigmas, thresholding=False)
 
 
 def _euler(smp, sch, objective, lcm_grid):
@@ -194,9 +201,10 @@ def check_combination(cfg, info=None) -> None:
     if smp.eta != 0 and name != "ddim":
         _err("sampler.eta", smp.eta, f"0 with sampler={name} (eta is a ddim parameter)",
              "it would be ignored but recorded in the results row")
-    if smp.use_karras_sigmas and (name not in KARRAS or obj.name == "flow"):
+    if smp.use_karras_sigmas and (not entry.karras or obj.name == "flow"):
+        karras = [n for n in SAMPLERS if SAMPLERS[n].karras]
         _err("sampler.use_karras_sigmas", True, f"false with sampler={name}, objective={obj.name}",
-             f"Karras sigmas exist for {', '.join(KARRAS)} on diffusion objectives")
+             f"Karras sigmas exist for {', '.join(karras)} on diffusion objectives")
     if smp.sigma_max_policy not in SIGMA_MAX_POLICIES:
         _err("sampler.sigma_max_policy", smp.sigma_max_policy, " | ".join(SIGMA_MAX_POLICIES))
     if smp.max_sigma <= 0:
@@ -225,17 +233,19 @@ class Sampler(Entry):
     cls: type = object
     objectives: tuple = DIFFUSION_OBJECTIVES
     sigma_space: bool = False  # integrates in sigma = sqrt((1 - abar) / abar) (Karras et al. 2022)
+    karras: bool = False  # takes sampler.use_karras_sigmas (Karras et al. 2022 noise levels; diffusion objectives)
 
 
 SAMPLERS = Registry("sampler", "sampler.name", {
     "ddpm": Sampler(_ddpm, check_combination, cls=DDPMScheduler),
     "ddim": Sampler(_ddim, check_combination, cls=DDIMScheduler),
     "dpmpp": Sampler(_dpmpp, check_combination, cls=DPMSolverMultistepScheduler,
-                     objectives=DIFFUSION_OBJECTIVES + ("flow",)),
-    "euler": Sampler(_euler, check_combination, cls=EulerDiscreteScheduler, sigma_space=True),
-    "heun": Sampler(_heun, check_combination, cls=HeunDiscreteScheduler, sigma_space=True),
+                     objectives=DIFFUSION_OBJECTIVES + ("flow",), karras=True),
+    "euler": Sampler(_euler, check_combination, cls=EulerDiscreteScheduler, sigma_space=True, karras=True),
+    "heun": Sampler(_heun, check_combination, cls=HeunDiscreteScheduler, sigma_space=True, karras=True),
     "unipc": Sampler(_unipc, check_combination, cls=UniPCMultistepScheduler,
-                     objectives=DIFFUSION_OBJECTIVES + ("flow",)),
+                     objectives=DIFFUSION_OBJECTIVES + ("flow",), karras=True),
+    "deis": Sampler(_deis, check_combination, cls=DEISMultistepScheduler, karras=True),
     "lcm": Sampler(_lcm, check_combination, cls=LCMScheduler),
     "flow_euler": Sampler(_flow_euler, check_combination, cls=FlowMatchEulerDiscreteScheduler, objectives=("flow",)),
 })
