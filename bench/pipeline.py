@@ -22,7 +22,8 @@ from bench.env import hardware, resolve_device, set_determinism, versions
 from bench.images import to_uint8_nhwc
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
-from bench.results import Row, append_row, done_keys, read_rows
+from bench.evaluators import load_feature_net
+from bench.results import ResultsError, Row, append_row, done_keys, is_finished, read_rows
 from bench.tracking import Tracker
 from bench.utils import atomic_write_json, atomic_write_text
 from bench.validate import validate
@@ -150,10 +151,26 @@ def base_row(cfg: DictConfig, info: DataInfo, key: str, train_info: dict, root: 
     )
 
 
+def check_same_evaluator(cfg: DictConfig, info: DataInfo, row: dict, results: Path) -> None:
+    """A finished cell is skipped only when its scores came from this run's feature network. The cell key holds the
+    config, not the evaluator's weights: a new shipped evaluator (or another cached one) would otherwise leave the old
+    numbers standing under the new evaluator's name. Mismatch: ResultsError (one line, exit 2)."""
+    old = row.get("feature_net_hash")
+    if info.kind != "images" or not old:
+        return
+    net = load_feature_net(cfg, info)
+    if net.weights_hash != old:
+        raise ResultsError(f"{results}: cell {row['cell_key']} was scored with feature net {row.get('feature_net')} "
+                           f"#{old}, this run's is #{net.weights_hash}; its numbers would stand for another evaluator: "
+                           f"use another out_dir, or delete that row to score the cell again")
+
+
 def run_cell(cfg: DictConfig, info: DataInfo, root: Path, key: str, cell_cfg: dict) -> dict | None:
     """Sample and score one cell, append its row (skipped when the cell is already finished: resume)."""
     results = root / "results.jsonl"
     if key in done_keys(results):
+        check_same_evaluator(cfg, info, next(r for r in read_rows(results) if r["cell_key"] == key and is_finished(r)),
+                             results)
         log.info("cell %s already in %s: skipped (resume)", key, results)
         return None
     set_determinism(cfg.sampling.deterministic)

@@ -15,14 +15,14 @@ from typing import Any
 
 import hydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bench import pipeline, preflight
 from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
-from bench.schema import ConfigError, register
-from bench.training.cache import ModelCacheError
+from bench.schema import ConfigError, elide_defaults, register
+from bench.training.cache import ModelCacheError, TrainingStopped
 from bench.utils import config_hash, to_plain
 
 log = logging.getLogger("bench")
@@ -46,11 +46,20 @@ def cell_config(cfg: DictConfig) -> dict:
         c.pop(k, None)
     for k in NON_RESULT_SAMPLING_KEYS:
         c["sampling"].pop(k, None)
-    return c
+    return elide_defaults(c)
 
 
 def cell_key(cfg: DictConfig) -> str:
     return config_hash(cell_config(cfg))
+
+
+def _job_name(*, _root_: DictConfig) -> str:
+    """``hydra.sweep.subdir``'s name for a job: sampler, steps and the cell key (its ``cells/<key>`` directory)."""
+    cfg = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])
+    return f"{cfg.sampler.name}-{cfg.sampling.num_inference_steps}steps-{cell_key(cfg)}"
+
+
+OmegaConf.register_new_resolver("bench_cell", _job_name, replace=True)
 
 
 def _drop_empty_root(root: Path) -> None:
@@ -92,6 +101,9 @@ def run_job(cfg: DictConfig) -> dict | None:
     except FATAL_ERRORS as e:
         _drop_unfinished_cell(root, key)
         fail(str(e), root)
+    except TrainingStopped as e:  # trainer.max_time: not an error, not a row; the next run resumes the training
+        _drop_unfinished_cell(root, key)
+        fail(str(e), root, code=3)
 
 
 @hydra.main(config_path=preflight.CONF_DIR, config_name="bench", version_base="1.3")

@@ -118,6 +118,7 @@ class TrainConfig:
     cond_drop_prob: float = 0.1  # CFG label dropout
     seed: int = 0
     checkpoint_every: int = 500  # steps between resumable Lightning checkpoints
+    accumulate_grad_batches: int = 1  # Lightning's: one optimizer step per N batches (effective batch N*batch_size)
 
 
 @dataclass
@@ -130,6 +131,9 @@ class TrainerConfig:
     strategy: str = "auto"
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
+    # Lightning's max_time ("DD:HH:MM:SS"): stop training when it runs out (a SLURM time limit). A model stopped short
+    # of train.max_steps is never published to the cache: the run exits 3 naming the step, and the next run resumes.
+    max_time: Optional[str] = None
 
 
 @dataclass
@@ -233,6 +237,19 @@ GROUPS = {
     "tracker": TrackerConfig,
     "distill": DistillConfig,
 }
+
+
+# Keys added after results were published: at their default value they are left out of every hash (cell key, model
+# key), so adding them did not change the keys of existing results; any other value is hashed like every key.
+ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1}
+
+
+def elide_defaults(c: dict) -> dict:
+    """``c`` (a plain config dict, changed in place and returned) without the ELIDED_AT_DEFAULT keys at default."""
+    for (group, key), default in ELIDED_AT_DEFAULT.items():
+        if isinstance(c.get(group), dict) and key in c[group] and c[group][key] == default:
+            del c[group][key]
+    return c
 
 
 def register() -> None:

@@ -166,3 +166,43 @@ class Tracker:
                 run.finish()
 
         return self._guard("logging the ablation table", _do)
+
+
+def training_logger(tracker_cfg: Any, root: str | os.PathLike, name: str, group: str, config: Optional[dict] = None):
+    """A Lightning ``WandbLogger`` for a training run's curves (loss every ``trainer.log_every_n_steps``), in the
+    study's W&B group with job_type "train", offline unless told otherwise; False when the tracker is off or W&B
+    cannot start (a warning: training goes on; the loss curve is also in the model's meta.json)."""
+    if not TRACKERS[tracker_cfg.name].build:
+        return False
+    try:
+        import wandb
+        from lightning.pytorch.loggers import WandbLogger
+
+        save_dir = Path(tracker_cfg.dir or root)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        # under `wandb agent` the agent's run belongs to the cell: start this run now, without the agent's variables
+        hidden = {k: os.environ.pop(k) for k in AGENT_ENV if k in os.environ}
+        try:
+            logger = WandbLogger(project=tracker_cfg.project, entity=tracker_cfg.entity, save_dir=str(save_dir),
+                                 name=name, group=group, job_type="train", mode=wandb_mode(tracker_cfg.mode),
+                                 config=config or {}, reinit="finish_previous",
+                                 settings=wandb.Settings(silent=True, console="off"))
+            logger.experiment  # noqa: B018 (creates the run here)
+        finally:
+            os.environ.update(hidden)
+        return logger
+    except Exception as e:  # a tracker must never cost a result
+        msg = f"tracker: training curves not logged ({type(e).__name__}: {e})"
+        warnings.warn(msg)
+        log.warning(msg)
+        return False
+
+
+def finish_logger(logger) -> None:
+    """Close a :func:`training_logger` run (no-op for False); the next cell's run starts clean."""
+    if not logger:
+        return
+    try:
+        logger.experiment.finish()
+    except Exception as e:
+        log.warning("tracker: closing the training run failed (%s: %s)", type(e).__name__, e)

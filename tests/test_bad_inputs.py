@@ -340,3 +340,20 @@ def test_out_of_memory_halves_the_batch_or_fails_the_cell(max_batch, toy_model, 
     else:
         assert seen == [32, 16, 8, 4, 2, 1] and row["status"] == "failed"
         assert row["error"] == "CUDA out of memory at sampling.batch_size=1"
+
+
+def test_finished_cell_from_another_evaluator_is_not_skipped_silently(tmp_path, capsys, monkeypatch):
+    """The cell key holds the config, not the evaluator's weights: a finished row scored by another feature network
+    (an older shipped file, another cache's) must stop the run with one line, not be kept as this run's result."""
+    from reliability_helpers import compose
+    from bench.results import append_row
+    from bench.run import cell_key
+
+    args = [*DIGITS, "hydra.mode=RUN"]
+    out = tmp_path / "runs"
+    key = cell_key(compose(*args, f"out_dir={out}"))
+    append_row(out / "smoke" / "results.jsonl", {"cell_key": key, "status": "ok", "name": "smoke", "fid": 1.0,
+                                                 "feature_net": "digits_cnn", "feature_net_hash": "0000deadbeef0000"})
+    code, err, _ = cli(tmp_path, capsys, monkeypatch, *args, out=out)
+    assert code == 2 and f"cell {key} was scored with feature net digits_cnn #0000deadbeef0000, this run's is #" in err[-1]
+    assert len(rows(out / "smoke" / "results.jsonl")) == 1  # nothing removed, nothing added

@@ -21,7 +21,10 @@ def test_submitit_local_runs_a_two_cell_sweep_and_skips_finished_cells(tmp_path)
     assert list((root / ".submitit").iterdir()), "the cells did not go through submitit"
     bench(tmp_path, *args)  # re-launch: both jobs find their cell in results.jsonl
     assert rows(root / "results.jsonl") == r1
-    logs = [(root / ".jobs" / str(n) / "run.log").read_text() for n in (0, 1)]
+    jobs = sorted((root / ".jobs").iterdir())  # named after the cell: <num>-<sampler>-<steps>steps-<cell key>
+    assert [j.name for j in jobs] == [f"{n}-{r['sampler']}-5steps-{r['cell_key']}" for n, r in
+                                      enumerate(sorted(r1, key=lambda r: r["sampler"] != "ddim"))]
+    logs = [(j / "run.log").read_text() for j in jobs]
     assert all("skipped (resume)" in log for log in logs), logs
 
 

@@ -30,7 +30,7 @@ def test_command_line_overrides_a_sweep_key():
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["sampler=foo"], "sampler=foo is not allowed: one of ddim, ddpm, dpmpp"),
+    (["sampler=foo"], "sampler=foo is not allowed: one of ddim, ddpm, deis, dpmpp"),
     (["sampling.num_step=3"], "sampling.num_step: no such key in SamplingConfig; allowed keys: num_inference_steps"),
     (["sampling.num_inference_steps=abc"], "could not be converted to Integer"),
 ])
@@ -41,8 +41,8 @@ def test_composition_errors_are_one_line(argv, msg):
 
 
 @pytest.mark.parametrize("argv,values", [
-    (["experiment=smoke", "-m", "sampler=glob(d*)"], {"ddim", "ddpm", "dpmpp"}),
-    (["experiment=smoke", "-m", "sampler=glob([d*,e*],exclude=ddpm)"], {"ddim", "dpmpp", "euler"}),
+    (["experiment=smoke", "-m", "sampler=glob(d*)"], {"ddim", "ddpm", "deis", "dpmpp"}),
+    (["experiment=smoke", "-m", "sampler=glob([d*,e*],exclude=ddpm)"], {"ddim", "deis", "dpmpp", "euler"}),
     (["experiment=smoke", "-m", "sampler=choice(ddim,heun)"], {"ddim", "heun"}),
 ])
 def test_hydra_sweep_syntax_expands_like_the_basic_sweeper(argv, values):

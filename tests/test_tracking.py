@@ -127,3 +127,41 @@ def test_without_agent_every_cell_and_the_table_get_fresh_runs(tmp_path, monkeyp
     tr.log_cell({}, {**row, "cell_key": "k2"})
     assert tr.log_table("sweep", [row]) is not None
     assert len(_run_ids(tmp_path)) == 3
+
+
+def test_training_curves_go_to_a_wandb_train_run(tmp_path, monkeypatch):
+    """tracker=wandb: Lightning's WandbLogger receives the loss every trainer.log_every_n_steps, in a run of job type
+    "train" named after the model key, in the study's group; tracker=none trains without a logger."""
+    import sys
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reliability_helpers import compose
+    from bench.training import load_or_train, model_key
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logged, inits = [], []
+    real_log, real_init = WandbLogger.log_metrics, WandbLogger.__init__
+
+    def spy_log(self, metrics, step=None):
+        logged.append((step, dict(metrics)))
+        return real_log(self, metrics, step)
+
+    def spy_init(self, *a, **k):
+        inits.append(k)
+        return real_init(self, *a, **k)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", spy_log)
+    monkeypatch.setattr(WandbLogger, "__init__", spy_init)
+    base = ("experiment=toy2d", "device=cpu", "train.max_steps=20", "train.batch_size=64", "data.num_train=256",
+            "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false", f"out_dir={tmp_path}")
+    cfg = compose(*base, "tracker=wandb", cache=tmp_path / "cache")
+    load_or_train(cfg)
+    (init,) = inits
+    assert init["job_type"] == "train" and init["group"] == "toy2d" and init["name"] == f"train-{model_key(cfg)}"
+    assert [s for s, m in logged if "loss" in m] == [4, 9, 14, 19]
+    assert list((tmp_path / "toy2d" / "wandb").glob("offline-run-*/run-*.wandb"))
+    logged.clear()
+    load_or_train(compose(*base, "tracker=none", "train.seed=1", cache=tmp_path / "cache"))
+    assert len(inits) == 1 and not logged

@@ -126,6 +126,20 @@ def test_model_key_covers_training_config_only(compose_cfg):
         assert model_key(compose_cfg(same)) == base, same
 
 
+def test_keys_added_later_are_elided_at_their_default(compose_cfg):
+    """train.accumulate_grad_batches=1 (the default) leaves model and cell keys as they were before the key existed;
+    any other value is a new model and a new cell."""
+    from bench.run import cell_config, cell_key
+    from bench.training import key_config
+
+    cfg = compose_cfg()
+    assert "accumulate_grad_batches" not in key_config(cfg)["train"]
+    assert "accumulate_grad_batches" not in cell_config(cfg)["train"]
+    two = compose_cfg("train.accumulate_grad_batches=2")
+    assert key_config(two)["train"]["accumulate_grad_batches"] == 2
+    assert model_key(two) != model_key(cfg) and cell_key(two) != cell_key(cfg)
+
+
 # ---------------------------------------------------------------- training (tiny, CPU)
 
 CPU = ("trainer.accelerator=cpu", "device=cpu")
@@ -210,8 +224,8 @@ def test_another_process_finishing_first_wins(compose_cfg, bench_cache, monkeypa
 
     info = get_data_info(cfg.data)
 
-    def fit_then_race(make_module, data_cfg, train, trainer_cfg, workdir, callbacks=()):
-        module = real_fit(make_module, data_cfg, train, trainer_cfg, workdir, callbacks)
+    def fit_then_race(make_module, data_cfg, train, trainer_cfg, workdir, callbacks=(), logger=False):
+        module = real_fit(make_module, data_cfg, train, trainer_cfg, workdir, callbacks, logger)
         theirs = bench_cache / "models" / model_key(cfg)
         theirs.mkdir()
         cache.write_model_dir(module, cfg, info, theirs)
@@ -265,3 +279,69 @@ def test_toy2d_default_training_budget(compose_cfg, bench_cache):
     print(f"toy2d eps 2000 steps x 512: {seconds:.1f}s, loss {curve[0]:.3f} -> {curve[-1]:.3f}")
     # the wall time is printed, not asserted: on a shared 2-core box it measures the neighbours (benchmarks own speed)
     assert curve[-1] < 0.7 * curve[0]
+
+
+class _Seen(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.accumulate, self.max_time = trainer.accumulate_grad_batches, trainer._max_time if hasattr(trainer, "_max_time") else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches = batch_idx + 1
+
+
+def test_accumulate_grad_batches_is_honoured(compose_cfg, tmp_path):
+    """One optimizer step per 2 batches: 3 steps consume 6 batches."""
+    cfg = compose_cfg(*CPU, "data=toy2d", "model=mlp", "train.max_steps=3", "data.num_train=256",
+                      "train.batch_size=16", "train.accumulate_grad_batches=2", "train.checkpoint_every=0")
+    seen = _Seen()
+    module = fit(lambda: DiffusionModule.from_config(cfg, get_data_info(cfg.data)), cfg.data, cfg.train, cfg.trainer,
+                 tmp_path, callbacks=[seen])
+    assert module.trained_steps == 3 and seen.accumulate == 2 and seen.batches == 6
+
+
+class _StartStep(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.step = trainer.global_step
+
+
+class _Slow(L.Callback):
+    def on_train_batch_end(self, *args):
+        time.sleep(0.4)
+
+
+def test_max_time_stops_short_and_the_next_run_resumes(compose_cfg, tmp_path):
+    """trainer.max_time ends training before train.max_steps: TrainingStopped names the step (bench exits 3, nothing
+    published), and the same config given time resumes the checkpoint to the full step count."""
+    from bench.training import TrainingStopped
+
+    base = (*CPU, "data=toy2d", "model=mlp", "train.max_steps=30", "data.num_train=256", "train.batch_size=64",
+            "train.checkpoint_every=0")
+    cfg = compose_cfg(*base, "trainer.max_time=00:00:00:01")
+    info = get_data_info(cfg.data)
+    with pytest.raises(TrainingStopped, match=r"training stopped at step \d+ of train.max_steps=30 "
+                                              r"\(trainer.max_time=00:00:00:01\)"):
+        fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, tmp_path,
+            callbacks=[_Slow()])
+    step = torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < 30
+    assert model_key(compose_cfg(*base)) == model_key(cfg)  # max_time does not change the model: same key
+    again = compose_cfg(*base)
+    start = _StartStep()
+    module = fit(lambda: DiffusionModule.from_config(again, info), again.data, again.train, again.trainer, tmp_path,
+                 callbacks=[start])
+    assert start.step == step and module.trained_steps == 30  # resumed from the checkpoint, not restarted
+
+
+def test_training_stopped_exits_3_without_a_row(tmp_path, capsys, monkeypatch):
+    import bench.training.cache as cache
+    from reliability_helpers import TOY
+    from test_bad_inputs import cli
+
+    def stopped(*a, **k):
+        raise cache.TrainingStopped("training stopped at step 7 of train.max_steps=3000 (trainer.max_time=00:00:01:00)")
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "fit", stopped)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "trainer.max_time=00:00:01:00")
+    assert code == 3 and "training stopped at step 7" in err[-1]
+    assert not (out / "toy2d" / "results.jsonl").exists()

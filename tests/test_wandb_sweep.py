@@ -99,7 +99,12 @@ def test_agent_cells_land_in_the_results_file_each_in_its_own_wandb_run(tmp_path
                                                             "sampling.num_inference_steps=2"])}
     assert {r["cell_key"] for r in got} <= hydra_keys  # the same cells a Hydra multirun of the study runs
     runs = {d.name.rsplit("-", 1)[1]: d for d in (root / "wandb").glob("offline-run-*")}
-    assert set(runs) == {"agentrun0", "agentrun1"}  # one run per cell, the agent's; no ablation run per agent call
+    # one run per cell, the agent's; no ablation run per agent call; and the model's training run (the first call
+    # trains, the second finds the model cached), which must not have taken the agent's run id
+    cell_runs = {"agentrun0", "agentrun1"}
+    assert cell_runs <= set(runs) and len(set(runs) - cell_runs) == 1
+    (train_run,) = [runs[k] for k in set(runs) - cell_runs]
+    assert not list(train_run.glob("files/media/table/cell_*.table.json"))
     for n, r in enumerate(got):
         (table,) = runs[f"agentrun{n}"].glob("files/media/table/cell_*.table.json")
         t = json.loads(table.read_text())

@@ -1,8 +1,8 @@
 """Training: diffusion objectives (``objectives``), the Lightning module, and the model cache (``load_or_train``)."""
 from . import objectives
 from .cache import (cached_model_dir, fit, key_config, load_model_dir, load_or_train, model_key, models_root,
-                    partial_dir, write_model_dir)
+                    partial_dir, write_model_dir, TrainingStopped)
 from .module import DiffusionModule
 
 __all__ = ["objectives", "DiffusionModule", "fit", "load_or_train", "load_model_dir", "model_key", "key_config",
-           "partial_dir", "cached_model_dir", "models_root", "write_model_dir"]
+           "partial_dir", "cached_model_dir", "models_root", "write_model_dir", "TrainingStopped"]

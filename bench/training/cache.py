@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from bench.data import BenchDataModule, get_data_info
 from bench.models import build_model, num_params
 from bench.env import resolve_device, versions
+from bench.schema import elide_defaults
+from bench.tracking import finish_logger, training_logger
 from bench.utils import atomic_write_json, atomic_write_text, config_hash, to_plain
 
 from .module import DiffusionModule
@@ -34,6 +36,11 @@ WEIGHTS, CKPT = "model.safetensors", "last.ckpt"
 class ModelCacheError(RuntimeError):
     """A cached model or resume checkpoint that cannot be read (corrupt, truncated, or pickling objects). Not
     silently retrained: the error names the file to delete. ``str(err)`` is one line."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended before train.max_steps (trainer.max_time ran out): nothing is published to the cache, the
+    resume checkpoint stays, and the next run with the same config continues from it (exit 3, not a failed row)."""
 
 
 def _why(e: BaseException) -> str:
@@ -58,7 +65,7 @@ def key_config(cfg) -> dict:
     for g, keys in NOT_IN_KEY.items():
         for k in keys:
             out[g].pop(k, None)
-    return out
+    return elide_defaults(out)
 
 
 def model_key(cfg) -> str:
@@ -74,11 +81,13 @@ def partial_dir(cfg) -> Path:
 
 
 def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg, workdir: str | os.PathLike,
-        callbacks=()) -> DiffusionModule:
+        callbacks=(), logger=False) -> DiffusionModule:
     """Train ``make_module()`` (a DiffusionModule; distillation passes its own) on ``data_cfg``'s train split per
-    ``train`` (max_steps, batch_size, seed, grad_clip, checkpoint_every) and the Lightning ``trainer_cfg`` in
-    ``workdir``, resuming ``workdir/last.ckpt`` when present. The module is built after seeding: its initial weights
-    are part of what the model key promises."""
+    ``train`` (max_steps, batch_size, seed, grad_clip, checkpoint_every, accumulate_grad_batches) and the Lightning
+    ``trainer_cfg`` in ``workdir``, resuming ``workdir/last.ckpt`` when present. The module is built after seeding:
+    its initial weights are part of what the model key promises. ``logger``: a Lightning logger for the training
+    curves (``bench.tracking.training_logger``) or False. Raises :class:`TrainingStopped` when
+    ``trainer_cfg.max_time`` ends the training before ``train.max_steps``."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(train.seed), workers=True, verbose=False)
@@ -88,7 +97,9 @@ def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg
                                                   every_n_train_steps=every if every > 0 else None)
     tr = trainer_cfg
     trainer = L.Trainer(max_steps=int(train.max_steps), accelerator=tr.accelerator, devices=tr.devices,
-                        precision=tr.precision, strategy=tr.strategy, logger=False,
+                        precision=tr.precision, strategy=tr.strategy, logger=logger,
+                        accumulate_grad_batches=int(getattr(train, "accumulate_grad_batches", 1)),
+                        max_time=getattr(tr, "max_time", None) or None,
                         enable_progress_bar=bool(tr.enable_progress_bar), log_every_n_steps=int(tr.log_every_n_steps),
                         gradient_clip_val=float(train.grad_clip) or None, enable_model_summary=False,
                         callbacks=[ckpt_cb, *callbacks], default_root_dir=str(workdir),
@@ -101,6 +112,10 @@ def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg
                 weights_only=True)
     if trainer.global_step and not (last.exists() and every and trainer.global_step % every == 0):
         trainer.save_checkpoint(last, weights_only=False)  # the final state, when the cadence did not just write it
+    if trainer.global_step < int(train.max_steps):
+        raise TrainingStopped(f"training stopped at step {trainer.global_step} of train.max_steps={int(train.max_steps)} "
+                              f"(trainer.max_time={tr.max_time}); its checkpoint {last} is kept: run the same command "
+                              f"again to resume")
     module.trained_steps = int(trainer.global_step)
     return module
 
@@ -156,9 +171,17 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
         model = build_model(cfg.model, info).eval().to(device)
         return model, {"model_key": key, "path": str(cfg.model.pretrained), "train_steps": 0, "train_seconds": 0.0,
                        "cached": True, "num_params": num_params(model)}
-    final, meta, cached = cached_model_dir(
-        models_root(cfg), key, lambda work: write_model_dir(
-        fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, work), cfg, info, work))
+    def train(work: Path) -> dict:
+        logger = training_logger(cfg.tracker, Path(cfg.out_dir) / cfg.name, f"train-{key}", group=cfg.name,
+                                 config={"model_key": key, **key_config(cfg)})
+        try:
+            module = fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, work,
+                         logger=logger)
+        finally:
+            finish_logger(logger)
+        return write_model_dir(module, cfg, info, work)
+
+    final, meta, cached = cached_model_dir(models_root(cfg), key, train)
     return load_model_dir(final, cfg.model, info, device), _train_info(cfg, final, meta, cached=cached)
 
 
