@@ -137,9 +137,9 @@ def _launch(cfg, info, model, cell_dir: Path, pending, device: str, batch_size: 
 
     world = int(cfg.sampling.devices)
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
-    # CPU: fork (ranks start in ~1 s, sharing the loaded model); CUDA is initialised here, so GPUs need spawn
-    strategy = "ddp_fork" if accelerator == "cpu" else "ddp_spawn"
-    fabric = L.Fabric(accelerator=accelerator, devices=world, strategy=strategy, plugins=[LightningEnvironment()])
+    # spawn, on CPU too: a forked rank deadlocks in its first parallel op when the parent has used an OpenMP thread
+    # pool (OMP_NUM_THREADS > 1; seen here as ranks idle in load_state_dict); CUDA is initialised here anyway
+    fabric = L.Fabric(accelerator=accelerator, devices=world, strategy="ddp_spawn", plugins=[LightningEnvironment()])
     model_cpu = model.to("cpu")  # spawned ranks get a CPU copy and move it to their own device
     try:
         return fabric.launch(_fabric_worker, cfg, info, model_cpu, cell_dir, pending, batch_size)

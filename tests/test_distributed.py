@@ -115,7 +115,7 @@ def test_sigkilled_two_process_cli_run_resumes_to_the_same_fid(cache, compose_cf
 
     from test_run import ROOT, rows
 
-    slow = ["sampling.num_inference_steps=20", "sampling.shard_size=16"]
+    slow = ["sampling.num_inference_steps=100", "sampling.shard_size=16"]
     ref, x_ref = run(compose_cfg, tmp_path / "ref", *slow)  # also trains the model into the shared cache
     args = [sys.executable, "-m", "bench.run", "experiment=smoke", *SHRINK, *slow, "sampling.devices=2",
             f"out_dir={tmp_path / 'cli'}", "trainer.enable_progress_bar=false"]
