@@ -239,6 +239,61 @@ GROUPS = {
 }
 
 
+# The bounds of every numeric key, checked for every cell before any work (bench.validate.check_bounds). A numeric
+# key of the schema without an entry here fails tests/test_validators.py, so a new key must declare its range. Every
+# float must also be finite (NaN passes every comparison; inf breaks every mean), Optional ones when set.
+# Notation: "[lo, hi]" closed, "(lo, hi)" open, mixed allowed; "inf" for no upper bound.
+SEED_MAX = 2**32 - 1  # Lightning's seed_everything and NumPy's legacy seeding refuse larger seeds (Lightning: silently
+# picks a random one); sampling seeds are per image (seed + i) on torch generators and may go to 2**62
+BOUNDS = {
+    "data.num_train": "[0, inf)", "data.image_size": "[1, inf)", "data.channels": "[1, 4]",
+    "data.test_fraction": "(0, 1)", "data.split_seed": f"[0, {SEED_MAX}]", "data.num_workers": "[0, inf)",
+    "model.hidden": "[1, inf)", "model.layers": "[1, inf)", "model.time_embed_dim": "[1, inf)",
+    "model.layers_per_block": "[1, inf)", "model.norm_num_groups": "[1, inf)", "model.attention_head_dim": "[1, inf)",
+    "objective.min_snr_gamma": "[0, inf)",
+    "schedule.num_train_timesteps": "[2, inf)", "schedule.beta_start": "(0, 1)", "schedule.beta_end": "(0, 1)",
+    "schedule.flow_shift": "(0, inf)",
+    "sampler.eta": "[0, 1]", "sampler.solver_order": "[1, 3]", "sampler.max_sigma": "(0, inf)",
+    "metric.kid_subsets": "[1, inf)", "metric.kid_subset_size": "[2, inf)", "metric.repeats": "[1, inf)",
+    "metric.bootstrap": "[0, inf)", "metric.toy_num_reference": "[2, inf)", "metric.swd_projections": "[1, inf)",
+    "metric.num_reference": "[0, inf)", "metric.is_splits": "[1, inf)", "metric.seed": f"[0, {SEED_MAX}]",
+    "metric.mmd_bandwidth": "(0, inf)",
+    "train.max_steps": "[1, inf)", "train.batch_size": "[1, inf)", "train.lr": "(0, inf)",
+    "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.grad_clip": "[0, inf)",
+    "train.ema_decay": "[0, 1)", "train.cond_drop_prob": "[0, 1)", "train.seed": f"[0, {SEED_MAX}]",
+    "train.checkpoint_every": "[0, inf)", "train.accumulate_grad_batches": "[1, inf)",
+    "trainer.log_every_n_steps": "[1, inf)",
+    "sampling.num_inference_steps": "[1, inf)", "sampling.guidance_scale": "[0, inf)", "sampling.num_samples": "[2, inf)",
+    "sampling.batch_size": "[1, inf)", "sampling.seed": f"[0, {2**62}]", "sampling.grid_size": "[1, inf)",
+    "sampling.devices": "[1, inf)", "sampling.shard_size": "[0, inf)",
+    "cost.warmup_batches": "[0, inf)", "cost.min_timed_batches": "[1, inf)", "cost.repeats": "[1, inf)",
+    "cost.num_threads": "[0, inf)",
+    "distill.teacher_steps": "[1, inf)", "distill.max_steps": "[1, inf)", "distill.batch_size": "[1, inf)",
+    "distill.lr": "(0, inf)", "distill.warmup_steps": "[0, inf)", "distill.ema_decay": "[0, 1)",
+    "distill.num_ddim_timesteps": "[1, inf)", "distill.guidance_scale": "[0, inf)", "distill.huber_c": "(0, inf)",
+}
+
+
+def parse_bound(spec: str) -> tuple[float, float, bool, bool]:
+    """"[0, 1)" -> (0.0, 1.0, lo_closed=True, hi_closed=False)."""
+    lo, hi = (x.strip() for x in spec[1:-1].split(","))
+    return float(lo), float(hi), spec[0] == "[", spec[-1] == "]"
+
+
+def numeric_fields(cls: type = None, prefix: str = ""):
+    """(dotted key, type) of every int/float key of the schema (Optional ones included; lists and Any excluded)."""
+    cls = cls or BenchConfig
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from numeric_fields(t, f"{prefix}{f.name}.")
+            continue
+        args = [a for a in typing.get_args(t) if a is not type(None)] if typing.get_origin(t) is typing.Union else [t]
+        if len(args) == 1 and args[0] in (int, float):
+            yield f"{prefix}{f.name}", args[0]
+
+
 # Keys added after results were published: at their default value they are left out of every hash (cell key, model
 # key), so adding them did not change the keys of existing results; any other value is hashed like every key.
 ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1}

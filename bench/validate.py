@@ -6,6 +6,7 @@ adds the checks that belong to no group (ranges of plain keys, the device, the o
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bench.metrics.scorer import METRICS
 from bench.models import MODELS
 from bench.schedule import SCHEDULES
 from bench.sampling import SAMPLERS
-from bench.schema import ConfigError
+from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
 from bench.training.objectives import OBJECTIVES
 
@@ -67,6 +68,28 @@ def _check_sharding(cfg) -> None:
                           "or device=cpu for CPU processes")
 
 
+def check_bounds(cfg, finite_only: bool = False) -> None:
+    """Every numeric key of the schema against its declared range (``bench.schema.BOUNDS``); floats must be finite.
+    ``finite_only``: only the finiteness (run before the registries' checks, whose comparisons NaN would pass; the
+    ranges run after them, so an entry's more specific message comes first)."""
+    for key, typ in numeric_fields():
+        try:
+            v = _get(cfg, key)
+        except (KeyError, AttributeError):
+            continue
+        if v is None:
+            continue  # Optional and unset: the owner decides the default
+        lo, hi, lo_closed, hi_closed = parse_bound(BOUNDS[key])
+        if typ is float and not math.isfinite(v):
+            raise ConfigError(key, v, f"a finite number in {BOUNDS[key]}")
+        if finite_only:
+            continue
+        ok = (v >= lo if lo_closed else v > lo) and (v <= hi if hi_closed else v < hi)
+        if not ok:
+            what = "an integer" if typ is int else "a number"
+            raise ConfigError(key, v, f"{what} in {BOUNDS[key]}")
+
+
 def _check_plain_keys(cfg) -> None:
     """Keys outside the registered groups: device, ranges of sampling.*, train.*, data.image_size, metric.* counts."""
     if cfg.device not in DEVICES:
@@ -83,7 +106,18 @@ def _check_plain_keys(cfg) -> None:
     _check_sharding(cfg)
     _unit(cfg, "train.ema_decay")
     _unit(cfg, "train.cond_drop_prob")
-    check_output_dir(cfg.out_dir)
+    check_bounds(cfg, finite_only=True)
+    _check_max_time(cfg.trainer.max_time)
+    check_output_dir(Path(cfg.out_dir) / cfg.name, "out_dir")  # out_dir/<name> a file: refused here, not after work
+
+
+def _check_max_time(value) -> None:
+    """trainer.max_time: unset, or Lightning's "DD:HH:MM:SS" string."""
+    if value is None:
+        return
+    parts = str(value).split(":")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ConfigError("trainer.max_time", value, '"DD:HH:MM:SS" (e.g. 00:01:30:00) or null')
 
 
 def validate(cfg, info: DataInfo | None = None) -> DataInfo:
@@ -97,6 +131,7 @@ def validate(cfg, info: DataInfo | None = None) -> DataInfo:
         _check_plain_keys(cfg)
         for _, entry in entries[1:]:
             entry.check(cfg, info)
+        check_bounds(cfg)
     except MissingMandatoryValue as e:
         raise ConfigError(str(e.full_key), "???", "a value (it has no default)") from None
     return info

@@ -90,6 +90,29 @@ CONFIG_CASES = {
                                 ["metric.reference_stats='/nonexistent/ref.npz'", "file not found"]),
     "bad value in the last cell of a sweep": (["-m", "sampling.num_inference_steps=2,3,-1"],
                                               ["sampling.num_inference_steps=-1 is not allowed"]),
+    # the values #14 found passing the preflight, then crashing after the work (bounds: bench.schema.BOUNDS)
+    "num_samples = 1": (["sampling.num_samples=1"], ["sampling.num_samples=1 is not allowed: an integer in [2, inf)"]),
+    "seed beyond 64 bits": (["sampling.seed=99999999999999999999"], ["sampling.seed=99999999999999999999"]),
+    "negative train.seed": (["train.seed=-1"], ["train.seed=-1 is not allowed: an integer in [0, 4294967295]"]),
+    "train.seed beyond Lightning's range": (["train.seed=4294967296"], ["train.seed=4294967296 is not allowed"]),
+    "NaN learning rate": (["train.lr=nan"], ["train.lr=nan is not allowed: a finite number in (0, inf)"]),
+    "NaN gradient clip": (["train.grad_clip=nan"], ["train.grad_clip=nan is not allowed: a finite number"]),
+    "infinite guidance": (["sampling.guidance_scale=inf"], ["sampling.guidance_scale=inf is not allowed"]),
+    "NaN eta": (["sampler.eta=nan"], ["sampler.eta=nan is not allowed"]),
+    "grid_size = 0": (["sampling.grid_size=0"], ["sampling.grid_size=0 is not allowed: an integer in [1, inf)"]),
+    "is_splits = 0": (["metric.is_splits=0"], ["metric.is_splits=0 is not allowed"]),
+    "kid_subsets = 0": (["metric.kid_subsets=0"], ["metric.kid_subsets=0 is not allowed"]),
+    "test_fraction = 0": (["data.test_fraction=0"], ["data.test_fraction=0", "(0, 1)"]),
+    "test_fraction > 1": (["data.test_fraction=1.5"], ["data.test_fraction=1.5", "(0, 1)"]),
+    "reversed betas": (["schedule.beta_start=0.03"], ["schedule.beta_start=0.03 is not allowed: < schedule.beta_end=0.02",
+                                                       "reversed"]),
+    "beta_end = 1": (["schedule.beta_end=1.0"], ["schedule.beta_end=1.0 is not allowed: a number in (0, 1)"]),
+    "accumulate_grad_batches = 0": (["train.accumulate_grad_batches=0"], ["train.accumulate_grad_batches=0"]),
+    "max_time not DD:HH:MM:SS": (["trainer.max_time=90min"], ["trainer.max_time='90min' is not allowed",
+                                                               "DD:HH:MM:SS"]),
+    "max_steps = 0": (["train.max_steps=0"], ["train.max_steps=0 is not allowed"]),
+    "negative weight decay": (["train.weight_decay=-1"], ["train.weight_decay=-1"]),
+    "distill lr NaN": (["distill.lr=nan"], ["distill.lr=nan is not allowed"]),
 }
 
 
@@ -357,3 +380,12 @@ def test_finished_cell_from_another_evaluator_is_not_skipped_silently(tmp_path, 
     code, err, _ = cli(tmp_path, capsys, monkeypatch, *args, out=out)
     assert code == 2 and f"cell {key} was scored with feature net digits_cnn #0000deadbeef0000, this run's is #" in err[-1]
     assert len(rows(out / "smoke" / "results.jsonl")) == 1  # nothing removed, nothing added
+
+
+def test_out_dir_name_that_is_a_file(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "smoke").write_text("not a directory")
+    code, err, _ = cli(tmp_path, capsys, monkeypatch, "experiment=smoke", "tracker=none", out=out)
+    assert_one_line_error(code, err, out / "nothing", "out_dir=", "a writable directory")
+    assert (out / "smoke").read_text() == "not a directory"
