@@ -106,6 +106,11 @@ def _check_plain_keys(cfg) -> None:
     _check_sharding(cfg)
     _unit(cfg, "train.ema_decay")
     _unit(cfg, "train.cond_drop_prob")
+    if str(cfg.trainer.devices) != "1":
+        # multi-process training is not safe yet: a DDP rank re-runs the job and waits on the model-cache lock its
+        # rank 0 holds, and ddp_spawn on CPU hung in fit (tests: none); sampling and scoring do scale out
+        raise ConfigError("trainer.devices", cfg.trainer.devices, "1 (training runs in one process)",
+                          "spread a cell's sampling and scoring with sampling.devices=N instead")
     check_bounds(cfg, finite_only=True)
     _check_max_time(cfg.trainer.max_time)
     check_output_dir(Path(cfg.out_dir) / cfg.name, "out_dir")  # out_dir/<name> a file: refused here, not after work

@@ -113,6 +113,9 @@ CONFIG_CASES = {
     "max_steps = 0": (["train.max_steps=0"], ["train.max_steps=0 is not allowed"]),
     "negative weight decay": (["train.weight_decay=-1"], ["train.weight_decay=-1"]),
     "distill lr NaN": (["distill.lr=nan"], ["distill.lr=nan is not allowed"]),
+    "multi-process training": (["trainer.devices=2", "trainer.strategy=ddp"],
+                               ["trainer.devices=2 is not allowed: 1 (training runs in one process)",
+                                "sampling.devices=N"]),
 }
 
 
