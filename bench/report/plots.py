@@ -189,6 +189,12 @@ def distill(ok, plan, metric, plots, split) -> Figure | None:
         ref = (aggregate(teacher, ["num_inference_steps"], "latency_p50")["mean"].to_numpy(),
                aggregate(teacher, ["num_inference_steps"], metric)["mean"].to_numpy())
     allx, ally = [], []
+    top_student: dict = {}  # steps -> the highest student value there
+    for _, g in groups(ok, ["method"]):
+        if "distill_method" in g and norm(g["distill_method"].iloc[0]) not in (None, "none"):
+            for _, r in aggregate(g, ["num_inference_steps"], metric).iterrows():
+                k = float(r["num_inference_steps"])
+                top_student[k] = max(top_student.get(k, -float("inf")), r["mean"])
     for i, (coords, g) in enumerate(groups(ok, ["method"])):
         name = fmt_value(coords["method"])
         student = norm(g["distill_method"].iloc[0]) not in (None, "none") if "distill_method" in g else False
@@ -206,8 +212,11 @@ def distill(ok, plan, metric, plots, split) -> Figure | None:
                 if student and ref and float(lr["num_inference_steps"]) <= 8:  # the few-step regime; less clutter
                     s = speedup_at_matched_fid(ref[0], ref[1], lr["mean"], vr["mean"], n_boot=0)
                     tag += " " + s.text().replace("× ", "×").split(" ±")[0]
-                axes[0][1].annotate(tag, (lr["mean"] * 1000, vr["mean"] * scale), fontsize=6, xytext=(2, 2),
-                                    textcoords="offset points")
+                # of the students at one step, the highest is labelled above its point and the others below, so
+                # their labels do not overlap
+                below = student and vr["mean"] < top_student.get(float(lr["num_inference_steps"]), -float("inf"))
+                axes[0][1].annotate(tag, (lr["mean"] * 1000, vr["mean"] * scale), fontsize=6,
+                                    xytext=(2, -8) if below else (2, 2), textcoords="offset points")
     _log_x(axes[0][0], [float(v) for v in ok["num_inference_steps"]])
     axes[0][0].set_xlabel("steps")
     axes[0][0].set_title(f"{label(metric)} vs steps{_split_caption(split)}")
