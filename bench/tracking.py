@@ -175,8 +175,9 @@ def training_logger(tracker_cfg: Any, root: str | os.PathLike, name: str, group:
     if not TRACKERS[tracker_cfg.name].build:
         return False
     try:
+        # lazy: W&B is optional and slow to import; only an enabled tracker needs it
         import wandb
-        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.loggers import WandbLogger  # lazy: pulls in wandb
 
         save_dir = Path(tracker_cfg.dir or root)
         save_dir.mkdir(parents=True, exist_ok=True)

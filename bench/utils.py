@@ -32,6 +32,14 @@ def file_sha256(path: str | os.PathLike, n: int | None = None) -> str:
     return h.hexdigest()[:n] if n else h.hexdigest()
 
 
+def umask_mode(path: str | os.PathLike) -> None:
+    """Give a temp file (0600) or directory (0700) from ``tempfile`` the mode an ordinary open/mkdir would have had
+    under the process umask, before it is renamed into place: a teammate may read a shared results file or cache."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see a torn file."""
     path = Path(path)
@@ -42,6 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -47,3 +47,28 @@ def test_two_writers_keep_every_row(tmp_path):
         assert q.exitcode == 0
     rows = read_rows(p)
     assert len(rows) == 50 and len({r["cell_key"] for r in rows}) == 50
+
+
+def test_written_files_follow_the_umask_not_tempfiles_0600(tmp_path):
+    """Atomic writes go through tempfile (0600 / 0700); what lands must have the mode of a plain open/mkdir under the
+    process umask, so a teammate can read a shared results file, cache or report (#14)."""
+    import os
+    import stat
+
+    from bench.results import append_row
+    from bench.utils import atomic_write_text, umask_mode
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        append_row(tmp_path / "runs" / "results.jsonl", {"cell_key": "k", "status": "ok"})
+        d = tmp_path / "d"
+        d.mkdir(mode=0o700)
+        umask_mode(d)
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == 0o644 and mode(tmp_path / "runs" / "results.jsonl") == 0o644
+    assert mode(d) == 0o755 and mode(tmp_path / "private.json") == 0o600

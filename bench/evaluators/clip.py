@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from bench.data import build_dataset, get_data_info
 from bench.images import quantize_uint8
 from bench.schema import DataConfig
-from bench.utils import config_hash, file_sha256
+from bench.utils import config_hash, file_sha256, umask_mode
 
 from .common import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
 
@@ -170,6 +170,7 @@ def load_offline_clip(cfg, info=None, use_shipped: bool = True) -> ClipFeatureNe
         path = root / f"tiny_clip-{key}"
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tiny_clip-{key}."))
+        umask_mode(tmp)
         (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP,
                                                                "preprocess_cfg": TINY_PREPROCESS}, indent=2))
         log.info("training the offline CLIP evaluator on captioned shapes (once; cached at %s, a few minutes)", path)

@@ -23,7 +23,7 @@ from bench.data import build_dataset
 from bench.data.digits import resize_images
 from bench.images import quantize_uint8
 from bench.schema import DataConfig
-from bench.utils import config_hash
+from bench.utils import config_hash, umask_mode
 
 from .common import EvaluatorError, find_evaluator, one_thread, publish, verified_meta
 
@@ -157,6 +157,7 @@ def load_digits_cnn(cfg, info=None, use_shipped: bool = True) -> DigitsFeatureNe
                                  f"{MIN_ACCURACY} required; not cached (training config {TRAIN})")
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".digits_cnn-{key}."))
+        umask_mode(tmp)
         save_file(model.state_dict(), str(tmp / "model.safetensors"))
         publish(tmp, path, "model.safetensors", {**meta, "key": key, "train": TRAIN})
     meta = verified_meta(path, "model.safetensors")

@@ -151,6 +151,9 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     _check_out(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    mask = os.umask(0)  # mkdtemp makes 0700: give the report the mode a plain mkdir would have (shared folders)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
     try:
         report.figures = make_plots(df, plan, tmp / "plots") if plots else []
         write_all(report, tmp)
