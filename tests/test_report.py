@@ -244,6 +244,37 @@ def test_wandb_offline(tmp_path, monkeypatch):
     assert main([str(tmp_path / "runs"), "--out", str(out), "--wandb", "--no-plots"]) == 0
     runs = list((out / "wandb").rglob("*.wandb"))
     assert runs and runs[0].stat().st_size > 0
+    # the metric-vs-guidance tables also become interactive W&B line charts (their data table is in the run)
+    charts = list((out / "wandb").rglob("files/media/table/chart/fid_vs_guidance_scale_table_*.table.json"))
+    assert charts, sorted(p.name for p in (out / "wandb").rglob("*.table.json"))
+    import json
+
+    t = json.loads(charts[0].read_text())
+    assert t["columns"] == ["guidance_scale", "fid", "series"] and len(t["data"]) >= 2
+
+
+def test_wandb_line_charts_one_line_per_series():
+    import pandas as pd
+
+    from bench.report import _wandb_line
+
+    seen = {}
+
+    class Fake:
+        class plot:
+            @staticmethod
+            def line(table, x, y, stroke=None, title=""):
+                seen.update(table=table, x=x, y=y, stroke=stroke)
+                return "chart"
+
+        Table = staticmethod(lambda dataframe: dataframe)
+
+    df = pd.DataFrame({"sampler": ["ddim", "ddim", "heun"], "num_inference_steps": [5, 10, 5],
+                       "fid": [2.0, 1.0, 1.5], "fid_std": [0.1, 0.1, 0.1]})
+    assert _wandb_line(Fake, "fid", df) == {"chart/fid_vs_num_inference_steps": "chart"}
+    assert seen["x"] == "num_inference_steps" and seen["y"] == "fid" and seen["stroke"] == "series"
+    assert list(seen["table"]["series"]) == ["ddim", "ddim", "heun"]
+    assert _wandb_line(Fake, "fid", pd.DataFrame({"sampler": ["ddim"], "fid": [1.0]})) is None  # no numeric axis
 
 
 def test_two_sweeps_or_models_are_not_averaged_as_seeds(tmp_path):

@@ -183,8 +183,26 @@ def _swap(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _wandb_line(wandb, metric: str, df: pd.DataFrame) -> dict | None:
+    """An interactive W&B line chart of a metric table whose last key column is numeric (steps, NFE, guidance
+    scale, eta): one line per combination of the other key columns (sampler, method, ...). None for other tables."""
+    cols = list(df.columns)
+    if metric not in cols or cols.index(metric) == 0:
+        return None
+    keys = cols[: cols.index(metric)]
+    x, series = keys[-1], keys[:-1]
+    if not pd.api.types.is_numeric_dtype(df[x]):
+        return None
+    t = df[keys + [metric]].dropna(subset=[metric]).copy()
+    t["series"] = t[series].astype(str).agg(" ".join, axis=1) if series else metric
+    t = t[[x, metric, "series"]].astype({x: float, metric: float})
+    return {f"chart/{metric}_vs_{x}": wandb.plot.line(wandb.Table(dataframe=t), x, metric, stroke="series",
+                                                      title=f"{metric} vs {x}")}
+
+
 def log_wandb(report: Report, out: Path, project: str, wandb_dir: str | None) -> str:
-    """Log the tables (wandb.Table) and plots (wandb.Image); offline unless WANDB_MODE or an API key say otherwise."""
+    """Log the tables (wandb.Table), the plots (wandb.Image) and, for each metric-vs-a-number table, an interactive
+    W&B line chart; offline unless WANDB_MODE or an API key say otherwise."""
     import wandb  # lazy: optional and slow to import; only --wandb needs it
 
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
@@ -196,6 +214,9 @@ def log_wandb(report: Report, out: Path, project: str, wandb_dir: str | None) ->
         run.log({f"table/{t.name}_{i}": wandb.Table(columns=t.header, data=[[c.text for c in r] for r in t.body])})
     for m, df in report.csvs.items():
         run.log({f"data/{m}": wandb.Table(dataframe=df.astype(object).where(df.notna(), None))})
+        chart = _wandb_line(wandb, m, df)
+        if chart is not None:
+            run.log(chart)
     for f in report.figures:
         run.log({f"plot/{f.stem}": wandb.Image(str(out / "plots" / f"{f.stem}.png"), caption=f.caption)})
     run.finish()
