@@ -392,3 +392,52 @@ def test_out_dir_name_that_is_a_file(tmp_path, capsys, monkeypatch):
     code, err, _ = cli(tmp_path, capsys, monkeypatch, "experiment=smoke", "tracker=none", out=out)
     assert_one_line_error(code, err, out / "nothing", "out_dir=", "a writable directory")
     assert (out / "smoke").read_text() == "not a directory"
+
+
+def test_cached_weights_changed_in_place_are_refused_not_used(toy_model, tmp_path, capsys, monkeypatch):
+    """#14 item 2. The unfixed behaviour first: 40 KB zeroed inside a cached model.safetensors is still a valid
+    file, with other weights (so another score under the same keys). Now its sha256 no longer matches meta.json's."""
+    from safetensors.torch import load_file
+
+    from reliability_helpers import compose
+    from bench.training import model_key
+
+    cache = private_cache(tmp_path / "cache", ("models",))
+    weights = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "model.safetensors"
+    before = {k: v.clone() for k, v in load_file(str(weights)).items()}  # a copy: load_file maps the file
+    data = bytearray(weights.read_bytes())
+    start = len(data) // 2
+    data[start:start + 40_000] = bytes(40_000)
+    weights.write_bytes(bytes(data))
+    after = load_file(str(weights))  # loads fine: safetensors has no checksum of its own
+    assert after.keys() == before.keys() and any(not torch.equal(after[k], before[k]) for k in before)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", f"cache_dir={cache}")
+    assert_one_line_error(code, err, out, f"{weights}: sha256", "does not match", "recorded when it was cached",
+                          "delete")
+
+
+def test_garbage_meta_json_in_the_model_cache(toy_model, tmp_path, capsys, monkeypatch):
+    from reliability_helpers import compose
+    from bench.training import model_key
+
+    cache = private_cache(tmp_path / "cache", ("models",))
+    meta = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "meta.json"
+    meta.write_text("{not json")
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", f"cache_dir={cache}")
+    assert_one_line_error(code, err, out, f"{meta}: cached model metadata cannot be read", "delete")
+
+
+def test_model_cached_without_a_checksum_gets_one_recorded(toy_model, tmp_path, capsys, monkeypatch):
+    """A cache written before checksums existed is trusted once: its sha256 is recorded (a warning says so) and
+    verified on every later load."""
+    from reliability_helpers import compose
+    from bench.training import model_key
+    from bench.utils import file_sha256
+
+    cache = private_cache(tmp_path / "cache", ("models",))
+    d = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN"))
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "weights_sha256"}))
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", f"cache_dir={cache}")
+    assert code == 0, err
+    assert json.loads((d / "meta.json").read_text())["weights_sha256"] == file_sha256(d / "model.safetensors")

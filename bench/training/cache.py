@@ -7,6 +7,7 @@ place when complete; a file lock makes concurrent jobs wait for one training ins
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from datetime import datetime, timezone
@@ -24,9 +25,11 @@ from bench.models import build_model, num_params
 from bench.env import resolve_device, versions
 from bench.schema import elide_defaults
 from bench.tracking import finish_logger, training_logger
-from bench.utils import atomic_write_json, atomic_write_text, config_hash, to_plain
+from bench.utils import atomic_write_json, atomic_write_text, config_hash, file_sha256, to_plain
 
 from .module import DiffusionModule
+
+log = logging.getLogger(__name__)
 
 KEY_GROUPS = ("data", "model", "objective", "schedule", "train")
 NOT_IN_KEY = {"data": ("num_workers",)}  # loader speed only: the batch order is fixed by (train.seed, step)
@@ -129,8 +132,37 @@ def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str) -> tor
     except Exception as e:  # truncated / not safetensors / missing
         raise ModelCacheError(f"{file}: cached model weights cannot be read ({type(e).__name__}: {_why(e)}); delete "
                               f"{Path(path)} to train it again") from None
+    _verify_weights(Path(path), file)
     model.load_state_dict(state, strict=True)
     return model.eval().to(device)
+
+
+def _verify_weights(path: Path, file: Path) -> None:
+    """The weights file must have the sha256 its meta.json recorded when it was cached: a file changed in place
+    (a partial copy, a disk error, another tool) would load and give other numbers under the same model key."""
+    meta = read_meta(path)
+    want = meta.get("weights_sha256")
+    got = file_sha256(file)
+    if not want:  # cached by a bench that recorded no checksum: trusted once, recorded, verified from now on
+        log.warning("%s: no recorded weights checksum (cached by an older bench); recording sha256 %s… now", path,
+                    got[:16])
+        atomic_write_json(path / "meta.json", {**meta, "weights_sha256": got})
+        return
+    if got != want:
+        raise ModelCacheError(f"{file}: sha256 {got[:16]}… does not match the {want[:16]}… recorded when it was "
+                              f"cached: the file changed after training; delete {path} to train it again")
+
+
+def read_meta(path: Path) -> dict:
+    """``path/meta.json`` of a cached model; unreadable → ModelCacheError naming it (one line)."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        return meta
+    except (OSError, ValueError) as e:
+        raise ModelCacheError(f"{Path(path) / 'meta.json'}: cached model metadata cannot be read "
+                              f"({type(e).__name__}: {_why(e)}); delete {path} to train it again") from None
 
 
 def write_model_dir(module: DiffusionModule, cfg, info, workdir: Path, key: str | None = None,
@@ -139,6 +171,7 @@ def write_model_dir(module: DiffusionModule, cfg, info, workdir: Path, key: str 
     added) of a trained module in ``workdir``; returns the meta."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.ema.state_dict().items()}
     save_file(state, str(workdir / WEIGHTS))
+    extra = {"weights_sha256": file_sha256(workdir / WEIGHTS), **extra}  # verified on every load
     config = key_config(cfg) if config is None else config
     atomic_write_text(workdir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     losses = module.losses()
@@ -193,7 +226,7 @@ def cached_model_dir(root: Path, key: str, train: Callable[[Path], dict]) -> tup
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{key}.lock")):
         if (final / "meta.json").exists():
-            return final, json.loads((final / "meta.json").read_text()), True
+            return final, read_meta(final), True
         work = root / f".{key}.partial"
         meta = train(work)
         try:
