@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bench import pipeline, preflight
+from bench.data import data_key
 from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
@@ -46,6 +47,7 @@ def cell_config(cfg: DictConfig) -> dict:
         c.pop(k, None)
     for k in NON_RESULT_SAMPLING_KEYS:
         c["sampling"].pop(k, None)
+    c["data"].update(data_key(cfg.data))  # folder data: its content fingerprint, not only its path
     return elide_defaults(c)
 
 

@@ -441,3 +441,38 @@ def test_model_cached_without_a_checksum_gets_one_recorded(toy_model, tmp_path, 
     code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", f"cache_dir={cache}")
     assert code == 0, err
     assert json.loads((d / "meta.json").read_text())["weights_sha256"] == file_sha256(d / "model.safetensors")
+
+
+def test_folder_replaced_under_the_same_path_makes_new_keys(tmp_path):
+    """#14 item 1. Before: the folder's id, model key and cell key were made of data.path, so new images under the
+    same path reused the old model and reference statistics. Now they are made of the folder's content."""
+    from PIL import Image
+
+    from reliability_helpers import compose
+    from bench.data import get_data_info
+    from bench.run import cell_key
+    from bench.training import model_key
+    from bench.utils import config_hash
+
+    root = tmp_path / "imgs"
+
+    def fill(seed):
+        rng = np.random.default_rng(seed)
+        for c in ("a", "b"):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / c / f"{i}.png")
+
+    def keys():
+        cfg = compose("experiment=smoke", "tracker=none", "data=folder", f"data.path={root}", "data.channels=1")
+        return get_data_info(cfg.data).id, model_key(cfg), cell_key(cfg)
+
+    fill(0)
+    first = keys()
+    old_scheme = config_hash(str(root), n=8)  # what the id was made of before: the path only
+    fill(1)  # same names, same sizes, other pixels
+    second = keys()
+    assert config_hash(str(root), n=8) == old_scheme  # the old key could not see the change
+    assert all(a != b for a, b in zip(first, second)), (first, second)
+    fill(0)  # the first contents again: the first keys again (content, not mtimes, for a small folder)
+    assert keys() == first

@@ -7,12 +7,12 @@ Items are ``(x, y)``: ``x`` float32, CHW images in [-1, 1] or (2,) toy points (s
 label or -1 (unlabelled). Labels stay in the items even when ``data.class_conditional`` is false; only
 ``DataInfo.num_classes`` (what the model is conditioned on) drops to 0.
 """
-from .catalog import DATA, DataInfo, build_dataset, get_data_info
+from .catalog import DATA, DataInfo, build_dataset, data_key, get_data_info
 from .datamodule import BenchDataModule, MirroredDataset, StepBatchSampler
 from .shapes import (SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, render_shape, shapes_caption,
                      shapes_class)
 from .toy2d import sample_true
 
-__all__ = ["DATA", "DataInfo", "get_data_info", "build_dataset", "sample_true", "BenchDataModule",
+__all__ = ["DATA", "DataInfo", "data_key", "get_data_info", "build_dataset", "sample_true", "BenchDataModule",
            "StepBatchSampler", "MirroredDataset", "SHAPES_COLOURS", "SHAPES_KINDS", "SHAPES_POSITIONS",
            "shapes_caption", "shapes_class", "render_shape"]

@@ -11,10 +11,9 @@ from torch.utils.data import Dataset
 
 from bench.registry import Entry, Registry
 from bench.schema import ConfigError
-from bench.utils import config_hash
 
 from .digits import DigitsDataset
-from .folder import FolderDataset, scan_folder
+from .folder import FolderDataset, folder_fingerprint, scan_folder
 from .shapes import SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, ShapesDataset, shapes_caption
 from .toy2d import TOYS, PointsDataset
 
@@ -74,7 +73,7 @@ def _folder_info(d) -> DataInfo:
     files, classes = scan_folder(d.path)
     cap = f"-n{d.num_train}" if d.num_train else ""
     crop = "" if d.center_crop else "-nocrop"
-    root_id = config_hash(str(d.path), n=8)
+    root_id = folder_fingerprint(d.path, files)  # by content: new images under the same path -> new keys
     return DataInfo("images", (ch, size, size), len(classes) if (d.class_conditional and classes) else 0, classes,
                     f"folder-{root_id}-{size}px-c{ch}{crop}{cap}{_split_suffix(d)}")
 
@@ -90,14 +89,25 @@ class DataSet(Entry):
     errors); ``check(cfg, info)`` runs before ``info`` (cheap config checks)."""
 
     info: Optional[Callable] = None
+    # the items live outside the config (a folder on disk): DataInfo.id fingerprints them and joins the model and
+    # cell keys (data_key), so new contents under the same config make new keys
+    content_keyed: bool = False
 
 
 DATA = Registry("data", "data.name", {
     "toy2d": DataSet(PointsDataset, info=_toy2d_info),
     "digits": DataSet(DigitsDataset, info=_digits_info),
-    "folder": DataSet(FolderDataset, _check_folder, info=_folder_info),
+    "folder": DataSet(FolderDataset, _check_folder, info=_folder_info, content_keyed=True),
     "shapes": DataSet(ShapesDataset, info=_shapes_info),
 })
+
+
+def data_key(data_cfg) -> dict:
+    """What the model and cell keys add for the data beyond its config: {"content_id": DataInfo.id} for data sets
+    whose items live on disk (folder), {} for the built-in ones (their items follow from the config)."""
+    if not DATA[data_cfg.name].content_keyed:
+        return {}
+    return {"content_id": get_data_info(data_cfg).id}
 
 
 def get_data_info(data_cfg) -> DataInfo:

@@ -20,7 +20,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from bench.data import BenchDataModule, get_data_info
+from bench.data import BenchDataModule, data_key, get_data_info
 from bench.models import build_model, num_params
 from bench.env import resolve_device, versions
 from bench.schema import elide_defaults
@@ -68,6 +68,7 @@ def key_config(cfg) -> dict:
     for g, keys in NOT_IN_KEY.items():
         for k in keys:
             out[g].pop(k, None)
+    out["data"].update(data_key(cfg.data))  # folder data: its content fingerprint, not only its path
     return elide_defaults(out)
 
 
