@@ -351,3 +351,20 @@ def test_toy2d_report_has_no_inception_reference_tables_and_captions_match(tmp_p
     steps, _ = build_report([str(write(tmp_path / "img", study("steps")).parent)], str(tmp_path / "rep2"),
                             metric="fid")
     assert steps.published  # image studies keep the published shapes beside them
+
+
+def test_duplicate_cell_keys_with_other_scores_are_refused_in_either_order(tmp_path):
+    """#14 item 5. Before: rows of one cell_key from two files were collapsed before the mixed-settings guard (the
+    last file won, so the argument order changed the table). Now a difference in a score or its provenance is an
+    error whichever file comes first; a difference in cost only keeps the earliest row, whatever the order."""
+    base = study("guidance")
+    write(tmp_path / "a", base)
+    other = [dict(r, feature_net_hash="0123456789abcdef") if r["guidance_scale"] == 3 else r for r in base]
+    write(tmp_path / "b", other)
+    for order in ((tmp_path / "a", tmp_path / "b"), (tmp_path / "b", tmp_path / "a")):
+        with pytest.raises(ReportError, match=r"appears twice with different feature_net_hash"):
+            load([str(p) for p in order])
+    later = [dict(r, latency_p50=r["latency_p50"] * 3, created_at="2026-01-01T00:00:00Z") for r in base]
+    write(tmp_path / "c", later)
+    ab, ba = load([str(tmp_path / "a"), str(tmp_path / "c")])[0], load([str(tmp_path / "c"), str(tmp_path / "a")])[0]
+    assert list(ab["latency_p50"]) == list(ba["latency_p50"]) == list(load([str(tmp_path / "a")])[0]["latency_p50"])

@@ -59,6 +59,30 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+# What two finished rows of one cell_key must agree on (scores: to rel 1e-6, machine rounding; the rest exactly).
+# Cost and timing may differ between two runs of a cell; the earliest row (created_at, then path) is kept for them,
+# whatever the order of the inputs.
+SAME_SCORES = ("fid", "kid", "is", "clip_score", "swd", "mmd", "nfe")
+SAME_PROVENANCE = ("feature_net", "feature_net_hash", "resize", "quantize", "ref_id", "ref_hash", "n_ref",
+                   "num_samples", "repeats", "clip_net", "clip_net_hash", "model_key")
+
+
+def _one_of_two(a: dict, b: dict) -> dict:
+    """Two finished rows with one cell_key (the same cell in two inputs): the earlier one if they agree on every
+    score and provenance column, else ReportError naming the key, the column and both files."""
+    for col in SAME_PROVENANCE + SAME_SCORES:
+        x, y = norm(a.get(col)), norm(b.get(col))
+        if col in SAME_SCORES and isinstance(x, float) and isinstance(y, float):
+            same = math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12)
+        else:
+            same = x == y
+        if not same:
+            raise ReportError(f"cell {a['cell_key']} appears twice with different {col} ({x!r} in "
+                              f"{a['_results_dir']}, {y!r} in {b['_results_dir']}): the same cell scored two ways; "
+                              f"report them separately or remove one row")
+    return min(a, b, key=lambda r: (str(r.get("created_at", "")), r["_results_dir"]))
+
+
 def load(args: list[str]) -> tuple[pd.DataFrame, list[Source]]:
     """All rows of all inputs, one per cell_key (a later "ok" row supersedes earlier ones), in a fixed order."""
     if not args:
@@ -70,7 +94,9 @@ def load(args: list[str]) -> tuple[pd.DataFrame, list[Source]]:
             sources.append(Source(arg, path, rows[0]["_sha"], len(rows)))
             for row in rows:
                 prev = by_key.get(row["cell_key"])
-                if prev is None or is_finished(row) or not is_finished(prev):
+                if prev is not None and is_finished(row) and is_finished(prev):
+                    by_key[row["cell_key"]] = _one_of_two(prev, row)
+                elif prev is None or is_finished(row) or not is_finished(prev):
                     by_key[row["cell_key"]] = row
     df = pd.DataFrame([by_key[k] for k in sorted(by_key)])
     # one label for "how were these samples made": the distillation method, else the sampler
