@@ -24,7 +24,7 @@ from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
 from bench.schema import ConfigError, elide_defaults, register
 from bench.training.cache import ModelCacheError, TrainingStopped
-from bench.utils import config_hash, to_plain
+from bench.utils import config_hash, path_fingerprint, to_plain
 
 log = logging.getLogger("bench")
 register()
@@ -48,6 +48,9 @@ def cell_config(cfg: DictConfig) -> dict:
     for k in NON_RESULT_SAMPLING_KEYS:
         c["sampling"].pop(k, None)
     c["data"].update(data_key(cfg.data))  # folder data: its content fingerprint, not only its path
+    for group, key in (("model", "pretrained"), ("metric", "reference_stats")):  # files by content, not by path
+        if c[group].get(key):
+            c[group][f"{key}_content"] = path_fingerprint(c[group][key])
     return elide_defaults(c)
 
 

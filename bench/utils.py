@@ -40,6 +40,33 @@ def umask_mode(path: str | os.PathLike) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
+FULL_HASH_MAX_BYTES = 256 << 20  # up to this much in all, a path is fingerprinted by content (else size + mtime)
+
+
+def path_fingerprint(path: str | os.PathLike) -> str:
+    """What keys hold for a file or directory given by path (pretrained weights, imported statistics), so that
+    other contents at the same path make other keys. Up to FULL_HASH_MAX_BYTES in all: sha256 of every file's
+    relative name and bytes ("c…"); larger: relative names, sizes and mtimes ("s…"; a rewrite that keeps both is
+    not seen). A missing path: "missing" (its loader reports it)."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    stats = [(f, f.stat()) for f in files]
+    full = sum(st.st_size for _, st in stats) <= FULL_HASH_MAX_BYTES
+    h = hashlib.sha256()
+    for f, st in stats:
+        rel = f.name if f == p else f.relative_to(p).as_posix()
+        h.update(f"{rel}\0{st.st_size}\0".encode())
+        if full:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        else:
+            h.update(f"{st.st_mtime_ns}\0".encode())
+    return ("c" if full else "s") + h.hexdigest()[:15]
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see a torn file."""
     path = Path(path)

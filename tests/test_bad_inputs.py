@@ -489,3 +489,29 @@ def test_folder_replaced_under_the_same_path_makes_new_keys(tmp_path):
     assert all(a != b for a, b in zip(first, second)), (first, second)
     fill(0)  # the first contents again: the first keys again (content, not mtimes, for a small folder)
     assert keys() == first
+
+
+def test_pretrained_weights_and_imported_stats_are_keyed_by_content(tmp_path):
+    """#14 item 1. Before: model.pretrained and metric.reference_stats entered the keys as paths, so new weights (or
+    statistics) at the same path skipped the cell as "resume" and gave a fresh run the same keys with another FID."""
+    from reliability_helpers import compose
+    from bench.run import cell_key
+    from bench.training import model_key
+
+    weights, stats = tmp_path / "pipe", tmp_path / "ref.npz"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"a" * 64)
+    stats.write_bytes(b"x" * 64)
+
+    def keys():
+        cfg = compose("experiment=smoke", "tracker=none", f"model.pretrained={weights}",
+                      f"metric.reference_stats={stats}")
+        return model_key(cfg), cell_key(cfg)
+
+    first = keys()
+    (weights / "model.safetensors").write_bytes(b"b" * 64)  # same path, same size, other weights
+    second = keys()
+    assert second[0] != first[0] and second[1] != first[1]
+    stats.write_bytes(b"y" * 64)  # same path, other statistics: another cell, the same model
+    third = keys()
+    assert third[0] == second[0] and third[1] != second[1]

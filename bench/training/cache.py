@@ -25,7 +25,7 @@ from bench.models import build_model, num_params
 from bench.env import resolve_device, versions
 from bench.schema import elide_defaults
 from bench.tracking import finish_logger, training_logger
-from bench.utils import atomic_write_json, atomic_write_text, config_hash, file_sha256, to_plain
+from bench.utils import atomic_write_json, atomic_write_text, config_hash, file_sha256, path_fingerprint, to_plain
 
 from .module import DiffusionModule
 
@@ -62,7 +62,8 @@ def _check_resumable(last: Path) -> None:
 def key_config(cfg) -> dict:
     """The training-relevant config (resolved); ``model_key`` hashes it and ``config.yaml`` records it."""
     if cfg.model.pretrained:
-        return {"pretrained": str(cfg.model.pretrained), "objective": to_plain(cfg.objective),
+        return {"pretrained": str(cfg.model.pretrained), "pretrained_content": path_fingerprint(cfg.model.pretrained),
+                "objective": to_plain(cfg.objective),
                 "schedule": to_plain(cfg.schedule)}
     out = {g: to_plain(cfg[g]) for g in KEY_GROUPS}
     for g, keys in NOT_IN_KEY.items():
