@@ -41,30 +41,39 @@ def umask_mode(path: str | os.PathLike) -> None:
 
 
 FULL_HASH_MAX_BYTES = 256 << 20  # up to this much in all, a path is fingerprinted by content (else size + mtime)
+_FINGERPRINTS: dict = {}  # stat signature -> fingerprint: a sweep's many key computations read each file once
 
 
-def path_fingerprint(path: str | os.PathLike) -> str:
-    """What keys hold for a file or directory given by path (pretrained weights, imported statistics), so that
-    other contents at the same path make other keys. Up to FULL_HASH_MAX_BYTES in all: sha256 of every file's
-    relative name and bytes ("c…"); larger: relative names, sizes and mtimes ("s…"; a rewrite that keeps both is
-    not seen). A missing path: "missing" (its loader reports it)."""
-    p = Path(path)
-    if not p.exists():
-        return "missing"
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    stats = [(f, f.stat()) for f in files]
-    full = sum(st.st_size for _, st in stats) <= FULL_HASH_MAX_BYTES
+def files_fingerprint(entries: list[tuple[str, Path]], max_bytes: int = FULL_HASH_MAX_BYTES) -> str:
+    """sha256 of ``(name, file)`` entries, so that other contents make another fingerprint. Up to ``max_bytes`` in
+    all: every name, size and the bytes ("c…"); larger: names, sizes and mtimes ("s…"; a rewrite keeping both is
+    not seen). Memoised in-process by the files' (name, size, mtime, inode), so unchanged files are not re-read."""
+    stats = [(name, Path(f), os.stat(f)) for name, f in entries]
+    sig = tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, _, st in stats) + (max_bytes,)
+    if sig in _FINGERPRINTS:
+        return _FINGERPRINTS[sig]
+    full = sum(st.st_size for _, _, st in stats) <= max_bytes
     h = hashlib.sha256()
-    for f, st in stats:
-        rel = f.name if f == p else f.relative_to(p).as_posix()
-        h.update(f"{rel}\0{st.st_size}\0".encode())
+    for name, f, st in stats:
+        h.update(f"{name}\0{st.st_size}\0".encode())
         if full:
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
         else:
             h.update(f"{st.st_mtime_ns}\0".encode())
-    return ("c" if full else "s") + h.hexdigest()[:15]
+    _FINGERPRINTS[sig] = ("c" if full else "s") + h.hexdigest()[:15]
+    return _FINGERPRINTS[sig]
+
+
+def path_fingerprint(path: str | os.PathLike) -> str:
+    """What keys hold for a file or directory given by path (pretrained weights, imported statistics): the
+    :func:`files_fingerprint` of its files by relative name. A missing path: "missing" (its loader reports it)."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return files_fingerprint([(f.name if f == p else f.relative_to(p).as_posix(), f) for f in files])
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -8,7 +8,6 @@ to RGB with PIL's formulas; float images (``F``) have no defined range and are r
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bench.schema import ConfigError
+from bench.utils import files_fingerprint
 
 from .splits import split_indices
 
@@ -53,21 +53,12 @@ FULL_HASH_MAX_BYTES = 64 << 20  # folders up to 64 MiB are fingerprinted by cont
 
 def folder_fingerprint(path, files: list[tuple[str, int]]) -> str:
     """What a folder's keys are made of, so that replacing its images under the same ``data.path`` makes new keys
-    (model, cell, reference statistics). Up to FULL_HASH_MAX_BYTES in all: sha256 of every file's relative name,
-    label and bytes (copies with new mtimes keep their keys). Larger: relative name, label, size and mtime (a
-    file rewritten with the same size and mtime is not seen: touch it, or use a new folder)."""
+    (model, cell, reference statistics): :func:`bench.utils.files_fingerprint` of every image by relative name and
+    label; by content up to FULL_HASH_MAX_BYTES in all (copies with new mtimes keep their keys), else by size and
+    mtime (a file rewritten with the same size and mtime is not seen: touch it, or use a new folder)."""
     root = Path(path)
-    stats = [(Path(f).relative_to(root).as_posix(), k, os.stat(f)) for f, k in files]
-    h = hashlib.sha256()
-    full = sum(st.st_size for _, _, st in stats) <= FULL_HASH_MAX_BYTES
-    h.update(b"content:" if full else b"stat:")
-    for (rel, k, st), (f, _) in zip(stats, files):
-        h.update(f"{rel}\0{k}\0{st.st_size}\0".encode())
-        if full:
-            h.update(Path(f).read_bytes())
-        else:
-            h.update(f"{st.st_mtime_ns}\0".encode())
-    return ("c" if full else "s") + h.hexdigest()[:15]
+    return files_fingerprint([(f"{Path(f).relative_to(root).as_posix()}\0{k}", Path(f)) for f, k in files],
+                             FULL_HASH_MAX_BYTES)
 
 
 def _refuse(path, why: str):
