@@ -23,7 +23,7 @@ from bench.images import to_uint8_nhwc
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
 from bench.evaluators import load_feature_net
-from bench.results import ResultsError, Row, append_row, done_keys, is_finished, read_rows
+from bench.results import ResultsError, Row, append_row, is_finished, read_rows
 from bench.tracking import Tracker
 from bench.utils import atomic_write_json, atomic_write_text
 from bench.validate import validate
@@ -168,9 +168,9 @@ def check_same_evaluator(cfg: DictConfig, info: DataInfo, row: dict, results: Pa
 def run_cell(cfg: DictConfig, info: DataInfo, root: Path, key: str, cell_cfg: dict) -> dict | None:
     """Sample and score one cell, append its row (skipped when the cell is already finished: resume)."""
     results = root / "results.jsonl"
-    if key in done_keys(results):
-        check_same_evaluator(cfg, info, next(r for r in read_rows(results) if r["cell_key"] == key and is_finished(r)),
-                             results)
+    finished = next((r for r in read_rows(results) if r["cell_key"] == key and is_finished(r)), None)
+    if finished is not None:
+        check_same_evaluator(cfg, info, finished, results)
         log.info("cell %s already in %s: skipped (resume)", key, results)
         return None
     set_determinism(cfg.sampling.deterministic)
