@@ -6,6 +6,7 @@ place when complete; a file lock makes concurrent jobs wait for one training ins
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import lightning as L
 import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors, save_file
 
 from bench.data import BenchDataModule, data_key, get_data_info
 from bench.models import build_model, num_params
@@ -130,21 +131,22 @@ def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str) -> tor
     model = build_model(model_cfg, info)
     file = Path(path) / WEIGHTS
     try:
-        state = load_file(str(file))
+        data = file.read_bytes()  # read once: loaded and checksummed from the same bytes
+        state = load_safetensors(data)
     except Exception as e:  # truncated / not safetensors / missing
         raise ModelCacheError(f"{file}: cached model weights cannot be read ({type(e).__name__}: {_why(e)}); delete "
                               f"{Path(path)} to train it again") from None
-    _verify_weights(Path(path), file)
+    _verify_weights(Path(path), file, hashlib.sha256(data).hexdigest())
     model.load_state_dict(state, strict=True)
     return model.eval().to(device)
 
 
-def _verify_weights(path: Path, file: Path) -> None:
-    """The weights file must have the sha256 its meta.json recorded when it was cached: a file changed in place
-    (a partial copy, a disk error, another tool) would load and give other numbers under the same model key."""
+def _verify_weights(path: Path, file: Path, got: str) -> None:
+    """The weights file (sha256 ``got``) must have the sha256 its meta.json recorded when it was cached: a file
+    changed in place (a partial copy, a disk error, another tool) would load and give other numbers under the same
+    model key."""
     meta = read_meta(path)
     want = meta.get("weights_sha256")
-    got = file_sha256(file)
     if not want:  # cached by a bench that recorded no checksum: trusted once, recorded, verified from now on
         log.warning("%s: no recorded weights checksum (cached by an older bench); recording sha256 %s… now", path,
                     got[:16])
