@@ -55,7 +55,11 @@ class ModelConfig:
     down_block_types: List[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
     up_block_types: List[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
     norm_num_groups: int = 8
-    attention_head_dim: int = 8
+    attention_head_dim: int = 8  # unet: per attention block; dit: width = attention_head_dim x num_attention_heads
+    # dit (diffusers DiTTransformer2DModel, Peebles & Xie 2023)
+    patch_size: int = 2  # must divide data.image_size
+    num_layers: int = 4  # depth: transformer blocks
+    num_attention_heads: int = 4
     # a local diffusers pipeline / UNet directory or hub id (loaded, not trained) when set
     pretrained: Optional[str] = None
 
@@ -250,6 +254,7 @@ BOUNDS = {
     "data.test_fraction": "(0, 1)", "data.split_seed": f"[0, {SEED_MAX}]", "data.num_workers": "[0, inf)",
     "model.hidden": "[1, inf)", "model.layers": "[1, inf)", "model.time_embed_dim": "[1, inf)",
     "model.layers_per_block": "[1, inf)", "model.norm_num_groups": "[1, inf)", "model.attention_head_dim": "[1, inf)",
+    "model.patch_size": "[1, inf)", "model.num_layers": "[1, inf)", "model.num_attention_heads": "[1, inf)",
     "objective.min_snr_gamma": "[0, inf)",
     "schedule.num_train_timesteps": "[2, inf)", "schedule.beta_start": "(0, 1)", "schedule.beta_end": "(0, 1)",
     "schedule.flow_shift": "(0, inf)",
@@ -296,7 +301,8 @@ def numeric_fields(cls: type = None, prefix: str = ""):
 
 # Keys added after results were published: at their default value they are left out of every hash (cell key, model
 # key), so adding them did not change the keys of existing results; any other value is hashed like every key.
-ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1}
+ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1,
+                     ("model", "patch_size"): 2, ("model", "num_layers"): 4, ("model", "num_attention_heads"): 4}
 
 
 def elide_defaults(c: dict) -> dict:

@@ -1,10 +1,17 @@
+import json
+
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from bench.data import get_data_info
-from bench.models import MLPDenoiser, UNetDenoiser, build_model, num_params
+from bench.metrics.cost import CostMeter
+from bench.models import DiTDenoiser, MLPDenoiser, UNetDenoiser, build_model, num_params
+from bench.sampling import build_sampler, sample
 from bench.schema import ConfigError
+from bench.training import key_config, load_or_train, model_key
+from bench.validate import validate
+from test_run import bench, rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,3 +94,103 @@ def test_pretrained_mismatch_and_missing_fail_in_one_line(compose_cfg, tmp_path)
                                           r"directory saved with .*could not be loaded offline") as err:
         build_model(cfg.model, get_data_info(cfg.data))
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- DiT (model=dit)
+
+TINY_DIT = ("model=dit", "model.num_layers=2", "model.num_attention_heads=2", "model.attention_head_dim=8",
+            "trainer.accelerator=cpu", "device=cpu")
+
+
+def test_dit_interface_null_class_and_seeded_label_dropout(compose_cfg):
+    cfg = compose_cfg("model=dit")  # the real conf/model/dit.yaml on digits 8x8
+    model = build_model(cfg.model, get_data_info(cfg.data))
+    assert isinstance(model, DiTDenoiser) and model.num_classes == 10
+    c = model.dit.config
+    assert (c.patch_size, c.num_layers, c.num_attention_heads * c.attention_head_dim) == (2, 4, 64)
+    assert c.in_channels == c.out_channels == 1 and c.num_embeds_ada_norm == 10  # learned sigma off; + null row
+    print(f"dit params: {num_params(model):,}")
+    assert 300_000 < num_params(model) < 500_000
+    torch.manual_seed(0)
+    for p in model.parameters():  # adaLN-Zero starts as the identity: perturb so labels reach the output
+        p.data.add_(0.02 * torch.randn_like(p))
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0.0, 499.5, 1000.0])
+    with torch.no_grad():
+        out = model(x, t, torch.tensor([0, 9, 10]))
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        null = model(x, t, torch.full((3,), 10))
+        assert torch.equal(model(x, t), null)  # None = the null class
+        assert not torch.allclose(model(x, t, torch.tensor([1, 1, 1])), null)
+        model.train()  # diffusers' own (unseeded) label dropout is off: train-mode outputs repeat exactly
+        y = torch.arange(3)
+        assert all(torch.equal(model(x, t, y), model(x, t, y)) for _ in range(5))
+
+
+def test_dit_unconditional_uses_one_class(compose_cfg):
+    cfg = compose_cfg("model=dit", "data.class_conditional=false")
+    model = build_model(cfg.model, get_data_info(cfg.data))
+    assert model.num_classes == 0 and model.dit.config.num_embeds_ada_norm == 1
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 20.0])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), model(x, t, torch.tensor([1, 2])))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.patch_size=3"], r"^model\.patch_size=3 is not allowed: a divisor of the image size 8 \(data digits"),
+    (["model.attention_head_dim=3", "model.num_attention_heads=2"],
+     r"^model\.attention_head_dim=3 is not allowed: .*a multiple of 4 \(width 6"),
+    (["data=toy2d"], r"^model='dit' is not allowed: model=mlp for data=toy2d$"),
+    (["model.pretrained=/nowhere"], r"^model\.pretrained='/nowhere' is not allowed: null for model=dit"),
+    (["model.num_layers=0"], r"^model\.num_layers=0 is not allowed: an integer in \[1, inf\)$"),
+])
+def test_dit_bad_config_is_one_line_before_any_work(compose_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        validate(compose_cfg("model=dit", *overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_dit_keys_and_unet_keys_unchanged(compose_cfg):
+    """dit is its own model key; its keys at their defaults leave every UNet key as it was before they existed."""
+    unet = key_config(compose_cfg())["model"]
+    assert not {"patch_size", "num_layers", "num_attention_heads"} & set(unet)
+    base = model_key(compose_cfg("model=dit"))
+    assert base != model_key(compose_cfg())
+    for other in ("model.patch_size=4", "model.num_layers=2", "model.num_attention_heads=2",
+                  "model.attention_head_dim=8"):
+        assert model_key(compose_cfg("model=dit", other)) != base, other
+
+
+@pytest.mark.parametrize("objective", ["eps", "v", "x0", "flow"])
+def test_dit_trains_samples_and_reloads_bit_exactly(compose_cfg, bench_cache, objective):
+    """Every objective: a few Lightning steps through the real (smoke) config lower the loss, the cached EMA model
+    reloads bit for bit, and the one sampling loop draws the same finite images from both."""
+    sampler = "flow_euler" if objective == "flow" else "ddim"
+    cfg = compose_cfg(*TINY_DIT, f"objective={objective}", f"sampler={sampler}", "train.max_steps=40",
+                      "train.batch_size=32", "train.lr=3e-3")
+    model, info = load_or_train(cfg)
+    assert info["cached"] is False and info["train_steps"] == 40 and isinstance(model, DiTDenoiser)
+    curve = json.loads((bench_cache / "models" / info["model_key"] / "meta.json").read_text())["loss_curve"]
+    print(f"dit {objective}: loss {sum(curve[:5]) / 5:.3f} -> {sum(curve[-5:]) / 5:.3f}")
+    assert sum(curve[-5:]) < 0.8 * sum(curve[:5])
+    model2, info2 = load_or_train(cfg)
+    assert info2["cached"] is True and info2["model_key"] == info["model_key"]
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), k
+    runs = []
+    for m in (model, model2):
+        scheduler = build_sampler(cfg.sampler, cfg.schedule, objective)
+        batches = list(sample(m, scheduler, shape=(1, 8, 8), num_samples=6, batch_size=6, seed=0,
+                              num_inference_steps=3, guidance_scale=2.0, num_classes=10, device="cpu",
+                              cost=CostMeter("cpu", 0), progress=False))
+        runs.append(torch.cat([b.x for b in batches]))
+    assert runs[0].shape == (6, 1, 8, 8) and torch.isfinite(runs[0]).all()
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_dit_smoke_cell_through_the_cli(tmp_path):
+    """`bench experiment=smoke model=dit`: one scored row from the real CLI, marked as the dit family."""
+    bench(tmp_path, "experiment=smoke", "model=dit", "model.num_layers=2", "tracker=none", "sampling.num_samples=32",
+          "sampling.num_inference_steps=2", "sampling.guidance_scale=2")
+    (row,) = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
+    assert row["status"] == "ok" and row["model"] == "dit" and row["nfe"] == 4  # CFG doubles the model calls
+    assert row["fid"] > 0 and row["num_params"] > 100_000

@@ -11,10 +11,11 @@ from torch import nn
 from bench.registry import Entry, Registry
 from bench.schema import ConfigError
 
+from .dit import DiTDenoiser, check_dit
 from .mlp import MLPDenoiser
 from .unet import UNetDenoiser, load_pretrained_unet
 
-__all__ = ["MODELS", "build_model", "MLPDenoiser", "UNetDenoiser", "load_pretrained_unet", "num_params"]
+__all__ = ["MODELS", "build_model", "DiTDenoiser", "MLPDenoiser", "UNetDenoiser", "load_pretrained_unet", "num_params"]
 
 
 def _mlp(m, info) -> nn.Module:
@@ -24,25 +25,34 @@ def _mlp(m, info) -> nn.Module:
                        num_classes=info.num_classes)
 
 
-def _unet(m, info) -> nn.Module:
-    if info.kind != "images":
-        raise ConfigError("model.name", m.name, "mlp for point data", f"data {info.id} has shape {info.shape}")
-    return UNetDenoiser.from_config(m, info)
+def _image_family(cls):
+    """The builder of an image denoiser family (``cls.from_config(model_cfg, info)``); point data is refused."""
+
+    def build(m, info) -> nn.Module:
+        if info.kind != "images":
+            raise ConfigError("model.name", m.name, "mlp for point data", f"data {info.id} has shape {info.shape}")
+        return cls.from_config(m, info)
+
+    return build
 
 
-def _needs(kind: str, other: str):
-    """A check: this family only denoises ``kind`` data (points: mlp; images: unet)."""
+def _needs(kind: str, other: str, then=None):
+    """A check: this family only denoises ``kind`` data (points: mlp; images: unet, dit); ``then(model_cfg, info)``
+    checks the family's own keys after that."""
 
     def check(cfg, info) -> None:
         if info.kind != kind:
             raise ConfigError("model", cfg.model.name, f"model={other} for data={cfg.data.name}")
+        if then is not None:
+            then(cfg.model, info)
 
     return check
 
 
 MODELS = Registry("model", "model.name", {
     "mlp": Entry(_mlp, _needs("points", "unet")),
-    "unet": Entry(_unet, _needs("images", "mlp")),
+    "unet": Entry(_image_family(UNetDenoiser), _needs("images", "mlp")),
+    "dit": Entry(_image_family(DiTDenoiser), _needs("images", "mlp", check_dit)),
 })
 
 
