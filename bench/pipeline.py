@@ -25,7 +25,7 @@ from bench.metrics.scorer import Scorer
 from bench.evaluators import load_feature_net
 from bench.results import ResultsError, Row, append_row, is_finished, read_rows
 from bench.tracking import Tracker
-from bench.utils import atomic_write_json, atomic_write_text
+from bench.utils import atomic_write_json, atomic_write_text, replace_dir
 from bench.validate import validate
 
 log = logging.getLogger("bench")
@@ -56,15 +56,30 @@ def uses_channels_last(cfg) -> bool:
     return bool(cfg.cost.channels_last and cfg.model.name == "unet")
 
 
+def classifier_guidance(cfg, device: str) -> tuple[sampling.ClassifierGuidance | None, dict]:
+    """``sampling.classifier_scale`` > 0: the loop's guidance by the harness's noise-aware classifier (cached like a
+    model, trained on a miss) and the row's columns for it (scale, classifier key and steps); else (None, scale 0)."""
+    scale = float(cfg.sampling.classifier_scale)
+    if not scale:
+        return None, {"classifier_scale": 0.0}
+    classifier, info = training.load_or_train_classifier(cfg)
+    return (sampling.ClassifierGuidance.from_config(classifier.to(device), cfg, scale),
+            {"classifier_scale": scale, "classifier_key": info["classifier_key"],
+             "classifier_train_steps": info["train_steps"]})
+
+
 def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, device: str, batch_size: int):
     """Sample and score the cell (here, or in resumable shards on sampling.devices processes), then write its grid
     and saved samples: (scores, cost)."""
     s = cfg.sampling
+    guide, guide_columns = classifier_guidance(cfg, device)  # validation keeps it off the sharded path
     if distributed.enabled(cfg):
         metrics, cost, grid, keep = distributed.sample_and_score(cfg, info, model, scheduler, cell_dir, device,
                                                                  batch_size)
     else:
-        metrics, cost, grid, keep = _sample_and_score_here(cfg, info, model, scheduler, cell_dir, device, batch_size)
+        metrics, cost, grid, keep = _sample_and_score_here(cfg, info, model, scheduler, cell_dir, device, batch_size,
+                                                           guide)
+    cost = {**cost, **guide_columns}
     grid_x = torch.cat(grid)
     if info.kind == "images":
         write_grid(cell_dir / "grid.png", to_uint8_nhwc(grid_x))
@@ -79,9 +94,11 @@ def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, dev
     return metrics, cost
 
 
-def _sample_and_score_here(cfg, info: DataInfo, model, scheduler, cell_dir: Path, device: str, batch_size: int):
+def _sample_and_score_here(cfg, info: DataInfo, model, scheduler, cell_dir: Path, device: str, batch_size: int,
+                           guide: sampling.ClassifierGuidance | None = None):
     """One process, streamed: (scores, cost, grid tensors, kept sample tensors). Cost follows the protocol of
-    bench.metrics.cost (untimed warm-up, median over timed batches, cost.repeats re-timings)."""
+    bench.metrics.cost (untimed warm-up, median over timed batches, cost.repeats re-timings). ``guide``: classifier
+    guidance in the loop."""
     s, c = cfg.sampling, cfg.cost
     meter = CostMeter(device, c.warmup_batches, c.min_timed_batches)
     scorer = Scorer(cfg, info, cell_dir)
@@ -90,7 +107,7 @@ def _sample_and_score_here(cfg, info: DataInfo, model, scheduler, cell_dir: Path
     kwargs = dict(shape=tuple(info.shape), num_samples=total, batch_size=batch_size, seed=s.seed,
                   num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                   num_classes=info.num_classes, device=device, eta=cfg.sampler.eta,
-                  inference_mode=c.inference_mode, channels_last=uses_channels_last(cfg))
+                  inference_mode=c.inference_mode, channels_last=uses_channels_last(cfg), classifier_guidance=guide)
     score_s = 0.0
     for batch in sampling.sample(model, scheduler, cost=meter, progress=cfg.trainer.enable_progress_bar, **kwargs):
         t0 = time.perf_counter()
@@ -151,6 +168,16 @@ def base_row(cfg: DictConfig, info: DataInfo, key: str, train_info: dict, root: 
     )
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
+def work_dir(cell_dir: Path) -> Path:
+    """Where a cell is produced: ``cells/<key>.partial``, renamed to ``cells/<key>`` once its metrics.json is
+    written, so a cell stopped half way (killed, crashed, disk full) never looks like output; its shards stay there
+    for the next run to resume from."""
+    return cell_dir.with_name(cell_dir.name + PARTIAL_SUFFIX)
+
+
 def check_same_evaluator(cfg: DictConfig, info: DataInfo, row: dict, results: Path) -> None:
     """A finished cell is skipped only when its scores came from this run's feature network. The cell key holds the
     config, not the evaluator's weights: a new shipped evaluator (or another cached one) would otherwise leave the old
@@ -181,17 +208,18 @@ def run_cell(cfg: DictConfig, info: DataInfo, root: Path, key: str, cell_cfg: di
     if uses_channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     cell_dir = root / "cells" / key
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cell_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    work = work_dir(cell_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     scheduler = sampling.build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name,
                                        lcm_grid=cfg.distill.num_ddim_timesteps)
-    atomic_write_json(cell_dir / "scheduler.json", dict(scheduler.config))
+    atomic_write_json(work / "scheduler.json", dict(scheduler.config))
     row = base_row(cfg, info, key, train_info, root, cell_dir, device)
     t0 = time.perf_counter()
     batch_size = cfg.sampling.batch_size
     while True:
         try:
-            row.scores, row.cost = _sample_and_score(cfg, info, model, scheduler, cell_dir, device, batch_size)
+            row.scores, row.cost = _sample_and_score(cfg, info, model, scheduler, work, device, batch_size)
             row.status, row.batch_size = "ok", batch_size
             break
         except sampling.NonFiniteError as e:
@@ -210,7 +238,8 @@ def run_cell(cfg: DictConfig, info: DataInfo, root: Path, key: str, cell_cfg: di
         if cfg.fail_fast:
             raise CellFailed(row.error, row.failed_step)
     record = row.to_dict()
-    atomic_write_json(cell_dir / "metrics.json", record)
+    atomic_write_json(work / "metrics.json", record)
+    replace_dir(work, cell_dir)  # complete (metrics.json inside) before the row that points to it is written
     append_row(results, record)
     grid = cell_dir / "grid.png"
     Tracker(cfg.tracker, root).log_cell(cell_cfg, record, str(grid) if grid.exists() else None)

@@ -7,6 +7,7 @@ Sweeps are Hydra multiruns (`bench -m sweep=scheduler_steps`); the default exper
 """
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import sys
@@ -87,14 +88,27 @@ FATAL_ERRORS = (ConfigError, EvaluatorError, RefStatsError, ResultsError, ModelC
 
 
 def _drop_unfinished_cell(root: Path, key: str) -> None:
-    """A cell stopped by a fatal error leaves no artifacts behind (a finished cell always has metrics.json)."""
-    cell = root / "cells" / key
-    if cell.is_dir() and not (cell / "metrics.json").exists():
-        shutil.rmtree(cell, ignore_errors=True)
-        try:
-            cell.parent.rmdir()  # only when empty
-        except OSError:
-            pass
+    """A cell stopped by a fatal error leaves no artifacts behind: its ``cells/<key>.partial`` work directory goes
+    (a finished cell's directory, ``cells/<key>``, is only ever created complete, by a rename)."""
+    work = pipeline.work_dir(root / "cells" / key)
+    if work.is_dir():
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.parent.rmdir()  # only when empty
+    except OSError:
+        pass
+
+
+# A file system that refuses a write part-way through a run (permissions changed, read-only remount, disk or quota
+# full): one line naming the path, not a traceback. Finished rows are never rewritten in place (atomic replace).
+WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_error(e: OSError) -> str:
+    where = e.filename or "a results or cell file"
+    return (f"cannot write {where}: {e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); the rows already in "
+            f"results.jsonl are kept, this cell has no row: fix the folder and run again (finished cells are "
+            f"skipped)")
 
 
 def run_job(cfg: DictConfig) -> dict | None:
@@ -109,6 +123,11 @@ def run_job(cfg: DictConfig) -> dict | None:
     except TrainingStopped as e:  # trainer.max_time: not an error, not a row; the next run resumes the training
         _drop_unfinished_cell(root, key)
         fail(str(e), root, code=3)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        _drop_unfinished_cell(root, key)
+        fail(_write_error(e), root)
 
 
 @hydra.main(config_path=preflight.CONF_DIR, config_name="bench", version_base="1.3")

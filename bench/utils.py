@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename directory ``src`` to ``dst`` (same file system: atomic). An existing ``dst`` (an earlier run of the same
+    cell, e.g. a failed one being retried) is renamed aside first and removed after, so ``dst`` is at every moment
+    either the old complete directory or the new one."""
+    src, dst = Path(src), Path(dst)
+    old = dst.with_name(f"{dst.name}.old-{os.getpid()}") if dst.exists() else None
+    if old is not None:
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,3 +1,5 @@
+import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,4 +50,16 @@ def _default_cache_outside_the_repo(tmp_path_factory):
 
     if "BENCH_CACHE" not in os.environ:
         os.environ["BENCH_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_on_a_closed_stream():
+    """A library logger (Lightning's) that got its StreamHandler while pytest captured output keeps writing to that
+    capture stream after pytest closed it: '--- Logging error ---' tracebacks in a later test's stderr, depending on
+    test order. Point such handlers at the current stderr (assigned, not setStream: that flushes the closed one)."""
+    for name in list(logging.Logger.manager.loggerDict):
+        for h in getattr(logging.getLogger(name), "handlers", []):
+            if isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False):
+                h.stream = sys.stderr
     yield

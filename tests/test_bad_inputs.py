@@ -515,3 +515,74 @@ def test_pretrained_weights_and_imported_stats_are_keyed_by_content(tmp_path):
     stats.write_bytes(b"y" * 64)  # same path, other statistics: another cell, the same model
     third = keys()
     assert third[0] == second[0] and third[1] != second[1]
+
+
+# -------------------------------------------------------- a cell stopped half way; a folder that turns unwritable
+
+class _CrashAfter(torch.nn.Module):
+    """Wraps a denoiser; raises from model call `k` on: a crash (not a NaN) after sampling started."""
+
+    def __init__(self, model, k, exc):
+        super().__init__()
+        self.model, self.k, self.exc, self.calls = model, k, exc, 0
+
+    def forward(self, x, t, class_labels=None):
+        self.calls += 1
+        if self.calls > self.k:
+            raise self.exc
+        return self.model(x, t, class_labels=class_labels)
+
+
+def test_cell_stopped_after_sampling_started_leaves_no_cell_directory(toy_model, tmp_path, capsys, monkeypatch):
+    """Sampling is produced in cells/<key>.partial and renamed to cells/<key> only with its metrics.json: a crash
+    half way leaves nothing under the cell's own name, and the next run replaces the partial directory."""
+    import bench.training
+
+    real = bench.training.load_or_train
+    monkeypatch.setattr(bench.training, "load_or_train",
+                        lambda cfg: (_CrashAfter(real(cfg)[0], 3, KeyboardInterrupt()), real(cfg)[1]))
+    with pytest.raises(KeyboardInterrupt):
+        cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "sampling.num_inference_steps=4")
+    cells = tmp_path / "runs" / "toy2d" / "cells"
+    assert [p.name.endswith(".partial") for p in cells.iterdir()] == [True]  # only the work directory
+    assert not list(cells.rglob("metrics.json")) and not (cells.parent / "results.jsonl").exists()
+    monkeypatch.setattr(bench.training, "load_or_train", real)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "sampling.num_inference_steps=4")
+    assert code == 0, err
+    (row,) = rows(out / "toy2d" / "results.jsonl")
+    assert [p.name for p in cells.iterdir()] == [row["cell_key"]] and row["cell_dir"] == f"cells/{row['cell_key']}"
+    assert json.loads((cells / row["cell_key"] / "metrics.json").read_text())["swd"] == row["swd"]
+
+
+@pytest.mark.parametrize("errno_name", ["EACCES", "ENOSPC", "EROFS"])
+def test_results_folder_unwritable_mid_run(errno_name, toy_model, tmp_path, capsys, monkeypatch):
+    """The results file refuses the second cell's row (permissions changed, disk full, read-only remount): one
+    `bench: error:` line naming the file, exit 2, the first row intact, and the next run adds only the missing cell.
+    (Simulated: these tests may run as root, for whom chmod does not refuse writes.)"""
+    import errno
+
+    import bench.results
+
+    real, calls = bench.results.atomic_write_text, []
+
+    def refuse_second(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(bench.results, "atomic_write_text", refuse_second)
+    sweep = ["-m", *TOY, "sampler=ddim", "sampling.num_inference_steps=2,3"]
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *sweep)
+    results = out / "toy2d" / "results.jsonl"
+    errors = [line for line in err if line.startswith("bench: error:")]
+    assert code == 2 and errors == [err[-1]] and not any("Traceback" in line for line in err), err
+    assert f"cannot write {results}" in err[-1] and errno_name in err[-1] and "rows already in results.jsonl are kept" \
+        in err[-1], err[-1]
+    (first,) = rows(results)
+    assert not list((out / "toy2d" / "cells").glob("*.partial"))  # no work directory left behind
+    monkeypatch.setattr(bench.results, "atomic_write_text", real)
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *sweep)
+    assert code == 0, err
+    again = rows(results)
+    assert len(again) == 2 and again[0] == first  # the finished row untouched, the refused cell done now
