@@ -55,3 +55,26 @@ def train_sigmas(s) -> torch.Tensor:
     """sigma_t = sqrt((1 - abar_t) / abar_t) of the training schedule ``s``, t = 0..T-1 (float64)."""
     abar = ddpm_scheduler(s).alphas_cumprod.double()
     return ((1 - abar) / abar).sqrt()
+
+
+def abar_at(log_sigmas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """ᾱ at (fractional) timesteps ``t`` from ``train_sigmas(s).log()``: log sigma interpolated linearly between the
+    integer steps, the inverse of diffusers' ``_sigma_to_t`` (sigma-space samplers' fractional timesteps)."""
+    T = len(log_sigmas)
+    t = t.to(log_sigmas.device, log_sigmas.dtype)
+    lo = t.floor().long().clamp(0, T - 1)
+    hi = (lo + 1).clamp(max=T - 1)
+    w = t - lo
+    sigma = ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+    return 1 / (1 + sigma**2)
+
+
+def alpha_sigma(t: torch.Tensor, num_train_timesteps: int, log_sigmas: torch.Tensor | None = None):
+    """(alpha_t, sigma_t) of x_t = alpha x0 + sigma eps at model timesteps ``t`` (float64): diffusion (``log_sigmas``
+    = ``train_sigmas(s).log()``) alpha = sqrt(ᾱ), sigma = sqrt(1 - ᾱ); rectified flow (None) sigma = t / T,
+    alpha = 1 - sigma."""
+    if log_sigmas is None:
+        sigma = t.double() / num_train_timesteps
+        return 1 - sigma, sigma
+    abar = abar_at(log_sigmas, t.double().cpu()).to(t.device)
+    return abar.sqrt(), (1 - abar).sqrt()

@@ -97,6 +97,7 @@ class SamplerConfig:
 class SamplingConfig:
     num_inference_steps: int = 20
     guidance_scale: float = 1.0  # diffusers convention: 0 = unconditional, 1 = conditional, >1 = CFG
+    classifier_scale: float = 0.0  # classifier guidance (Dhariwal & Nichol 2021): + scale * grad log p(y|x_t); 0 = off
     num_samples: int = 1000
     batch_size: int = 250
     seed: int = 0  # image i of a cell uses seed + i
@@ -123,6 +124,24 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500  # steps between resumable Lightning checkpoints
     accumulate_grad_batches: int = 1  # Lightning's: one optimizer step per N batches (effective batch N*batch_size)
+
+
+@dataclass
+class ClassifierConfig:
+    """The noise-aware classifier of classifier guidance (bench/models/classifier.py), trained by the harness on noised
+    training images when ``sampling.classifier_scale`` > 0 and cached like a model (its own key)."""
+
+    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
+    norm_num_groups: int = 8
+    max_steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    seed: int = 0
+    checkpoint_every: int = 500
 
 
 @dataclass
@@ -220,6 +239,7 @@ class BenchConfig:
     metric: MetricConfig = MISSING
     tracker: TrackerConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -270,7 +290,11 @@ BOUNDS = {
     "trainer.log_every_n_steps": "[1, inf)",
     "sampling.num_inference_steps": "[1, inf)", "sampling.guidance_scale": "[0, inf)", "sampling.num_samples": "[2, inf)",
     "sampling.batch_size": "[1, inf)", "sampling.seed": f"[0, {2**62}]", "sampling.grid_size": "[1, inf)",
-    "sampling.devices": "[1, inf)", "sampling.shard_size": "[0, inf)",
+    "sampling.devices": "[1, inf)", "sampling.shard_size": "[0, inf)", "sampling.classifier_scale": "[0, inf)",
+    "classifier.norm_num_groups": "[1, inf)", "classifier.max_steps": "[1, inf)", "classifier.batch_size": "[1, inf)",
+    "classifier.lr": "(0, inf)", "classifier.weight_decay": "[0, inf)", "classifier.warmup_steps": "[0, inf)",
+    "classifier.grad_clip": "[0, inf)", "classifier.ema_decay": "[0, 1)", "classifier.seed": f"[0, {SEED_MAX}]",
+    "classifier.checkpoint_every": "[0, inf)",
     "cost.warmup_batches": "[0, inf)", "cost.min_timed_batches": "[1, inf)", "cost.repeats": "[1, inf)",
     "cost.num_threads": "[0, inf)",
     "distill.teacher_steps": "[1, inf)", "distill.max_steps": "[1, inf)", "distill.batch_size": "[1, inf)",
@@ -301,15 +325,23 @@ def numeric_fields(cls: type = None, prefix: str = ""):
 
 # Keys added after results were published: at their default value they are left out of every hash (cell key, model
 # key), so adding them did not change the keys of existing results; any other value is hashed like every key.
+# A group added later (``classifier``) with every key at its default is left out as a whole.
 ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1,
-                     ("model", "patch_size"): 2, ("model", "num_layers"): 4, ("model", "num_attention_heads"): 4}
+                     ("model", "patch_size"): 2, ("model", "num_layers"): 4, ("model", "num_attention_heads"): 4,
+                     ("sampling", "classifier_scale"): 0.0,
+                     **{("classifier", k): v for k, v in dataclasses.asdict(ClassifierConfig()).items()}}
+ELIDED_GROUPS = ("classifier",)
 
 
 def elide_defaults(c: dict) -> dict:
-    """``c`` (a plain config dict, changed in place and returned) without the ELIDED_AT_DEFAULT keys at default."""
+    """``c`` (a plain config dict, changed in place and returned) without the ELIDED_AT_DEFAULT keys at default (and
+    without an ELIDED_GROUPS group left empty)."""
     for (group, key), default in ELIDED_AT_DEFAULT.items():
         if isinstance(c.get(group), dict) and key in c[group] and c[group][key] == default:
             del c[group][key]
+    for group in ELIDED_GROUPS:
+        if c.get(group) == {}:
+            del c[group]
     return c
 
 

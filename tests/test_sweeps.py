@@ -12,8 +12,14 @@ SWEEPS = {
                         {("ddpm",), ("ddim",), ("dpmpp",), ("euler",), ("heun",), ("unipc",)}),
     "ddim_eta": (["sampling.num_inference_steps=2"], {(0.0,), (0.5,), (1.0,)}),
     "guidance": (["sampling.num_inference_steps=2"], {(0.0,), (1.0,), (1.5,), (2.0,), (3.0,), (5.0,), (7.5,)}),
+    # a 2 x 2 corner of the 4 x 4 grid (command-line sweeps replace the file's), with a tiny classifier
+    "guidance_methods": (["sampling.num_inference_steps=2", "sampling.guidance_scale=0,3",
+                          "sampling.classifier_scale=0,2", "classifier.max_steps=20",
+                          "classifier.block_out_channels=[8,16]"],
+                         {(0.0, 0.0), (0.0, 2.0), (3.0, 0.0), (3.0, 2.0)}),
 }
-COORD = {"scheduler_steps": ("sampler",), "ddim_eta": ("eta",), "guidance": ("guidance_scale",)}
+COORD = {"scheduler_steps": ("sampler",), "ddim_eta": ("eta",), "guidance": ("guidance_scale",),
+         "guidance_methods": ("guidance_scale", "classifier_scale")}
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +49,7 @@ def test_sweep_file_runs_one_row_per_cell(shared, sweep):
         (abl,) = (shared / "runs" / sweep / "wandb").glob("offline-run-*/files/media/table/ablation_*.table.json")
         t = json.loads(abl.read_text())
         assert sorted(row[t["columns"].index("cell_key")] for row in t["data"]) == sorted(r["cell_key"] for r in got)
+    if sweep == "guidance_methods":  # same seeds; the classifier's calls are counted apart from the model's
+        cost = {(r["guidance_scale"], r["classifier_scale"]): (r["nfe"], r.get("nfe_classifier")) for r in got}
+        assert cost == {(0.0, 0.0): (2, None), (0.0, 2.0): (2, 2), (3.0, 0.0): (4, None), (3.0, 2.0): (4, 2)}
+        assert len({r["classifier_key"] for r in got if r["classifier_scale"]}) == 1  # trained once

@@ -2,7 +2,8 @@
 
 ``nfe`` is the number of network function evaluations per image: rows pushed through the model divided by
 images produced, so a batched classifier-free-guidance call (cond + uncond, 2B rows for B images) counts 2 and
-Heun's extra evaluation per step counts too.
+Heun's extra evaluation per step counts too. ``nfe_classifier`` counts a guiding classifier's forward+backward
+passes per image the same way (classifier guidance: one per model evaluation), apart from ``nfe``.
 
 Latency protocol (so identical cells agree): the first ``warmup_batches`` batches are produced but not timed;
 latency is the median (p50, with its IQR and p95) of the per-image time of the timed batches; every model call is
@@ -50,6 +51,7 @@ class CostMeter:
         self.calls = 0  # model forward calls
         self.rows = 0  # rows (image-forwards) pushed through the model
         self.images = 0
+        self.classifier_rows = 0  # rows pushed through a guiding classifier (forward + backward)
         self.batch_seconds: List[float] = []
         self.batch_sizes: List[int] = []
         self.call_batch: List[int] = []  # index of the batch each timed call belongs to
@@ -72,6 +74,9 @@ class CostMeter:
         self.rows += int(rows)
         if not self.cuda:
             self._rss_peak = max(self._rss_peak, self._proc.memory_info().rss)
+
+    def record_classifier_call(self, rows: int) -> None:
+        self.classifier_rows += int(rows)
 
     @contextmanager
     def call(self, rows: int) -> Iterator[None]:
@@ -157,6 +162,9 @@ class CostMeter:
             "load_before": self.load_before,
             "load_after": load_after,
             "cost_under_load": bool(max(self.load_before, load_after) > cores),
+            # only with classifier guidance: rows of other cells stay as they were
+            **({"nfe_classifier": self.classifier_rows / self.images if self.images else 0.0}
+               if self.classifier_rows else {}),
         }
 
 

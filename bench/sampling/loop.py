@@ -1,4 +1,5 @@
-"""The one sampling loop: any diffusers scheduler, per-image seeds, classifier-free guidance, cost counters."""
+"""The one sampling loop: any diffusers scheduler, per-image seeds, classifier-free and classifier guidance, cost
+counters."""
 from __future__ import annotations
 
 import inspect
@@ -10,6 +11,8 @@ from tqdm.auto import tqdm
 
 from bench.metrics.cost import CostMeter, counting
 from bench.sampling.rng import image_generators, initial_noise
+from bench.schedule import alpha_sigma, train_sigmas
+from bench.training import objectives as obj
 
 
 class NonFiniteError(RuntimeError):
@@ -45,18 +48,69 @@ def guided(model, x, t, labels, guidance_scale: float, num_classes: int):
     return out_u + guidance_scale * (out_c - out_u)
 
 
+@dataclass
+class ClassifierGuidance:
+    """A noise-aware classifier p(y | x_t) guiding the loop with ``scale`` (Dhariwal & Nichol 2021), for a model of
+    ``objective`` trained on the schedule whose ``log_sigmas`` (log sqrt((1 - ᾱ)/ᾱ), t = 0..T-1) are given; None
+    for flow (x_t = (1 - σ) x0 + σ eps at t = σ T)."""
+
+    classifier: torch.nn.Module
+    scale: float
+    objective: str
+    num_train_timesteps: int
+    log_sigmas: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_config(cls, classifier, cfg, scale: float) -> "ClassifierGuidance":
+        flow = cfg.objective.name == "flow"
+        return cls(classifier, float(scale), cfg.objective.name, int(cfg.schedule.num_train_timesteps),
+                   None if flow else train_sigmas(cfg.schedule).log())
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) of x_t = alpha x0 + sigma eps at model timesteps ``t`` (B,), float64."""
+        return alpha_sigma(t, self.num_train_timesteps, self.log_sigmas)
+
+
+def classifier_guided(out, x, t, labels, guide: ClassifierGuidance, cost: CostMeter):
+    """The model output ``out`` at (x_t = ``x``, ``t``) with classifier guidance (Dhariwal & Nichol 2021, eq. 14
+    generalised to every objective). On any Gaussian path x_t = a x0 + s eps the score is -eps/s, so adding
+    k ∇_x log p(y | x_t) to the score is
+        eps' = eps - k s ∇_x log p(y | x_t),   and, x_t fixed,   x0' = (x_t - s eps') / a = x0 + (k s²/a) ∇ log p,
+    and the output the objective predicts follows from (x0', eps') by its own conversion (:func:`objectives.target`):
+        eps: eps - k s g;  x0: x0 + k (s²/a) g;  v = a eps - s x0: v - k (s/a)(a² + s²) g = v - k (s/a) g;
+        flow u = eps - x0 (a = 1 - s): u - k (s/a)(a + s) g = u - k (s/a) g,      with g = ∇_x log p(y | x_t).
+    Every sampler consumes the output as it would the model's, so every sampler is guided. At a = 0 (flow's first
+    step at σ = 1, a zero-terminal-SNR schedule) x0' is undefined (p(y | x_t) = p(y) there, so g carries no
+    information): those rows keep the unguided output. One classifier forward + backward per call, counted apart
+    from the model's (``nfe_classifier``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)  # a normal tensor: the loop's are inference tensors
+        logp = torch.log_softmax(guide.classifier(xg, t.detach().clone()), -1)
+        (g,) = torch.autograd.grad(logp.gather(1, labels[:, None]).sum(), xg)
+    cost.record_classifier_call(x.shape[0])
+    a, s = (v.to(x.dtype) for v in guide.alpha_sigma(t))
+    ok = a > 0
+    a = torch.where(ok, a, torch.ones_like(a))  # placeholder where a = 0: those rows keep `out`
+    bc = (lambda v: v.reshape(-1, *([1] * (x.dim() - 1))))  # noqa: E731  (B,) against x (B, ...)
+    x0, eps = obj.to_x0_eps(guide.objective, out, x, a, s)
+    eps = eps - guide.scale * bc(s) * g.to(x.dtype)
+    x0 = (x - bc(s) * eps) / bc(a)
+    return torch.where(bc(ok), obj.target(guide.objective, x0, eps, a, s), out)
+
+
 def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_size: int, seed: int,
            num_inference_steps: int, guidance_scale: float, num_classes: int, device, cost: CostMeter,
            eta: float = 0.0, class_labels: Optional[Sequence[int]] = None, progress: bool = True,
            inference_mode: bool = True, channels_last: bool = False, check_every_step: bool = False,
-           start: int = 0) -> Iterator[Batch]:
+           start: int = 0, classifier_guidance: Optional[ClassifierGuidance] = None) -> Iterator[Batch]:
     """Generate ``num_samples`` images of ``shape``, streaming one :class:`Batch` per ``batch_size`` images.
     ``start``: the images are i = start, ..., start + num_samples - 1 (a shard of a larger cell, bench.distributed).
 
     Per batch: ``scheduler.set_timesteps``; x_T = randn(seed + i) * init_noise_sigma; for each t in
     ``scheduler.timesteps``: out = guided(model, scale_model_input(x, t), t); x = step(out, t, x).prev_sample.
     ``model(x, t, class_labels=None)``: t is a float (B,) tensor in scheduler timestep units. Image i is labelled
-    ``class_labels[i]`` if given, else ``i % num_classes`` (num_classes > 0 and guidance_scale > 0).
+    ``class_labels[i]`` if given, else ``i % num_classes`` (num_classes > 0 and guidance_scale > 0, or classifier
+    guidance). ``classifier_guidance``: each output then goes through :func:`classifier_guided` (after CFG).
     Raises NonFiniteError(step) on NaN/Inf after a step: the finite check of every step is kept on the device and
     read once per batch (``check_every_step=True`` reads it after each step: a host sync per step on GPU).
     ``inference_mode`` (else ``no_grad``) and ``channels_last`` (4-D inputs in that memory format; the caller puts
@@ -70,7 +124,7 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     step_kwargs = {"eta": eta} if "eta" in step_params else {}
     # FlowMatchEulerDiscreteScheduler has neither (x_1 = noise, the model takes x_t as is)
     scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
-    conditional = num_classes > 0 and guidance_scale > 0
+    conditional = num_classes > 0 and (guidance_scale > 0 or classifier_guidance is not None)
     num_batches = -(-num_samples // batch_size)
     with tqdm(total=num_samples, disable=not progress, desc=type(scheduler).__name__, unit="img") as bar:
         for i0 in range(start, start + num_samples, batch_size):
@@ -94,7 +148,10 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
                     finite = torch.ones(len(timesteps), dtype=torch.bool, device=device)
                     for k, t in enumerate(timesteps):
                         tb = t.float().expand(x.shape[0])
-                        out = guided(net, scale(x, t), tb, y, guidance_scale, num_classes)
+                        x_in = scale(x, t)
+                        out = guided(net, x_in, tb, y, guidance_scale, num_classes)
+                        if classifier_guidance is not None:
+                            out = classifier_guided(out, x_in, tb, y, classifier_guidance, cost)
                         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
                         finite[k] = torch.isfinite(x).all()
                         if check_every_step and not finite[k]:

@@ -7,6 +7,8 @@ Diffusion (x_t = sqrt(abar) x0 + sqrt(1 - abar) eps): x_t ~ N(0, abar s^2 + 1 - 
     v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
 Rectified flow (x_t = (1 - t) x0 + t eps, velocity eps - x0):
     E[v | x_t] = (t - (1 - t) s^2) x_t / ((1 - t)^2 s^2 + t^2).
+Gaussian mixtures (GMMOracle): the same per component, weighted by the exact class posterior p(k | x_t), which is
+also the exact noise-aware classifier of classifier guidance (GMMClassifier).
 Consistency function (Song et al. 2023): the probability-flow ODE of a Gaussian only rescales, so
     f(x_t) = x_0 = s x_t / sqrt(abar s^2 + 1 - abar) — what a perfect consistency model returns (for LCM).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.schedule import train_sigmas
+from bench.schedule import abar_at, alpha_sigma, train_sigmas
 
 
 class GaussianOracle(torch.nn.Module):
@@ -29,11 +31,7 @@ class GaussianOracle(torch.nn.Module):
         self.register_buffer("log_sigmas", train_sigmas(cfg.schedule).log(), persistent=False)
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
-        lo = t.floor().long().clamp(0, self.T - 1)
-        hi = (lo + 1).clamp(max=self.T - 1)
-        w = t - lo
-        sigma = ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[hi]).exp()
-        return 1 / (1 + sigma**2)
+        return abar_at(self.log_sigmas, t)
 
     def forward(self, x, t, class_labels=None):
         s2 = self.std**2
@@ -47,3 +45,56 @@ class GaussianOracle(torch.nn.Module):
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         out = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[self.objective]
         return out.to(x.dtype)
+
+
+class GMMOracle(torch.nn.Module):
+    """Exact denoiser and noise-aware classifier for a Gaussian mixture x0 ~ Σ_k π_k N(μ_k, τ² I), on the path
+    x_t = a x0 + s eps of ``cfg`` (diffusion or flow). Since x_t | y=k ~ N(a μ_k, v I) with v = a²τ² + s²:
+        log p(y=k | x_t) = log π_k - |x_t - a μ_k|² / 2v + const     (:meth:`logits`, the exact classifier),
+        E[x0 | x_t, y=k] = μ_k + (a τ² / v)(x_t - a μ_k),   E[x0 | x_t] = Σ_k p(k | x_t) E[x0 | x_t, k],
+    and eps = (x_t - a x0)/s. ``forward(x, t, class_labels)``: the objective's output given the class (the null class
+    ``K`` or None: the mixture), like a class-conditional model trained to optimality."""
+
+    def __init__(self, cfg, means, std: float, weights=None):
+        super().__init__()
+        self.objective, self.T, self.std = cfg.objective.name, int(cfg.schedule.num_train_timesteps), float(std)
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        k = len(self.means)
+        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
+        self.log_weights = w.log()
+        self.log_sigmas = None if self.objective == "flow" else train_sigmas(cfg.schedule).log()
+
+    def _path(self, x, t):
+        a, s = alpha_sigma(t.reshape(-1).expand(x.shape[0]), self.T, self.log_sigmas)
+        return a[:, None], s[:, None], a[:, None] ** 2 * self.std**2 + s[:, None] ** 2
+
+    def logits(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log p(y | x_t) up to a per-row constant, (B, K)."""
+        a, _, v = self._path(x, t)
+        d = x.double()[:, None, :] - a[:, None] * self.means[None]
+        return self.log_weights - d.pow(2).sum(-1) / (2 * v)
+
+    def forward(self, x, t, class_labels=None):
+        a, s, v = self._path(x, t)
+        xd = x.double()
+        x0_k = self.means[None] + (a * self.std**2 / v)[:, None] * (xd[:, None, :] - a[:, None] * self.means[None])
+        post = torch.softmax(self.logits(x, t), -1)
+        if class_labels is not None:  # one class per row; the null class K keeps the mixture's posterior
+            k = len(self.means)
+            onehot = torch.nn.functional.one_hot(class_labels.clamp(max=k - 1), k).double()
+            post = torch.where((class_labels < k)[:, None], onehot, post)
+        x0 = (post[..., None] * x0_k).sum(1)
+        eps = (xd - a * x0) / s
+        out = {"eps": eps, "x0": x0, "v": a * eps - s * x0, "flow": eps - x0}[self.objective]
+        return out.to(x.dtype)
+
+
+class GMMClassifier(torch.nn.Module):
+    """``forward(x_t, t)`` → the exact logits of :class:`GMMOracle` (a classifier trained to optimality)."""
+
+    def __init__(self, oracle: GMMOracle):
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, x, t):
+        return self.oracle.logits(x, t).to(x.dtype)

@@ -41,6 +41,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from bench.models.classifier import check_classifier
 from bench.registry import Entry, Registry
 from bench.schedule import beta_kwargs, ddpm_scheduler, train_sigmas
 from bench.schema import ConfigError
@@ -210,6 +211,11 @@ def check_combination(cfg, info=None) -> None:
     if smp.max_sigma <= 0:
         _err("sampler.max_sigma", smp.max_sigma, "> 0")
     check_guidance(sampling.guidance_scale, info.num_classes if info is not None else None)
+    if info is not None:
+        check_classifier(cfg.classifier, info, sampling.classifier_scale)
+    if sampling.classifier_scale and sampling.devices > 1:
+        _err("sampling.classifier_scale", sampling.classifier_scale, f"0 with sampling.devices={sampling.devices}",
+             "the sharded path does not carry the classifier yet; classifier guidance runs in one process")
     if entry.sigma_space:
         _check_sigma_max(smp, sch, float(train_sigmas(sch)[-1]))
 

@@ -126,9 +126,11 @@ def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg
     return module
 
 
-def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str) -> torch.nn.Module:
-    """``build_model(model_cfg, info)`` with the weights of ``path/model.safetensors``, in eval mode on ``device``."""
-    model = build_model(model_cfg, info)
+def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str,
+                   model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """``build_model(model_cfg, info)`` (or ``model``, another network such as a classifier) with the weights of
+    ``path/model.safetensors``, in eval mode on ``device``."""
+    model = build_model(model_cfg, info) if model is None else model
     file = Path(path) / WEIGHTS
     try:
         data = file.read_bytes()  # read once: loaded and checksummed from the same bytes

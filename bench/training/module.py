@@ -19,10 +19,10 @@ class DiffusionModule(L.LightningModule):
     label dropout) comes from a generator seeded by (train.seed, global_step), so a resumed run repeats an
     uninterrupted one exactly."""
 
-    def __init__(self, model_cfg, objective_cfg, schedule_cfg, train, info):
+    def __init__(self, model_cfg, objective_cfg, schedule_cfg, train, info, model: torch.nn.Module | None = None):
         super().__init__()
         self.objective_cfg, self.schedule_cfg, self.train_cfg, self.info = objective_cfg, schedule_cfg, train, info
-        self.model = build_model(model_cfg, info)
+        self.model = build_model(model_cfg, info) if model is None else model  # model: another network (classifier)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if objective_cfg.name != "flow":
