@@ -79,7 +79,7 @@ def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, dev
     else:
         metrics, cost, grid, keep = _sample_and_score_here(cfg, info, model, scheduler, cell_dir, device, batch_size,
                                                            guide)
-    cost = {**cost, **guide_columns}
+    cost = {**cost, **guide_columns, **training.latent_columns(cfg)}
     grid_x = torch.cat(grid)
     if info.kind == "images":
         write_grid(cell_dir / "grid.png", to_uint8_nhwc(grid_x))

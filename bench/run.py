@@ -49,7 +49,7 @@ def cell_config(cfg: DictConfig) -> dict:
     for k in NON_RESULT_SAMPLING_KEYS:
         c["sampling"].pop(k, None)
     c["data"].update(data_key(cfg.data))  # folder data: its content fingerprint, not only its path
-    for group, key in (("model", "pretrained"), ("metric", "reference_stats")):  # files by content, not by path
+    for group, key in (("model", "pretrained"), ("model", "vae"), ("metric", "reference_stats")):  # by content
         if c[group].get(key):
             c[group][f"{key}_content"] = path_fingerprint(c[group][key])
     return elide_defaults(c)

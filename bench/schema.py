@@ -60,6 +60,12 @@ class ModelConfig:
     patch_size: int = 2  # must divide data.image_size
     num_layers: int = 4  # depth: transformer blocks
     num_attention_heads: int = 4
+    # latent_unet / latent_dit (Rombach et al. 2022): the denoiser above in an AutoencoderKL's latent space
+    vae: Optional[str] = None  # a local diffusers AutoencoderKL directory (loaded); else trained by the harness:
+    latent_channels: int = 4
+    vae_block_out_channels: List[int] = field(default_factory=lambda: [32, 64])  # one 2x downsampling per level but one
+    vae_max_steps: int = 1000  # its training steps (the other train.* settings are the denoiser's)
+    vae_kl_weight: float = 1e-4  # loss = MSE(x, D(z)) + vae_kl_weight * KL(q(z|x) || N(0, I)) / pixels
     # a local diffusers pipeline / UNet directory or hub id (loaded, not trained) when set
     pretrained: Optional[str] = None
 
@@ -275,6 +281,7 @@ BOUNDS = {
     "model.hidden": "[1, inf)", "model.layers": "[1, inf)", "model.time_embed_dim": "[1, inf)",
     "model.layers_per_block": "[1, inf)", "model.norm_num_groups": "[1, inf)", "model.attention_head_dim": "[1, inf)",
     "model.patch_size": "[1, inf)", "model.num_layers": "[1, inf)", "model.num_attention_heads": "[1, inf)",
+    "model.latent_channels": "[1, inf)", "model.vae_max_steps": "[1, inf)", "model.vae_kl_weight": "[0, inf)",
     "objective.min_snr_gamma": "[0, inf)",
     "schedule.num_train_timesteps": "[2, inf)", "schedule.beta_start": "(0, 1)", "schedule.beta_end": "(0, 1)",
     "schedule.flow_shift": "(0, inf)",
@@ -328,6 +335,9 @@ def numeric_fields(cls: type = None, prefix: str = ""):
 # A group added later (``classifier``) with every key at its default is left out as a whole.
 ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1,
                      ("model", "patch_size"): 2, ("model", "num_layers"): 4, ("model", "num_attention_heads"): 4,
+                     ("model", "vae"): None, ("model", "latent_channels"): 4,
+                     ("model", "vae_block_out_channels"): [32, 64], ("model", "vae_max_steps"): 1000,
+                     ("model", "vae_kl_weight"): 1e-4,
                      ("sampling", "classifier_scale"): 0.0,
                      **{("classifier", k): v for k, v in dataclasses.asdict(ClassifierConfig()).items()}}
 ELIDED_GROUPS = ("classifier",)

@@ -1,15 +1,16 @@
 import json
 
+import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from bench.data import get_data_info
+from bench.data import build_dataset, get_data_info
 from bench.metrics.cost import CostMeter
-from bench.models import DiTDenoiser, MLPDenoiser, UNetDenoiser, build_model, num_params
+from bench.models import DiTDenoiser, LatentDenoiser, MLPDenoiser, UNetDenoiser, build_model, num_params
 from bench.sampling import build_sampler, sample
 from bench.schema import ConfigError
-from bench.training import key_config, load_or_train, model_key
+from bench.training import key_config, load_or_train, load_or_train_vae, model_key
 from bench.validate import validate
 from test_run import bench, rows
 
@@ -194,3 +195,103 @@ def test_dit_smoke_cell_through_the_cli(tmp_path):
     (row,) = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
     assert row["status"] == "ok" and row["model"] == "dit" and row["nfe"] == 4  # CFG doubles the model calls
     assert row["fid"] > 0 and row["num_params"] > 100_000
+
+
+# ---------------------------------------------------------------- latent diffusion (model=latent_unet / latent_dit)
+
+TINY_VAE = ("model.vae_block_out_channels=[8,16]", "model.vae_max_steps=40", "trainer.accelerator=cpu", "device=cpu")
+TINY_LATENT = {"latent_unet": ("model=latent_unet", "model.block_out_channels=[16,32]",
+                               "model.down_block_types=[DownBlock2D,DownBlock2D]",
+                               "model.up_block_types=[UpBlock2D,UpBlock2D]", *TINY_VAE),
+               "latent_dit": ("model=latent_dit", "model.num_layers=2", "model.num_attention_heads=2",
+                              "model.attention_head_dim=8", *TINY_VAE)}
+
+
+@pytest.mark.parametrize("family", ["latent_unet", "latent_dit"])
+def test_latent_family_interface(compose_cfg, family):
+    cfg = compose_cfg(f"model={family}")  # the real YAML: a 2-level VAE, 8x8 digits -> 4x4x4 latents
+    model = build_model(cfg.model, get_data_info(cfg.data))
+    assert isinstance(model, LatentDenoiser) and model.latent_shape == (4, 4, 4) and model.num_classes == 10
+    assert isinstance(model.denoiser, UNetDenoiser if family == "latent_unet" else DiTDenoiser)
+    assert not any(p.requires_grad for p in model.vae.parameters())  # the first stage is frozen
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x, torch.Generator().manual_seed(0))
+        assert z.shape == (3, 4, 4, 4) and model.decode(z).shape == x.shape
+        assert model(z, torch.tensor([1.0, 500.0, 999.0]), torch.tensor([0, 9, 10])).shape == z.shape
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model=latent_unet", "model.vae_block_out_channels=[8,8,8,8,8]"],
+     r"^model\.vae_block_out_channels=\[8, 8, 8, 8, 8\] is not allowed: at most the levels that halve the image "
+     r"size 8 evenly \(a 16x downsampling VAE\)$"),
+    (["model=latent_unet", "model.vae_block_out_channels=[8,8,8]", "model.block_out_channels=[8,16,32]",
+      "model.down_block_types=[DownBlock2D,DownBlock2D,DownBlock2D]", "model.up_block_types=[UpBlock2D,UpBlock2D,UpBlock2D]"],
+     r"^model\.block_out_channels=\[8, 16, 32\] is not allowed: levels that halve the 2x2 latent evenly$"),
+    (["model=latent_dit", "model.patch_size=8"], r"^model\.patch_size=8 is not allowed: a divisor of the image size 4 "),
+    (["model=latent_unet", "model.vae_block_out_channels=[12,16]"],
+     r"^model\.vae_block_out_channels=\[12, 16\] is not allowed: a non-empty list of multiples of "
+     r"model\.norm_num_groups=8$"),
+    (["model=latent_unet", "model.vae=/nowhere"], r"^model\.vae='/nowhere' is not allowed: a local directory saved "
+                                                  r"with AutoencoderKL\.save_pretrained\(\) \(no such directory\)$"),
+    (["model=latent_dit", "sampling.classifier_scale=1"],
+     r"^sampling\.classifier_scale=1\.0 is not allowed: 0 for model=latent_dit"),
+    (["model=latent_unet", "model.vae_kl_weight=-1"], r"^model\.vae_kl_weight=-1\.0 is not allowed: a number in"),
+])
+def test_latent_bad_config_is_one_line_before_any_work(compose_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        validate(compose_cfg(*overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_pretrained_vae_with_other_channels_is_one_line(compose_cfg, tmp_path):
+    AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), norm_num_groups=8,
+                  down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(tmp_path / "vae3")
+    with pytest.raises(ConfigError, match=r"^model\.vae='.*vae3' is not allowed: a VAE with 1 in/out channels for "
+                                          r"data digits-8px-c1 \(it has 3/3\)$"):
+        validate(compose_cfg("model=latent_unet", f"model.vae={tmp_path / 'vae3'}"))
+
+
+@pytest.mark.parametrize("family", ["latent_unet", "latent_dit"])
+def test_latent_family_trains_vae_then_denoiser_and_reloads_bit_exactly(compose_cfg, bench_cache, family):
+    """The VAE is trained and cached first (its own key, sha256-checked), the scaling factor makes the training
+    latents unit-variance, its held-out PSNR beats a blank reconstruction; then the denoiser trains on the scaled
+    latents, reloads bit for bit with its VAE, and the loop samples latents and decodes them to finite images."""
+    cfg = compose_cfg(*TINY_LATENT[family], "train.max_steps=30", "train.batch_size=32")
+    vae, vinfo = load_or_train_vae(cfg)
+    assert vinfo["vae_train_steps"] == 40 and len(vinfo["vae_key"]) == 16
+    test_x = torch.stack([x for x, _ in build_dataset(cfg.data, "test")])
+    blank_psnr = 10 * np.log10(4 / test_x.double().pow(2).mean().item())
+    print(f"{family}: vae psnr {vinfo['vae_psnr']:.2f} dB (blank {blank_psnr:.2f}), scale {vinfo['vae_scaling_factor']:.3f}")
+    assert vinfo["vae_psnr"] > blank_psnr + 1
+    model, info = load_or_train(cfg)
+    assert info["cached"] is False and isinstance(model, LatentDenoiser)
+    train_x = torch.stack([x for x, _ in build_dataset(cfg.data, "train")])
+    z = model.encode(train_x, torch.Generator().manual_seed(0))
+    assert float(model.scaling_factor) == pytest.approx(vinfo["vae_scaling_factor"])
+    assert z.std().item() == pytest.approx(1.0, abs=0.03)  # unit-variance latents, as the factor promises
+    for (k, a), (_, b) in zip(vae.state_dict().items(), model.vae.state_dict().items()):
+        assert torch.equal(a, b), k  # the denoiser carries the trained VAE, unchanged by its training
+    model2, info2 = load_or_train(cfg)
+    assert info2["cached"] is True
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), k
+    runs = []
+    for m in (model, model2):
+        batches = list(sample(m, build_sampler(cfg.sampler, cfg.schedule, "eps"), shape=(1, 8, 8), num_samples=4,
+                              batch_size=4, seed=0, num_inference_steps=3, guidance_scale=2.0, num_classes=10,
+                              device="cpu", cost=CostMeter("cpu", 0), progress=False))
+        runs.append(torch.cat([b.x for b in batches]))
+    assert runs[0].shape == (4, 1, 8, 8) and torch.isfinite(runs[0]).all() and torch.equal(runs[0], runs[1])
+    assert model_key(compose_cfg(*TINY_LATENT[family], "train.max_steps=30", "train.batch_size=32",
+                                 "model.vae_kl_weight=1e-3")) != info["model_key"]  # another VAE, another model
+
+
+def test_latent_smoke_cell_through_the_cli(tmp_path):
+    """`bench experiment=smoke model=latent_unet`: the row records the latent shape, its VAE's key and PSNR."""
+    bench(tmp_path, "experiment=smoke", *TINY_LATENT["latent_unet"][:-2], "tracker=none", "sampling.num_samples=32",
+          "sampling.num_inference_steps=2")
+    (row,) = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
+    assert row["status"] == "ok" and row["model"] == "latent_unet" and row["latent_shape"] == [4, 4, 4]
+    assert len(row["vae_key"]) == 16 and row["vae_psnr"] > 5 and row["vae_train_steps"] == 40 and row["fid"] > 0

@@ -6,16 +6,20 @@ guidance, Ho & Salimans 2022); ``None`` means the null class.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from bench.registry import Entry, Registry
 from bench.schema import ConfigError
 
 from .dit import DiTDenoiser, check_dit
+from .latent import LatentDenoiser, build_vae, check_latent
 from .mlp import MLPDenoiser
-from .unet import UNetDenoiser, load_pretrained_unet
+from .unet import UNetDenoiser, check_unet, load_pretrained_unet
 
-__all__ = ["MODELS", "build_model", "DiTDenoiser", "MLPDenoiser", "UNetDenoiser", "load_pretrained_unet", "num_params"]
+__all__ = ["MODELS", "build_model", "DiTDenoiser", "LatentDenoiser", "MLPDenoiser", "UNetDenoiser", "build_vae",
+           "load_pretrained_unet", "num_params"]
 
 
 def _mlp(m, info) -> nn.Module:
@@ -25,15 +29,27 @@ def _mlp(m, info) -> nn.Module:
                        num_classes=info.num_classes)
 
 
-def _image_family(cls):
-    """The builder of an image denoiser family (``cls.from_config(model_cfg, info)``); point data is refused."""
+def _image_family(cls, latent: bool = False):
+    """The builder of an image denoiser family (``cls.from_config(model_cfg, info)``; ``latent``: that denoiser in
+    an AutoencoderKL's latent space, :class:`LatentDenoiser`); point data is refused."""
 
     def build(m, info) -> nn.Module:
         if info.kind != "images":
             raise ConfigError("model.name", m.name, "mlp for point data", f"data {info.id} has shape {info.shape}")
-        return cls.from_config(m, info)
+        return LatentDenoiser.from_config(cls, m, info) if latent else cls.from_config(m, info)
 
     return build
+
+
+def _latent(inner_check):
+    """The check of a latent family: image data, then :func:`check_latent` with the inner denoiser's check."""
+    images = _needs("images", "mlp")
+
+    def check(cfg, info) -> None:
+        images(cfg, info)
+        check_latent(cfg, info, inner_check)
+
+    return check
 
 
 def _needs(kind: str, other: str, then=None):
@@ -49,10 +65,19 @@ def _needs(kind: str, other: str, then=None):
     return check
 
 
+@dataclass(frozen=True)
+class Family(Entry):
+    """A model family; ``latent``: it diffuses in the latent space of an AutoencoderKL the harness trains first."""
+
+    latent: bool = False
+
+
 MODELS = Registry("model", "model.name", {
-    "mlp": Entry(_mlp, _needs("points", "unet")),
-    "unet": Entry(_image_family(UNetDenoiser), _needs("images", "mlp")),
-    "dit": Entry(_image_family(DiTDenoiser), _needs("images", "mlp", check_dit)),
+    "mlp": Family(_mlp, _needs("points", "unet")),
+    "unet": Family(_image_family(UNetDenoiser), _needs("images", "mlp")),
+    "dit": Family(_image_family(DiTDenoiser), _needs("images", "mlp", check_dit)),
+    "latent_unet": Family(_image_family(UNetDenoiser, latent=True), _latent(check_unet), latent=True),
+    "latent_dit": Family(_image_family(DiTDenoiser, latent=True), _latent(check_dit), latent=True),
 })
 
 

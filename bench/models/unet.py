@@ -21,18 +21,10 @@ class UNetDenoiser(nn.Module):
 
     @classmethod
     def from_config(cls, model_cfg, info) -> "UNetDenoiser":
+        check_unet(model_cfg, info)
         ch, size = info.shape[0], info.shape[-1]
         blocks = list(model_cfg.block_out_channels)
         down, up = list(model_cfg.down_block_types), list(model_cfg.up_block_types)
-        if not (len(blocks) == len(down) == len(up)):
-            raise ConfigError("model.block_out_channels", blocks,
-                              f"one entry per down/up block ({len(down)} down, {len(up)} up)")
-        if size % 2 ** (len(blocks) - 1):
-            raise ConfigError("data.image_size", size, f"a multiple of {2 ** (len(blocks) - 1)}",
-                              f"{len(blocks)} resolution levels")
-        if any(c % model_cfg.norm_num_groups for c in blocks):
-            raise ConfigError("model.norm_num_groups", model_cfg.norm_num_groups,
-                              f"a divisor of every block_out_channels {blocks}")
         unet = UNet2DModel(sample_size=size, in_channels=ch, out_channels=ch, block_out_channels=tuple(blocks),
                            layers_per_block=model_cfg.layers_per_block, down_block_types=tuple(down),
                            up_block_types=tuple(up), norm_num_groups=model_cfg.norm_num_groups,
@@ -48,6 +40,25 @@ class UNetDenoiser(nn.Module):
         else:
             class_labels = None  # an unconditional UNet has no class embedding to feed
         return self.unet(x, t, class_labels=class_labels).sample
+
+
+def check_unet(model_cfg, info) -> None:
+    """One down/up block per level; the image (a latent family's: its latent) halves at every level but the last;
+    GroupNorm groups divide every level's channels. Each a one-line ConfigError."""
+    size = info.shape[-1]
+    blocks = list(model_cfg.block_out_channels)
+    down, up = list(model_cfg.down_block_types), list(model_cfg.up_block_types)
+    if not (len(blocks) == len(down) == len(up)):
+        raise ConfigError("model.block_out_channels", blocks,
+                          f"one entry per down/up block ({len(down)} down, {len(up)} up)")
+    if size % 2 ** (len(blocks) - 1) and model_cfg.name.startswith("latent"):
+        raise ConfigError("model.block_out_channels", blocks, f"levels that halve the {size}x{size} latent evenly")
+    if size % 2 ** (len(blocks) - 1):
+        raise ConfigError("data.image_size", size, f"a multiple of {2 ** (len(blocks) - 1)}",
+                          f"{len(blocks)} resolution levels")
+    if any(c % model_cfg.norm_num_groups for c in blocks):
+        raise ConfigError("model.norm_num_groups", model_cfg.norm_num_groups,
+                          f"a divisor of every block_out_channels {blocks}")
 
 
 def load_pretrained_unet(path: str, info=None) -> UNetDenoiser:

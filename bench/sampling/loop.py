@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.metrics.cost import CostMeter, counting
+from bench.models import LatentDenoiser
 from bench.sampling.rng import image_generators, initial_noise
 from bench.schedule import alpha_sigma, train_sigmas
 from bench.training import objectives as obj
@@ -114,7 +115,9 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     Raises NonFiniteError(step) on NaN/Inf after a step: the finite check of every step is kept on the device and
     read once per batch (``check_every_step=True`` reads it after each step: a host sync per step on GPU).
     ``inference_mode`` (else ``no_grad``) and ``channels_last`` (4-D inputs in that memory format; the caller puts
-    the model in it) are speed options measured by ``bench-perf``.
+    the model in it) are speed options measured by ``bench-perf``. A :class:`LatentDenoiser` is sampled in its latent
+    space (noise of ``model.latent_shape``, seeded the same way) and each batch decoded to ``shape`` before it is
+    yielded (the decoder's time is in the batch's latency, not in ``nfe``).
     """
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be > 0")
@@ -126,6 +129,9 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
     conditional = num_classes > 0 and (guidance_scale > 0 or classifier_guidance is not None)
     num_batches = -(-num_samples // batch_size)
+    latent = isinstance(model, LatentDenoiser)
+    if latent:
+        shape = model.latent_shape
     with tqdm(total=num_samples, disable=not progress, desc=type(scheduler).__name__, unit="img") as bar:
         for i0 in range(start, start + num_samples, batch_size):
             i1 = min(i0 + batch_size, start + num_samples)
@@ -159,6 +165,8 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
                     if not finite.all():
                         k = int((~finite).nonzero()[0])
                         raise NonFiniteError(k, float(timesteps[k]), len(timesteps))
+                    if latent:
+                        x = model.decode(x)
                 # a plain (non-inference) float32 CPU copy: consumers may modify it or use it with autograd
                 x = x.to("cpu", torch.float32, memory_format=torch.contiguous_format, copy=True)
             bar.update(i1 - i0)

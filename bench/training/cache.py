@@ -16,19 +16,21 @@ from pathlib import Path
 from typing import Callable
 
 import lightning as L
+import numpy as np
 import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
 from safetensors.torch import load as load_safetensors, save_file
 
-from bench.data import BenchDataModule, data_key, get_data_info
-from bench.models import build_model, num_params
+from bench.data import BenchDataModule, build_dataset, data_key, get_data_info
+from bench.models import MODELS, build_model, build_vae, num_params
+from bench.models.latent import latent_info
 from bench.env import resolve_device, versions
 from bench.schema import elide_defaults
 from bench.tracking import finish_logger, training_logger
 from bench.utils import atomic_write_json, atomic_write_text, config_hash, file_sha256, path_fingerprint, to_plain
 
-from .module import DiffusionModule
+from .module import DiffusionModule, VAEModule
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ def key_config(cfg) -> dict:
         for k in keys:
             out[g].pop(k, None)
     out["data"].update(data_key(cfg.data))  # folder data: its content fingerprint, not only its path
+    if cfg.model.vae:  # a latent family's pretrained VAE: by content, not by path
+        out["model"]["vae_content"] = path_fingerprint(cfg.model.vae)
     return elide_defaults(out)
 
 
@@ -210,18 +214,96 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
         model = build_model(cfg.model, info).eval().to(device)
         return model, {"model_key": key, "path": str(cfg.model.pretrained), "train_steps": 0, "train_seconds": 0.0,
                        "cached": True, "num_params": num_params(model)}
+    latent = MODELS[cfg.model.name].latent
+    vae, vae_info = load_or_train_vae(cfg) if latent else (None, {})  # the first stage, trained (and cached) first
+
+    def make() -> DiffusionModule:
+        model = None
+        if latent:  # its denoiser starts random (seeded by fit); its VAE is the trained one, frozen, and scaled
+            model = build_model(cfg.model, info)
+            model.vae.load_state_dict(vae.state_dict())
+            model.scaling_factor.fill_(vae_info["vae_scaling_factor"])
+        return DiffusionModule(cfg.model, cfg.objective, cfg.schedule, cfg.train, info, model=model)
+
     def train(work: Path) -> dict:
         logger = training_logger(cfg.tracker, Path(cfg.out_dir) / cfg.name, f"train-{key}", group=cfg.name,
                                  config={"model_key": key, **key_config(cfg)})
         try:
-            module = fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, work,
-                         logger=logger)
+            module = fit(make, cfg.data, cfg.train, cfg.trainer, work, logger=logger)
         finally:
             finish_logger(logger)
-        return write_model_dir(module, cfg, info, work)
+        return write_model_dir(module, cfg, info, work, **vae_info)
 
     final, meta, cached = cached_model_dir(models_root(cfg), key, train)
     return load_model_dir(final, cfg.model, info, device), _train_info(cfg, final, meta, cached=cached)
+
+
+def vae_train(cfg) -> dict:
+    """The first stage's training settings: ``train.*`` with ``model.vae_max_steps`` steps."""
+    return elide_defaults({"train": {**to_plain(cfg.train), "max_steps": int(cfg.model.vae_max_steps)}})["train"]
+
+
+def vae_key_config(cfg) -> dict:
+    """What changes a latent family's VAE: the data (folders by content) and the VAE's keys and training settings, or
+    a pretrained VAE's content (its scaling factor and PSNR are measured on the data). Not the denoiser's keys."""
+    data = {k: v for k, v in to_plain(cfg.data).items() if k not in NOT_IN_KEY["data"]}
+    data.update(data_key(cfg.data))
+    m = cfg.model
+    if m.vae:
+        return {"network": "autoencoder_kl", "data": data, "pretrained": str(m.vae),
+                "pretrained_content": path_fingerprint(m.vae)}
+    return {"network": "autoencoder_kl", "data": data, "train": vae_train(cfg),
+            "vae": {"latent_channels": int(m.latent_channels), "block_out_channels": list(m.vae_block_out_channels),
+                    "norm_num_groups": int(m.norm_num_groups), "kl_weight": float(m.vae_kl_weight)}}
+
+
+@torch.no_grad()
+def vae_stats(vae, data_cfg, seed: int = 0, batch_size: int = 256) -> dict:
+    """vae_scaling_factor = 1 / std(z), z ~ q(z | x) (seeded) over the train split, so the latents the denoiser sees
+    have unit variance (how SD's 0.18215 was measured, Rombach et al. 2022 §G); vae_psnr = 10 log10(2² / MSE) of
+    D(mode q(z | x)) against the held-out split (images in [-1, 1]; one MSE over every pixel), in dB."""
+    g = torch.Generator().manual_seed(seed)
+    vae = vae.eval()
+    z = [vae.encode(x).latent_dist.sample(generator=g).double()
+         for x, _ in torch.utils.data.DataLoader(build_dataset(data_cfg, "train"), batch_size=batch_size)]
+    sq, n = 0.0, 0
+    for x, _ in torch.utils.data.DataLoader(build_dataset(data_cfg, "test"), batch_size=batch_size):
+        sq += float((vae.decode(vae.encode(x).latent_dist.mode()).sample.double() - x.double()).pow(2).sum())
+        n += x.numel()
+    return {"vae_scaling_factor": float(1 / torch.cat(z).std()), "vae_psnr": float(10 * np.log10(4 / (sq / n)))}
+
+
+def load_or_train_vae(cfg) -> tuple[torch.nn.Module, dict]:
+    """(the latent family's AutoencoderKL in eval mode on ``cfg.device``, info: vae_key, vae_path, vae_scaling_factor,
+    vae_psnr, vae_train_steps, vae_train_seconds, vae_num_params). ``model.vae`` set: that VAE, measured once and its
+    measurements cached; else trained (:class:`VAEModule`) on the train split and cached like a model."""
+    info = get_data_info(cfg.data)
+    key_cfg = vae_key_config(cfg)
+    key = config_hash(key_cfg)
+    m = cfg.model
+
+    def train(work: Path) -> dict:
+        if m.vae:
+            work.mkdir(parents=True, exist_ok=True)
+            vae = build_vae(m, info)
+            atomic_write_text(work / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(key_cfg)))
+            meta = {"model_key": key, "train_steps": 0, "train_seconds": 0.0, "num_params": num_params(vae),
+                    "data_id": info.id, "network": "autoencoder_kl", **vae_stats(vae, cfg.data)}
+            atomic_write_json(work / "meta.json", meta)  # no weights here: they are model.vae's, keyed by content
+            return meta
+        settings = OmegaConf.create(vae_train(cfg))
+        module = fit(lambda: VAEModule(cfg, info, build_vae(m, info), settings, m.vae_kl_weight), cfg.data, settings,
+                     cfg.trainer, work)
+        return write_model_dir(module, cfg, info, work, key=key, config=key_cfg, network="autoencoder_kl",
+                               **vae_stats(module.ema, cfg.data))
+
+    path, meta, _ = cached_model_dir(models_root(cfg), key, train)
+    device = resolve_device(cfg.device)
+    vae = build_vae(m, info).eval().to(device) if m.vae else load_model_dir(path, m, info, device,
+                                                                           model=build_vae(m, info))
+    return vae, {"vae_key": key, "vae_path": str(path), "vae_scaling_factor": float(meta["vae_scaling_factor"]),
+                 "vae_psnr": float(meta["vae_psnr"]), "vae_train_steps": int(meta["train_steps"]),
+                 "vae_train_seconds": float(meta["train_seconds"]), "vae_num_params": int(meta["num_params"])}
 
 
 def cached_model_dir(root: Path, key: str, train: Callable[[Path], dict]) -> tuple[Path, dict, bool]:
@@ -243,3 +325,15 @@ def cached_model_dir(root: Path, key: str, train: Callable[[Path], dict]) -> tup
             shutil.rmtree(work, ignore_errors=True)  # another process (without the lock) finished first: use theirs
             meta = json.loads((final / "meta.json").read_text())
     return final, meta, False
+
+
+def latent_columns(cfg) -> dict:
+    """A latent family's row columns: latent_shape and its VAE's key, reconstruction PSNR, scaling factor, size and
+    training steps ({} for pixel families)."""
+    if not MODELS[cfg.model.name].latent:
+        return {}
+    info = get_data_info(cfg.data)
+    vae_info = load_or_train_vae(cfg)[1]
+    return {"latent_shape": list(latent_info(cfg.model, info).shape),
+            **{k: vae_info[k] for k in ("vae_key", "vae_psnr", "vae_scaling_factor", "vae_num_params",
+                                        "vae_train_steps")}}

@@ -6,8 +6,9 @@ import time
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
-from bench.models import build_model
+from bench.models import LatentDenoiser, build_model
 
 from . import objectives as obj
 
@@ -45,6 +46,8 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x0, y = batch
         g = torch.Generator(device=x0.device).manual_seed(obj.step_seed(self.train_cfg.seed, self.global_step))
+        if isinstance(self.model, LatentDenoiser):  # latent diffusion: x0 is the scaled latent of its frozen VAE
+            x0 = self.model.encode(x0, g)
         loss = self.compute_loss(x0, self.drop_labels(y, g), g)
         self.loss_history.append(loss.detach())
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -104,3 +107,23 @@ class DiffusionModule(L.LightningModule):
         state = checkpoint.get("bench", {})
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.loss_history = list(state.get("loss_history", []))
+
+
+class VAEModule(DiffusionModule):
+    """The first stage of latent diffusion (Rombach et al. 2022, §3; a VAE, Kingma & Welling 2014): a diffusers
+    ``AutoencoderKL`` trained on ||x - D(z)||² / pixels + ``kl_weight`` · KL(q(z | x) || N(0, I)) / pixels, z ~ q(z | x)
+    drawn with the step's generator (LDM's KL-regularised autoencoder without its perceptual and GAN terms). Optimiser,
+    warm-up, EMA, seeded steps and exact resume are DiffusionModule's, with ``train`` for the VAE's settings."""
+
+    def __init__(self, cfg, info, vae, train, kl_weight: float):
+        super().__init__(cfg.model, cfg.objective, cfg.schedule, train, info, model=vae)
+        self.kl_weight = float(kl_weight)
+
+    def drop_labels(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return y  # unconditional: labels are not used
+
+    def compute_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
+        posterior = self.model.encode(x0).latent_dist
+        rec = self.model.decode(posterior.sample(generator=g)).sample
+        pixels = x0[0].numel()
+        return F.mse_loss(rec.float(), x0.float()) + self.kl_weight * posterior.kl().float().mean() / pixels
