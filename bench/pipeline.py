@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench import distill, distributed, sampling, training
+from bench.sampling import pipelines
 from bench.artifacts import save_npz, write_grid, write_scatter
 from bench.data import DataInfo, sample_true
 from bench.env import hardware, resolve_device, set_determinism, versions
@@ -44,8 +45,11 @@ def prepare(cfg: DictConfig) -> DataInfo:
     return validate(cfg)
 
 
-def load_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
-    """The model a cell samples: the trained model, or its distilled student when ``distill.method`` is set."""
+def load_model(cfg: DictConfig, info: DataInfo) -> tuple[torch.nn.Module, dict]:
+    """The model a cell samples: the trained model, its distilled student when ``distill.method`` is set, or a
+    local diffusers pipeline (``model=pipeline``, a :class:`bench.sampling.pipelines.LoadedPipeline`)."""
+    if cfg.model.name == "pipeline":
+        return pipelines.load(cfg, info, resolve_device(cfg.device))
     if cfg.distill.method != "none":
         return distill.load_or_distill(cfg)
     return training.load_or_train(cfg)
@@ -106,10 +110,22 @@ def _sample_and_score_here(cfg, info: DataInfo, model, scheduler, cell_dir: Path
     total = s.num_samples * cfg.metric.repeats  # repeat r = images [r*N, (r+1)*N): disjoint per-image seeds
     kwargs = dict(shape=tuple(info.shape), num_samples=total, batch_size=batch_size, seed=s.seed,
                   num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                  num_classes=info.num_classes, device=device, eta=cfg.sampler.eta,
+                  num_classes=getattr(model, "num_classes", info.num_classes),  # the model's conditioning
+                  device=device, eta=cfg.sampler.eta,
                   inference_mode=c.inference_mode, channels_last=uses_channels_last(cfg), classifier_guidance=guide)
+    if isinstance(model, pipelines.LoadedPipeline):  # a diffusers pipeline: through its own __call__
+        def generate(cost, progress):
+            return pipelines.sample(model, scheduler, num_samples=total, batch_size=batch_size, seed=s.seed,
+                                    num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                                    size=info.shape[-1], cost=cost, eta=cfg.sampler.eta, progress=progress)
+    else:
+        def generate(cost, progress):
+            return sampling.sample(model, scheduler, cost=cost, progress=progress, **kwargs)
     score_s = 0.0
-    for batch in sampling.sample(model, scheduler, cost=meter, progress=cfg.trainer.enable_progress_bar, **kwargs):
+    prompt_log = []  # (image index, prompt) of a text-to-image cell, for its per-prompt CLIP scores
+    for batch in generate(meter, cfg.trainer.enable_progress_bar):
+        if getattr(batch, "prompts", None) is not None or isinstance(model, pipelines.LoadedPipeline):
+            prompt_log += pipelines.batch_prompts(model, batch)
         t0 = time.perf_counter()
         scorer.update(batch)
         score_s += time.perf_counter() - t0
@@ -123,11 +139,13 @@ def _sample_and_score_here(cfg, info: DataInfo, model, scheduler, cell_dir: Path
     score_s += time.perf_counter() - t0
     for _ in range(c.repeats - 1):  # re-time the sampling only; the samples are the ones already scored
         again = CostMeter(device, c.warmup_batches)
-        for _ in sampling.sample(model, scheduler, cost=again, progress=False, **kwargs):
+        for _ in generate(again, False):
             pass
         meter.add_timing(again)
     cost = {**meter.summary(), "score_s": score_s, "inference_mode": bool(c.inference_mode),
             "channels_last": uses_channels_last(cfg)}
+    if prompt_log:
+        pipelines.write_prompt_scores(cell_dir / "prompts.csv", prompt_log, scorer.clip_scores)
     return metrics, cost, grid, keep
 
 
@@ -204,22 +222,32 @@ def run_cell(cfg: DictConfig, info: DataInfo, root: Path, key: str, cell_cfg: di
     if cfg.cost.num_threads:
         torch.set_num_threads(int(cfg.cost.num_threads))  # pinned for the cell; the row records num_threads
     device = resolve_device(cfg.device)
-    model, train_info = load_model(cfg)
+    model, train_info = load_model(cfg, info)
     if uses_channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     cell_dir = root / "cells" / key
     work = work_dir(cell_dir)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_text(work / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    scheduler = sampling.build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name,
-                                       lcm_grid=cfg.distill.num_ddim_timesteps)
+    if isinstance(model, pipelines.LoadedPipeline):  # the sampler on the checkpoint's own scheduler config
+        scheduler = pipelines.build_scheduler(cfg, model.checkpoint)
+        if cfg.model.compile:
+            model.compile_s = pipelines.warm_up(model, scheduler, cfg, info.shape[-1])
+    else:
+        scheduler = sampling.build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name,
+                                           lcm_grid=cfg.distill.num_ddim_timesteps)
     atomic_write_json(work / "scheduler.json", dict(scheduler.config))
     row = base_row(cfg, info, key, train_info, root, cell_dir, device)
+    if isinstance(model, pipelines.LoadedPipeline):  # what the checkpoint decided, recorded in the row
+        row.objective, row.schedule = model.checkpoint.objective, scheduler.config.get("beta_schedule", "flow")
+        row.timestep_spacing = scheduler.config.get("timestep_spacing", "")
     t0 = time.perf_counter()
     batch_size = cfg.sampling.batch_size
     while True:
         try:
             row.scores, row.cost = _sample_and_score(cfg, info, model, scheduler, work, device, batch_size)
+            if isinstance(model, pipelines.LoadedPipeline):
+                row.scores.update(model.provenance(), scheduler_class=type(scheduler).__name__)
             row.status, row.batch_size = "ok", batch_size
             break
         except sampling.NonFiniteError as e:

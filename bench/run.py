@@ -22,6 +22,7 @@ from bench import pipeline, preflight
 from bench.data import data_key
 from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
+from bench.models.pipelines import resolve as resolve_pipeline
 from bench.results import ResultsError
 from bench.schema import ConfigError, elide_defaults, register
 from bench.training.cache import ModelCacheError, TrainingStopped
@@ -52,6 +53,11 @@ def cell_config(cfg: DictConfig) -> dict:
     for group, key in (("model", "pretrained"), ("model", "vae"), ("metric", "reference_stats")):  # by content
         if c[group].get(key):
             c[group][f"{key}_content"] = path_fingerprint(c[group][key])
+    if c["model"].get("path"):  # model=pipeline: every file of the checkpoint (weights, configs, its scheduler)
+        try:
+            c["model"]["path_content"] = path_fingerprint(resolve_pipeline(c["model"]["path"]))
+        except ConfigError:
+            pass  # a path that does not resolve never runs: validation refuses it with this same error
     return elide_defaults(c)
 
 

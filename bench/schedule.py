@@ -27,8 +27,16 @@ def _check(cfg, info) -> None:
                           "a reversed schedule adds the most noise first")
 
 
-# name -> diffusers ``beta_schedule`` (Ho et al. 2020 linear; LDM's scaled_linear; Nichol & Dhariwal 2021 cosine)
+def _check_auto(cfg, info) -> None:
+    if cfg.model.name != "pipeline":
+        raise ConfigError("schedule", "auto", "linear | scaled_linear | cosine for model=" + str(cfg.model.name),
+                          "auto (the checkpoint's own schedule) is for model=pipeline")
+
+
+# name -> diffusers ``beta_schedule`` (Ho et al. 2020 linear; LDM's scaled_linear; Nichol & Dhariwal 2021 cosine);
+# auto: a pipeline checkpoint's own (bench.sampling.pipelines reads and checks it)
 SCHEDULES = Registry("schedule", "schedule.name", {
+    "auto": Entry(None, _check_auto),
     "linear": Entry("linear", _check),
     "scaled_linear": Entry("scaled_linear", _check),
     "cosine": Entry("squaredcos_cap_v2", _check),

@@ -66,8 +66,16 @@ class ModelConfig:
     vae_block_out_channels: List[int] = field(default_factory=lambda: [32, 64])  # one 2x downsampling per level but one
     vae_max_steps: int = 1000  # its training steps (the other train.* settings are the denoiser's)
     vae_kl_weight: float = 1e-4  # loss = MSE(x, D(z)) + vae_kl_weight * KL(q(z|x) || N(0, I)) / pixels
-    # a local diffusers pipeline / UNet directory or hub id (loaded, not trained) when set
+    # a local diffusers UNet2DModel directory (or a pipeline's unet/) sampled by the harness's loop when set
     pretrained: Optional[str] = None
+    # pipeline (model=pipeline): a local diffusers pipeline directory or a hub id in the local HF cache, sampled
+    # through its own __call__ with its own scheduler config (bench/sampling/pipelines.py); GPU options are recorded
+    path: Optional[str] = None
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 (torch_dtype of from_pretrained)
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False  # enable_model_cpu_offload (CUDA)
+    compile: bool = False  # torch.compile the denoiser; compile time is reported apart (compile_s)
 
 
 @dataclass
@@ -236,6 +244,20 @@ class DistillConfig:
 
 
 @dataclass
+class PromptsConfig:
+    """Prompts of a text-to-image pipeline (bench/data/prompts.py): image i gets prompt (i // images_per_prompt)
+    mod the set's size."""
+
+    name: str = "none"  # a conf/prompts/ name (registry bench.data.prompts.PROMPTS): none | shapes | file
+    path: Optional[str] = None  # file: .txt (one prompt per line), .csv or .tsv
+    column: Optional[str] = None  # csv/tsv column (default: caption, prompt, Prompt, Prompts or text)
+    num_prompts: int = 0  # a seeded subset of this many prompts (0 = all)
+    seed: int = 0  # the subset's seed
+    images_per_prompt: int = 1
+    negative_prompt: str = ""  # used with CFG (guidance_scale > 1)
+
+
+@dataclass
 class BenchConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -250,6 +272,7 @@ class BenchConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     distill: DistillConfig = MISSING
+    prompts: PromptsConfig = MISSING
     name: str = "default"  # results go to ${out_dir}/${name}
     out_dir: str = "runs"
     cache_dir: str = "${oc.env:BENCH_CACHE,.cache/bench}"
@@ -266,6 +289,7 @@ GROUPS = {
     "metric": MetricConfig,
     "tracker": TrackerConfig,
     "distill": DistillConfig,
+    "prompts": PromptsConfig,
 }
 
 
@@ -306,6 +330,7 @@ BOUNDS = {
     "cost.num_threads": "[0, inf)",
     "distill.teacher_steps": "[1, inf)", "distill.max_steps": "[1, inf)", "distill.batch_size": "[1, inf)",
     "distill.lr": "(0, inf)", "distill.warmup_steps": "[0, inf)", "distill.ema_decay": "[0, 1)",
+    "prompts.num_prompts": "[0, inf)", "prompts.seed": f"[0, {SEED_MAX}]", "prompts.images_per_prompt": "[1, inf)",
     "distill.num_ddim_timesteps": "[1, inf)", "distill.guidance_scale": "[0, inf)", "distill.huber_c": "(0, inf)",
 }
 
@@ -339,8 +364,11 @@ ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1,
                      ("model", "vae_block_out_channels"): [32, 64], ("model", "vae_max_steps"): 1000,
                      ("model", "vae_kl_weight"): 1e-4,
                      ("sampling", "classifier_scale"): 0.0,
+                     **{("model", k): getattr(ModelConfig, k) for k in ("path", "dtype", "attention_slicing",
+                                                                       "vae_tiling", "cpu_offload", "compile")},
+                     **{("prompts", k): v for k, v in dataclasses.asdict(PromptsConfig()).items()},
                      **{("classifier", k): v for k, v in dataclasses.asdict(ClassifierConfig()).items()}}
-ELIDED_GROUPS = ("classifier",)
+ELIDED_GROUPS = ("classifier", "prompts")
 
 
 def elide_defaults(c: dict) -> dict:

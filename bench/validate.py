@@ -14,17 +14,22 @@ import torch
 from omegaconf.errors import MissingMandatoryValue
 
 from bench.data import DATA, DataInfo, get_data_info
+from bench.data.prompts import PROMPTS
 from bench.distill import METHODS
 from bench.metrics.scorer import METRICS
 from bench.models import MODELS
 from bench.schedule import SCHEDULES
 from bench.sampling import SAMPLERS
+from bench.sampling import pipelines
 from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
 from bench.training.objectives import OBJECTIVES
 
 # one registry per config group, checked in this order (data first: the others need its DataInfo)
-REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS)
+REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS, PROMPTS)
+# model=pipeline: the checkpoint decides objective, schedule and what the sampler may do; bench.sampling.pipelines
+# checks the config against it in place of these groups' own rules (an explicit objective= is compared, not used)
+CHECKPOINT_DECIDES = (OBJECTIVES, SCHEDULES, SAMPLERS)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -134,8 +139,14 @@ def validate(cfg, info: DataInfo | None = None) -> DataInfo:
         data_entry.check(cfg, None)  # cheap config checks before the data set is looked at
         info = info if info is not None else get_data_info(cfg.data)
         _check_plain_keys(cfg)
-        for _, entry in entries[1:]:
-            entry.check(cfg, info)
+        is_pipeline = cfg.model.name == "pipeline"
+        for registry, entry in entries[1:]:
+            if not (is_pipeline and registry in CHECKPOINT_DECIDES):
+                entry.check(cfg, info)
+        if is_pipeline:
+            pipelines.check(cfg, info)
+        elif cfg.model.pretrained:
+            pipelines.check_pretrained(cfg, info)
         check_bounds(cfg)
     except MissingMandatoryValue as e:
         raise ConfigError(str(e.full_key), "???", "a value (it has no default)") from None

@@ -15,7 +15,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def test_each_config_group_has_one_registry():
     groups = [r.group for r in REGISTRIES]
     assert len(groups) == len(set(groups))
-    assert set(groups) == {"data", "model", "objective", "schedule", "sampler", "metric", "tracker", "distill"}
+    assert set(groups) == {"data", "model", "objective", "schedule", "sampler", "metric", "tracker", "distill",
+                           "prompts"}
 
 
 @pytest.mark.parametrize("registry", REGISTRIES, ids=[r.group for r in REGISTRIES])
@@ -27,10 +28,15 @@ def test_registry_matches_yaml_files(registry):
 
 @pytest.mark.parametrize("registry", REGISTRIES, ids=[r.group for r in REGISTRIES])
 def test_registry_key_names_the_yaml(registry):
-    """conf/<group>/<name>.yaml sets <key> = <name> (the registry is looked up by that key)."""
+    """conf/<group>/<name>.yaml sets <key> = <name> (the registry is looked up by that key); a ``_global_`` package
+    file (model=pipeline: it also overrides other groups) sets it under the group's key."""
     field = registry.key.split(".", 1)[1]
     for name in registry:
-        assert OmegaConf.load(CONF / registry.group / f"{name}.yaml")[field] == name
+        path = CONF / registry.group / f"{name}.yaml"
+        conf = OmegaConf.load(path)
+        if "# @package _global_" in path.read_text():
+            conf = conf[registry.group]
+        assert conf[field] == name
 
 
 def test_unknown_name_is_one_line():

@@ -106,8 +106,13 @@ class Scorer:
         self.want_clip = bool(m.clip_score) or (m.name == "auto" and cfg.data.name == "shapes" and info.num_classes > 0)
         self.clip_scores: list[torch.Tensor] = []
         self.clip = None
+        prompted = cfg.get("prompts") is not None and cfg.prompts.name == "file"  # captions from a prompt file
         if self.want_clip:
-            if not info.class_names or not info.num_classes:
+            if prompted and m.clip_model == "offline":
+                raise ConfigError("metric.clip_model", "offline", "an open_clip model name with "
+                                  "metric.clip_pretrained=FILE for prompts=file",
+                                  "the offline CLIP only knows the shapes captions")
+            if not prompted and (not info.class_names or not info.num_classes):
                 raise ConfigError("metric.clip_score", True, "a captioned, text-conditioned data set (data=shapes)",
                                   f"data={cfg.data.name} has no captions to score against")
             if m.clip_model == "offline" and cfg.data.name != "shapes":
@@ -117,7 +122,7 @@ class Scorer:
                 self.clip = self.net
             else:
                 self.clip = load_clip(cfg, info)
-            self.text_embeds = self.clip.encode_text(list(info.class_names))
+            self.text_embeds = self.clip.encode_text(list(info.class_names)) if info.class_names else None
 
     def update(self, batch) -> None:
         self.add(batch.index, **self.measure(batch))
@@ -138,6 +143,9 @@ class Scorer:
         if self.clip is not None and batch.labels is not None:
             img = feats if self.clip is self.net else self.clip(u8)[0]
             out["clip"] = distances.clip_score(img, self.text_embeds[batch.labels.cpu().long()]).detach().cpu().numpy()
+        elif self.clip is not None and getattr(batch, "prompts", None) is not None:  # a pipeline's own prompts
+            img = feats if self.clip is self.net else self.clip(u8)[0]
+            out["clip"] = distances.clip_score(img, self.clip.encode_text(list(batch.prompts))).detach().cpu().numpy()
         return out
 
     def add(self, index, feats=None, logits=None, clip=None, points=None) -> None:

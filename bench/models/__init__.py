@@ -78,6 +78,9 @@ MODELS = Registry("model", "model.name", {
     "dit": Family(_image_family(DiTDenoiser), _needs("images", "mlp", check_dit)),
     "latent_unet": Family(_image_family(UNetDenoiser, latent=True), _latent(check_unet), latent=True),
     "latent_dit": Family(_image_family(DiTDenoiser, latent=True), _latent(check_dit), latent=True),
+    # a local diffusers pipeline, loaded as saved and sampled through its own __call__ (bench.sampling.pipelines,
+    # which also checks it against the checkpoint); never built from config or trained here
+    "pipeline": Family(None, _needs("images", "mlp")),
 })
 
 

@@ -31,6 +31,7 @@ class Batch:
     x: torch.Tensor  # float32 (B, *shape) in model space, on the CPU
     labels: Optional[torch.Tensor]  # int64 (B,) class of each image; None when not class-conditioned
     index: torch.Tensor  # int64 (B,) image indices i (image i was seeded with seed + i)
+    prompts: Optional[list] = None  # text-to-image pipelines: each image's prompt when it has no class (labels)
 
 
 def guided(model, x, t, labels, guidance_scale: float, num_classes: int):
@@ -128,10 +129,10 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     # FlowMatchEulerDiscreteScheduler has neither (x_1 = noise, the model takes x_t as is)
     scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
     conditional = num_classes > 0 and (guidance_scale > 0 or classifier_guidance is not None)
-    num_batches = -(-num_samples // batch_size)
     latent = isinstance(model, LatentDenoiser)
     if latent:
         shape = model.latent_shape
+    num_batches = -(-num_samples // batch_size)
     with tqdm(total=num_samples, disable=not progress, desc=type(scheduler).__name__, unit="img") as bar:
         for i0 in range(start, start + num_samples, batch_size):
             i1 = min(i0 + batch_size, start + num_samples)

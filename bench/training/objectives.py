@@ -41,8 +41,16 @@ def _check(cfg, info) -> None:
     check_loss_weighting(cfg.objective)
 
 
-# Ho et al. 2020 (eps), Salimans & Ho 2022 (v), x0, rectified flow (Liu et al. 2023; velocity = noise - x0)
+def _check_auto(cfg, info) -> None:
+    if cfg.model.name != "pipeline":
+        raise ConfigError("objective", "auto", "eps | v | x0 | flow for model=" + str(cfg.model.name),
+                          "auto (the checkpoint's own prediction type) is for model=pipeline")
+
+
+# Ho et al. 2020 (eps), Salimans & Ho 2022 (v), x0, rectified flow (Liu et al. 2023; velocity = noise - x0);
+# auto: a pipeline checkpoint's own (bench.sampling.pipelines reads and checks it)
 OBJECTIVES = Registry("objective", "objective.name", {
+    "auto": Objective(check=_check_auto, prediction_type="auto"),
     "eps": Objective(check=_check, prediction_type="epsilon"),
     "v": Objective(check=_check, prediction_type="v_prediction"),
     "x0": Objective(check=_check, prediction_type="sample"),

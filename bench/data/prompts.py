@@ -1,0 +1,101 @@
+"""Prompt sets (``prompts`` config group) for text-to-image pipelines: which prompt image i of a cell gets.
+
+- ``none``: no prompts (unconditional or class-conditional models).
+- ``shapes``: the held-out captions of ``data=shapes`` ("a red circle at the top left"), offline; each prompt keeps
+  its class, so the offline CLIP evaluator scores it exactly as it scores the harness's own text-conditioned samples.
+- ``file``: one prompt per line (``.txt``), or a column of a ``.csv`` / ``.tsv`` (COCO captions, PartiPrompts'
+  ``Prompt``, DrawBench's ``Prompts``: the first of ``prompts.column``, caption, prompt, Prompt, Prompts, text).
+
+A seeded subset of ``prompts.num_prompts`` prompts (0 = all, in file order); image i gets prompt
+``(i // images_per_prompt) mod len(prompts)``. The row records the set's id and the sha256 of the selected prompts.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from bench.registry import Entry, Registry
+from bench.schema import ConfigError
+
+COLUMNS = ("caption", "prompt", "Prompt", "Prompts", "text")
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    id: str
+    texts: tuple  # the selected prompts, in order
+    labels: Optional[tuple]  # shapes: each prompt's class (CLIP score against that class's caption)
+    negative_prompt: str
+    images_per_prompt: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256("\n".join(self.texts).encode()).hexdigest()[:16]
+
+    def of(self, i: int) -> int:
+        """The prompt index of image i."""
+        return (int(i) // self.images_per_prompt) % len(self.texts)
+
+
+def _shapes(p, data_cfg):
+    if data_cfg.name != "shapes":
+        raise ConfigError("prompts", "shapes", "data=shapes (its held-out captions)", f"data={data_cfg.name}")
+    from bench.data.shapes import ShapesDataset, shapes_caption  # lazy: only this prompt set renders shapes
+
+    labels = np.arange(ShapesDataset.num_items(data_cfg, "test")) % ShapesDataset.num_classes
+    return [shapes_caption(k) for k in labels], labels.tolist()
+
+
+def _file(p, data_cfg):
+    if not p.path:
+        raise ConfigError("prompts.path", None, "a .txt (one prompt per line), .csv or .tsv file", "prompts=file")
+    path = Path(str(p.path)).expanduser()
+    if not path.is_file():
+        raise ConfigError("prompts.path", p.path, "an existing .txt, .csv or .tsv file", "no such file")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+        cols = list(rows[0]) if rows else []
+        col = p.column or next((c for c in COLUMNS if c in cols), None)
+        if col not in cols:
+            raise ConfigError("prompts.column", p.column, f"a column of {path.name}: {', '.join(cols)}")
+        texts = [r[col].strip() for r in rows]
+    else:
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ConfigError("prompts.path", p.path, "a file with at least one prompt", "it has none")
+    return texts, None
+
+
+def load_prompts(prompts_cfg, data_cfg) -> Optional[PromptSet]:
+    """The prompt set a config selects (None for ``prompts=none``); a bad file or key is a ConfigError."""
+    p = prompts_cfg
+    if p.name == "none":
+        return None
+    texts, labels = PROMPTS[p.name].build(p, data_cfg)
+    if p.num_prompts and p.num_prompts < len(texts):
+        pick = np.sort(np.random.default_rng(int(p.seed)).choice(len(texts), int(p.num_prompts), replace=False))
+        texts, labels = [texts[i] for i in pick], (None if labels is None else [labels[i] for i in pick])
+    name = p.name if p.name != "file" else Path(str(p.path)).name
+    return PromptSet(name, tuple(texts), None if labels is None else tuple(labels), str(p.negative_prompt),
+                     int(p.images_per_prompt))
+
+
+def _check(cfg, info) -> None:
+    if cfg.prompts.name != "none" and cfg.model.name != "pipeline":
+        raise ConfigError("prompts", cfg.prompts.name, "none unless model=pipeline",
+                          "the harness's own models take classes, not prompts")
+    load_prompts(cfg.prompts, cfg.data)
+
+
+PROMPTS = Registry("prompts", "prompts.name", {
+    "none": Entry(None, _check),
+    "shapes": Entry(_shapes, _check),
+    "file": Entry(_file, _check),
+})

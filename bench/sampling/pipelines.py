@@ -1,0 +1,365 @@
+"""A local diffusers pipeline as a benchmark subject (``model=pipeline``): all adaptation to foreign models is here
+(k-diffusion's ``external.py`` idea).
+
+- **Scheduler from the checkpoint.** The configured sampler's diffusers class is built with
+  ``from_config(<the checkpoint's scheduler config>, <the sampler's own algorithm knobs>)``, so prediction type, betas,
+  flow shift and timestep spacing are the checkpoint's. ``objective=`` / ``schedule=`` other than ``auto`` must agree
+  with it: a contradiction is a ConfigError, never a silent override.
+- **Sampling through the pipeline's own ``__call__``** (no re-implementation of SDXL's added conditioning, SD3's joint
+  attention or Flux's packing): batch by batch, one CPU generator per image seeded ``seed + i`` (the harness's
+  convention: images do not depend on the batch size), ``callback_on_step_end`` checks the latents for NaN/Inf,
+  the denoiser's ``forward`` is wrapped to count real model calls (CFG's batched pass counts 2 rows per image).
+- **Guidance follows the model**: a pipeline whose ``__call__`` takes no ``guidance_scale`` samples at 1 only; a
+  text pipeline applies CFG for scale > 1 (diffusers' ``do_classifier_free_guidance``), samples with the prompt at 1
+  and with the empty prompt (the null condition) at 0; 0 < scale < 1 is refused (diffusers would ignore it).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.data.prompts import PromptSet, load_prompts
+from bench.metrics.cost import CostMeter
+from bench.models import pipelines as ckpt
+from bench.sampling.loop import Batch, NonFiniteError
+from bench.sampling.rng import image_generators
+from bench.sampling.samplers import SAMPLERS, lcm_grid
+from bench.schedule import SCHEDULES
+from bench.schema import ConfigError
+from bench.utils import atomic_write_text, config_hash, path_fingerprint
+
+
+@dataclass
+class Checkpoint:
+    """What a pipeline directory says about itself, read from its JSON files (no weights loaded)."""
+
+    root: str
+    pipeline_class: str
+    scheduler: dict  # its scheduler_config.json
+    objective: str  # eps | v | x0 | flow
+    denoiser: str  # unet | transformer | prior
+    call_params: tuple  # the parameters of the pipeline class's __call__
+    sample_size: Optional[int]  # unconditional pipelines: the denoiser's sample_size (image size)
+
+    @property
+    def takes_prompt(self) -> bool:
+        return "prompt" in self.call_params
+
+
+def read_checkpoint(model_cfg) -> Checkpoint:
+    import diffusers  # lazy: the pipeline class by name
+
+    root = ckpt.resolve(model_cfg.path)
+    index = ckpt.read_index(root)
+    name = index.get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ConfigError("model.path", model_cfg.path, "a pipeline class of this diffusers "
+                          f"({diffusers.__version__})", f"model_index.json names {name!r}")
+    sched = ckpt.scheduler_config(root)
+    den = ckpt.denoiser_name(index)
+    size = None
+    if "prompt" not in inspect.signature(cls.__call__).parameters:
+        conf = root / den / "config.json"
+        size = json.loads(conf.read_text()).get("sample_size") if conf.is_file() else None
+    return Checkpoint(str(root), name, sched, ckpt.checkpoint_objective(sched), den,
+                      tuple(inspect.signature(cls.__call__).parameters), size)
+
+
+# --------------------------------------------------------------------------------------------------- the scheduler
+
+def _algorithm_kwargs(smp, objective: str, sched: dict, grid: int) -> dict:
+    """The sampler's own knobs (solver order, Karras sigmas, DPM-Solver++'s algorithm); the schedule stays the
+    checkpoint's. Flow checkpoints on dpmpp/unipc: diffusers' flow sigmas with the checkpoint's shift."""
+    name = smp.name
+    kw: dict = {}
+    if name in ("dpmpp", "unipc", "deis"):
+        kw["solver_order"] = smp.solver_order
+    if name == "dpmpp":
+        kw["algorithm_type"] = "dpmsolver++"
+    if SAMPLERS[name].karras and objective != "flow":
+        kw["use_karras_sigmas"] = smp.use_karras_sigmas
+    if objective == "flow" and name in ("dpmpp", "unipc"):
+        kw.update(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=sched.get("shift", 1.0))
+    if name == "lcm":
+        kw["original_inference_steps"] = grid
+    return kw
+
+
+def build_scheduler(cfg, checkpoint: Checkpoint):
+    """``SAMPLERS[sampler.name].cls.from_config(checkpoint scheduler config, **algorithm knobs)``."""
+    smp = cfg.sampler
+    kw = _algorithm_kwargs(smp, checkpoint.objective, checkpoint.scheduler, lcm_grid(cfg))
+    return SAMPLERS[smp.name].cls.from_config(checkpoint.scheduler, **kw)
+
+
+# ------------------------------------------------------------------------------------------------------- checks
+
+def _err(key, value, allowed, why=""):
+    raise ConfigError(key, value, allowed, why)
+
+
+def _check_schedule(cfg, c: Checkpoint) -> None:
+    s = cfg.schedule
+    if s.name == "auto":
+        return
+    if c.objective == "flow":
+        want = {"num_train_timesteps": s.num_train_timesteps, "shift": s.flow_shift}
+    else:
+        want = {"num_train_timesteps": s.num_train_timesteps, "beta_schedule": SCHEDULES[s.name].build,
+                "beta_start": s.beta_start, "beta_end": s.beta_end}
+    have = {k: c.scheduler.get(k) for k in want}
+    diff = [f"{k}={have[k]}" for k in want if have[k] is not None and have[k] != want[k]]
+    if diff:
+        _err("schedule", s.name, f"auto (the checkpoint's own) or one matching it for model.path={cfg.model.path}",
+             f"its scheduler config has {', '.join(diff)}; sampling it on another schedule would be silently wrong")
+
+
+def check(cfg, info) -> None:
+    """Every rule of ``model=pipeline`` (in place of the objective/schedule/sampler entries' own checks)."""
+    m, s, smp = cfg.model, cfg.sampling, cfg.sampler
+    if not m.path:
+        _err("model.path", None, "a local pipeline directory or a cached hub id", "model=pipeline")
+    if m.pretrained:
+        _err("model.pretrained", m.pretrained, "unset with model=pipeline (model.path names the checkpoint)")
+    c = read_checkpoint(m)
+    if cfg.objective.name not in ("auto", c.objective):
+        _err("objective", cfg.objective.name, f"auto or {c.objective} for model.path={m.path}",
+             f"the checkpoint's scheduler says prediction_type={c.scheduler.get('prediction_type', 'epsilon')}"
+             f" ({c.scheduler.get('_class_name')}); another objective would be a silent wrong sample")
+    _check_schedule(cfg, c)
+    entry = SAMPLERS[smp.name]
+    if c.objective not in entry.objectives:
+        ok = [n for n in SAMPLERS if c.objective in SAMPLERS[n].objectives]
+        _err("sampler", smp.name, f"one of {', '.join(ok)} for this {c.objective} checkpoint ({c.pipeline_class})")
+    T = int(c.scheduler.get("num_train_timesteps", 1000))
+    if not 1 <= s.num_inference_steps <= T:
+        _err("sampling.num_inference_steps", s.num_inference_steps, f"1..{T} (the checkpoint's num_train_timesteps)")
+    if smp.eta != 0 and (smp.name != "ddim" or "eta" not in c.call_params):
+        _err("sampler.eta", smp.eta, f"0 with sampler={smp.name} on {c.pipeline_class}",
+             "its __call__ would ignore it while the row records it")
+    g = float(s.guidance_scale)
+    if "guidance_scale" not in c.call_params and g != 1:
+        _err("sampling.guidance_scale", g, f"1 for {c.pipeline_class} (it takes no guidance)",
+             "guidance needs a conditional model; this one would be sampled unguided at twice the recorded cost")
+    if c.takes_prompt and 0 < g < 1:
+        _err("sampling.guidance_scale", g, "0 (empty prompt), 1 (prompt, no CFG) or > 1 (CFG)",
+             "diffusers applies CFG only above 1 and would silently ignore this value")
+    if c.takes_prompt and cfg.prompts.name == "none":
+        _err("prompts", "none", "shapes or file", f"{c.pipeline_class} is a text-to-image pipeline")
+    if not c.takes_prompt and cfg.prompts.name != "none":
+        _err("prompts", cfg.prompts.name, f"none for {c.pipeline_class}", "its __call__ takes no prompt")
+    if "class_labels" in c.call_params:
+        _err("model.path", m.path, "an unconditional or text-to-image pipeline",
+             f"{c.pipeline_class} (class-conditional pipelines) is not supported yet")
+    if c.sample_size is not None and c.sample_size != info.shape[-1]:
+        _err("data.image_size", info.shape[-1], f"{c.sample_size} (the checkpoint's sample_size)",
+             "its images are scored against this data set's reference")
+    if info.shape[0] != 3:
+        _err("data.channels", info.shape[0], "3 (pipelines produce RGB images)")
+    if m.cpu_offload and not (cfg.device != "cpu" and torch.cuda.is_available()):
+        _err("model.cpu_offload", True, "false without a CUDA device", "offload moves components to the GPU in turn")
+    if m.dtype == "fp16" and not (cfg.device != "cpu" and torch.cuda.is_available()):
+        _err("model.dtype", "fp16", "fp32 or bf16 on the CPU", "half-precision kernels are GPU kernels")
+    if int(s.devices) != 1 or int(s.shard_size) != 0:
+        _err("sampling.devices", s.devices, "1 and sampling.shard_size=0 with model=pipeline",
+             "sharded pipeline sampling is not supported yet")
+    if cfg.distill.method != "none":
+        _err("distill", cfg.distill.method, "none with model=pipeline", "the harness distils its own models")
+    if float(cfg.sampling.get("classifier_scale", 0.0) or 0.0) != 0:
+        _err("sampling.classifier_scale", cfg.sampling.classifier_scale, "0 with model=pipeline")
+    load_prompts(cfg.prompts, cfg.data)
+
+
+def check_pretrained(cfg, info) -> None:
+    """``model.pretrained`` (a UNet the harness's own loop samples on objective= and schedule=): guidance needs the
+    UNet's own class embedding, whatever the data set's labels; a pipeline directory's scheduler config must agree
+    with objective= and schedule= (else a one-line error pointing at model=pipeline)."""
+    root = Path(str(cfg.model.pretrained)).expanduser()
+    conf = next((f for f in (root / "config.json", root / "unet" / "config.json") if f.is_file()), None)
+    if conf is not None and not json.loads(conf.read_text()).get("num_class_embeds"):
+        g = float(cfg.sampling.guidance_scale)
+        if g != 1:
+            _err("sampling.guidance_scale", g, f"1 for model.pretrained={cfg.model.pretrained} (an unconditional "
+                 f"UNet)", f"it has no class embedding: the data's labels would be ignored, the samples unguided "
+                 f"and the cost doubled")
+    if not (root / "scheduler" / "scheduler_config.json").is_file():
+        return
+    sched = ckpt.scheduler_config(root)
+    obj = ckpt.checkpoint_objective(sched)
+    s = cfg.schedule
+    theirs = {"objective": obj, "beta_schedule": sched.get("beta_schedule"), "beta_start": sched.get("beta_start"),
+              "beta_end": sched.get("beta_end"), "num_train_timesteps": sched.get("num_train_timesteps")}
+    ours = {"objective": cfg.objective.name, "beta_schedule": SCHEDULES[s.name].build if s.name != "auto" else None,
+            "beta_start": s.beta_start, "beta_end": s.beta_end, "num_train_timesteps": s.num_train_timesteps}
+    diff = [f"{k}={theirs[k]} (run: {ours[k]})" for k in theirs if theirs[k] is not None and theirs[k] != ours[k]]
+    if sched.get("clip_sample"):  # DDPMScheduler()'s default: the checkpoint's samples are clipped, the loop's not
+        diff.append("clip_sample=True (run: the harness's samplers do not clip)")
+    if diff:
+        _err("model.pretrained", cfg.model.pretrained, "a checkpoint whose scheduler agrees with objective=/schedule=",
+             f"its scheduler config has {'; '.join(diff)}: use model=pipeline model.path=... to sample it as saved")
+
+
+# ----------------------------------------------------------------------------------------------------- the model
+
+@dataclass
+class LoadedPipeline:
+    """A loaded pipeline, its checkpoint description and prompt set (what ``bench.pipeline`` samples)."""
+
+    pipe: object
+    checkpoint: Checkpoint
+    prompts: Optional[PromptSet]
+    num_classes: int = 0  # the harness's class conditioning: none (prompts or nothing condition a pipeline)
+    compile_s: float = 0.0
+
+    def provenance(self) -> dict:
+        c, p = self.checkpoint, self.prompts
+        out = {"pipeline_class": c.pipeline_class, "checkpoint_objective": c.objective,
+               "checkpoint_scheduler": c.scheduler.get("_class_name"), "checkpoint_path": c.root,
+               "model_dtype": str(self.pipe.dtype).replace("torch.", ""), "compile_s": self.compile_s}
+        if p is not None:
+            out.update(prompts_id=p.id, prompts_sha256=p.sha256, num_prompts=len(p.texts),
+                       images_per_prompt=p.images_per_prompt, negative_prompt=p.negative_prompt)
+        return out
+
+
+def model_key(cfg) -> str:
+    """The checkpoint's identity by content (every file: weights, configs, tokenizer) and its load options."""
+    m = cfg.model
+    return config_hash({"path_content": path_fingerprint(ckpt.resolve(m.path)), "dtype": m.dtype,
+                        "attention_slicing": m.attention_slicing, "vae_tiling": m.vae_tiling, "compile": m.compile})
+
+
+def load(cfg, info, device: str) -> tuple[LoadedPipeline, dict]:
+    """(LoadedPipeline, train_info) for ``model=pipeline``: loaded, never trained."""
+    pipe = ckpt.load(cfg.model, device)
+    c = read_checkpoint(cfg.model)
+    loaded = LoadedPipeline(pipe, c, load_prompts(cfg.prompts, cfg.data))
+    if cfg.model.compile:
+        den = getattr(pipe, c.denoiser)
+        den.forward = torch.compile(den.forward)
+    return loaded, {"model_key": model_key(cfg), "path": c.root, "train_steps": 0, "train_seconds": 0.0,
+                    "cached": True, "num_params": ckpt.num_params(pipe)}
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+class _Counted:
+    """Wraps the denoiser's bound forward: every call timed and counted on ``meter`` (rows = its batch)."""
+
+    def __init__(self, forward, meter: CostMeter):
+        self.forward, self.meter = forward, meter
+
+    def __call__(self, *args, **kwargs):
+        x = args[0] if args else next(v for k, v in kwargs.items() if k in ("sample", "hidden_states", "x"))
+        with self.meter.call(x.shape[0]):
+            return self.forward(*args, **kwargs)
+
+
+def call_kwargs(loaded: LoadedPipeline, idx: range, *, num_inference_steps: int, guidance_scale: float, eta: float,
+                size: int, gens) -> dict:
+    """The ``__call__`` arguments for images ``idx`` (also what tests pass to the pipeline directly)."""
+    c, p = loaded.checkpoint, loaded.prompts
+    kw = {"num_inference_steps": num_inference_steps, "generator": gens}
+    kw["output_type"] = "pt" if c.takes_prompt else "np"  # DDPM/DDIM pipelines return numpy only
+    if c.takes_prompt:
+        prompts = [p.texts[p.of(i)] for i in idx]
+        if guidance_scale == 0:  # unconditional: the null condition (the empty prompt), no CFG pass
+            prompts, guidance_scale = [""] * len(idx), 1.0
+        kw.update(prompt=prompts, height=size, width=size, guidance_scale=float(guidance_scale))
+        if p.negative_prompt and guidance_scale > 1:
+            kw["negative_prompt"] = [p.negative_prompt] * len(idx)
+    else:
+        kw["batch_size"] = len(idx)
+    if "eta" in c.call_params:  # DDIM's eta (0 unless sampler=ddim: checked); other schedulers ignore it
+        kw["eta"] = eta
+    return kw
+
+
+def sample(loaded: LoadedPipeline, scheduler, *, num_samples: int, batch_size: int, seed: int,
+           num_inference_steps: int, guidance_scale: float, size: int, cost: CostMeter, eta: float = 0.0,
+           progress: bool = True, start: int = 0) -> Iterator[Batch]:
+    """Images i = start .. start + num_samples - 1 through ``pipe.__call__``, one :class:`Batch` per batch, in model
+    space [-1, 1] (the pipeline's own [0, 1] output, rescaled). Raises NonFiniteError on NaN/Inf latents."""
+    pipe, c, p = loaded.pipe, loaded.checkpoint, loaded.prompts
+    pipe.scheduler = scheduler
+    den = getattr(pipe, c.denoiser)
+    own_forward = den.forward
+    den.forward = _Counted(own_forward, cost)
+    takes_callback = "callback_on_step_end" in c.call_params
+    try:
+        with tqdm(total=num_samples, disable=not progress, desc=c.pipeline_class, unit="img") as bar:
+            for i0 in range(start, start + num_samples, batch_size):
+                idx = range(i0, min(i0 + batch_size, start + num_samples))
+                kw = call_kwargs(loaded, idx, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                 eta=eta, size=size, gens=image_generators(seed, idx.start, idx.stop))
+                if takes_callback:
+                    kw["callback_on_step_end"] = _finite_check(num_inference_steps)
+                with cost.batch(len(idx)), torch.inference_mode():
+                    out = pipe(**kw).images
+                x = torch.as_tensor(out) if torch.is_tensor(out) or c.takes_prompt else torch.from_numpy(out)
+                if x.shape[-1] == 3 and x.dim() == 4 and x.shape[1] != 3:
+                    x = x.permute(0, 3, 1, 2)  # numpy NHWC -> NCHW
+                x = x.to("cpu", torch.float32) * 2 - 1
+                if not torch.isfinite(x).all():
+                    raise NonFiniteError(num_inference_steps - 1, None, num_inference_steps)
+                labels = None
+                if p is not None and p.labels is not None:
+                    labels = torch.as_tensor([p.labels[p.of(i)] for i in idx], dtype=torch.long)
+                if c.takes_prompt and guidance_scale == 0:
+                    labels = None  # unconditional samples have no caption to be scored against
+                bar.update(len(idx))
+                yield Batch(x=x.contiguous(), labels=labels, index=torch.arange(idx.start, idx.stop),
+                            prompts=None if p is None or labels is not None or guidance_scale == 0
+                            else [p.texts[p.of(i)] for i in idx])
+    finally:
+        den.forward = own_forward
+
+
+def _finite_check(num_steps: int):
+    def callback(pipe, step, timestep, kwargs):
+        latents = kwargs.get("latents")
+        if latents is not None and not torch.isfinite(latents).all():
+            raise NonFiniteError(int(step), float(timestep), num_steps)
+        return kwargs
+
+    return callback
+
+
+def warm_up(loaded: LoadedPipeline, scheduler, cfg, size: int) -> float:
+    """model.compile: one untimed image through the pipeline so compilation is not in the latency; its seconds."""
+    t0 = time.perf_counter()
+    for _ in sample(loaded, scheduler, num_samples=1, batch_size=1, seed=cfg.sampling.seed, size=size,
+                    num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale,
+                    cost=CostMeter("cpu"), progress=False):
+        pass
+    return time.perf_counter() - t0
+
+
+def batch_prompts(loaded, batch: Batch) -> list:
+    """(image index, prompt) of a batch that is scored against its prompt (none when sampled unconditionally)."""
+    p = getattr(loaded, "prompts", None)
+    if p is None or (batch.labels is None and batch.prompts is None):
+        return []
+    return [(int(i), p.texts[p.of(int(i))]) for i in batch.index]
+
+
+def write_prompt_scores(path, prompt_log: list, clip_scores: list) -> None:
+    """The cell's per-prompt CLIP scores (``prompts.csv``: prompt, images, mean and std of the image scores); nothing
+    when the cell computed no CLIP score."""
+    import pandas as pd  # lazy: only text-to-image cells write this table
+
+    scores = torch.cat([torch.as_tensor(s).reshape(-1) for s in clip_scores]) if clip_scores else torch.empty(0)
+    if len(scores) != len(prompt_log):
+        return
+    df = pd.DataFrame({"index": [i for i, _ in prompt_log], "prompt": [t for _, t in prompt_log],
+                       "clip_score": scores.double().numpy()})
+    table = df.groupby("prompt", sort=False)["clip_score"].agg(images="count", clip_score="mean", clip_score_std="std")
+    atomic_write_text(path, table.reset_index().to_csv(index=False))
