@@ -17,9 +17,13 @@ SWEEPS = {
                           "sampling.classifier_scale=0,2", "classifier.max_steps=20",
                           "classifier.block_out_channels=[8,16]"],
                          {(0.0, 0.0), (0.0, 2.0), (3.0, 0.0), (3.0, 2.0)}),
+    # every family at one step count, tiny (smoke budget; a 1-block DiT, a 20-step VAE)
+    "families": (["sampling.num_inference_steps=2", "model.num_layers=1", "model.vae_max_steps=20",
+                  "model.vae_block_out_channels=[8,16]"],
+                 {("unet",), ("dit",), ("latent_unet",), ("latent_dit",)}),
 }
 COORD = {"scheduler_steps": ("sampler",), "ddim_eta": ("eta",), "guidance": ("guidance_scale",),
-         "guidance_methods": ("guidance_scale", "classifier_scale")}
+         "guidance_methods": ("guidance_scale", "classifier_scale"), "families": ("model",)}
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +57,7 @@ def test_sweep_file_runs_one_row_per_cell(shared, sweep):
         cost = {(r["guidance_scale"], r["classifier_scale"]): (r["nfe"], r.get("nfe_classifier")) for r in got}
         assert cost == {(0.0, 0.0): (2, None), (0.0, 2.0): (2, 2), (3.0, 0.0): (4, None), (3.0, 2.0): (4, 2)}
         assert len({r["classifier_key"] for r in got if r["classifier_scale"]}) == 1  # trained once
+    if sweep == "families":  # one training budget; the latent families share one VAE and record it
+        assert len({r["train_steps"] for r in got}) == 1 and len({r["model_key"] for r in got}) == 4
+        latent = [r for r in got if r["model"].startswith("latent_")]
+        assert len({r["vae_key"] for r in latent}) == 1 and all(r["latent_shape"] == [4, 4, 4] for r in latent)
