@@ -7,7 +7,8 @@ from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from bench.data import build_dataset, get_data_info
 from bench.metrics.cost import CostMeter
-from bench.models import DiTDenoiser, LatentDenoiser, MLPDenoiser, UNetDenoiser, build_model, num_params
+from bench.models import (DiTDenoiser, LatentDenoiser, MLPDenoiser, TextUNetDenoiser, UNetDenoiser, build_model,
+                          num_params, text_encoder)
 from bench.sampling import build_sampler, sample
 from bench.schema import ConfigError
 from bench.training import key_config, load_or_train, load_or_train_vae, model_key
@@ -295,3 +296,63 @@ def test_latent_smoke_cell_through_the_cli(tmp_path):
     (row,) = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
     assert row["status"] == "ok" and row["model"] == "latent_unet" and row["latent_shape"] == [4, 4, 4]
     assert len(row["vae_key"]) == 16 and row["vae_psnr"] > 5 and row["vae_train_steps"] == 40 and row["fid"] > 0
+
+
+# ---------------------------------------------------------------- text-conditioned UNet (model=text_unet)
+
+SHAPES = ("data=shapes", "data.num_train=256", "model=text_unet", "trainer.accelerator=cpu", "device=cpu")
+
+
+def test_text_unet_conditions_on_caption_tokens_with_the_empty_prompt_as_null(compose_cfg):
+    cfg = compose_cfg(*SHAPES)
+    info = get_data_info(cfg.data)
+    model = build_model(cfg.model, info)
+    assert isinstance(model, TextUNetDenoiser) and model.num_classes == 48 and model.text_states.shape == (49, 12, 64)
+    clip = text_encoder()
+    torch.testing.assert_close(model.text_states[-1:], clip.encode_text_tokens([""]))  # the null class: ""
+    torch.testing.assert_close(model.text_states[3:4], clip.encode_text_tokens([info.class_names[3]]))
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([1.0, 400.0, 999.0])
+    with torch.no_grad():
+        null = model(x, t, torch.full((3,), 48))
+        assert torch.equal(model(x, t), null) and null.shape == x.shape
+        assert not torch.allclose(model(x, t, torch.tensor([0, 1, 2])), null)  # the caption reaches the output
+    assert key_config(cfg)["model"]["text_encoder"] == clip.weights_hash  # the tower's weights are in the key
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["data=digits", "data.class_conditional=false"],
+     r"^model\.name='text_unet' is not allowed: a data set with captions \(data=shapes, class_conditional\) \(data "
+     r"digits-8px-c1-n256 has no class captions to prompt with\)$"),
+    (["data=toy2d"], r"^model='text_unet' is not allowed: model=mlp for data=toy2d$"),
+    (["model.norm_num_groups=5"], r"^model\.norm_num_groups=5 is not allowed: a divisor of every block_out_channels"),
+])
+def test_text_unet_bad_config_is_one_line(compose_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        validate(compose_cfg(*SHAPES, *overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_text_unet_trains_reloads_bit_exactly_and_samples_with_cfg(compose_cfg, bench_cache):
+    cfg = compose_cfg(*SHAPES, "model.block_out_channels=[16,32]", "train.max_steps=30", "train.batch_size=32")
+    model, info = load_or_train(cfg)
+    assert info["cached"] is False and isinstance(model, TextUNetDenoiser)
+    curve = json.loads((bench_cache / "models" / info["model_key"] / "meta.json").read_text())["loss_curve"]
+    assert sum(curve[-5:]) < 0.8 * sum(curve[:5])
+    model2, info2 = load_or_train(cfg)
+    assert info2["cached"] is True
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), k
+    meter = CostMeter("cpu", 0)
+    x = torch.cat([b.x for b in sample(model, build_sampler(cfg.sampler, cfg.schedule, "eps"), shape=(3, 16, 16),
+                                       num_samples=4, batch_size=4, seed=0, num_inference_steps=3, guidance_scale=3.0,
+                                       num_classes=48, device="cpu", cost=meter, progress=False)])
+    assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all() and meter.summary()["nfe"] == 6  # CFG: 2 per step
+
+
+def test_text_unet_smoke_cell_on_shapes_through_the_cli(tmp_path):
+    """`bench experiment=smoke data=shapes model=text_unet`: FID and CLIP score (captions of the sampled classes)."""
+    bench(tmp_path, "experiment=smoke", *SHAPES[:3], "tracker=none", "sampling.num_samples=32",
+          "sampling.num_inference_steps=2", "sampling.guidance_scale=3", "metric.num_reference=256")
+    (row,) = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
+    assert row["status"] == "ok" and row["model"] == "text_unet" and row["nfe"] == 4
+    assert row["fid"] > 0 and 0 <= row["clip_score"] <= 100

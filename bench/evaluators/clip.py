@@ -69,6 +69,14 @@ class ClipFeatureNet:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts)).float()
 
+    @torch.no_grad()
+    def encode_text_tokens(self, texts: list[str]) -> torch.Tensor:
+        """Per-token states (B, context_length, width) of the text tower after ``ln_final``, before pooling: the
+        cross-attention context of a text-conditioned UNet (what SD takes from CLIPTextModel.last_hidden_state)."""
+        m = self.model
+        x = m.token_embedding(self.tokenizer(texts)) + m.positional_embedding
+        return m.ln_final(m.transformer(x, attn_mask=m.attn_mask)).float()
+
     def _pixels(self, images_uint8: torch.Tensor) -> torch.Tensor:
         x = images_uint8.float() / 255.0
         if x.shape[1] == 1:

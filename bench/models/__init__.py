@@ -16,10 +16,11 @@ from bench.schema import ConfigError
 from .dit import DiTDenoiser, check_dit
 from .latent import LatentDenoiser, build_vae, check_latent
 from .mlp import MLPDenoiser
+from .text_unet import TextUNetDenoiser, check_text_unet, text_encoder
 from .unet import UNetDenoiser, check_unet, load_pretrained_unet
 
-__all__ = ["MODELS", "build_model", "DiTDenoiser", "LatentDenoiser", "MLPDenoiser", "UNetDenoiser", "build_vae",
-           "load_pretrained_unet", "num_params"]
+__all__ = ["MODELS", "build_model", "DiTDenoiser", "LatentDenoiser", "MLPDenoiser", "TextUNetDenoiser", "UNetDenoiser",
+           "build_vae", "load_pretrained_unet", "num_params", "text_encoder"]
 
 
 def _mlp(m, info) -> nn.Module:
@@ -67,9 +68,11 @@ def _needs(kind: str, other: str, then=None):
 
 @dataclass(frozen=True)
 class Family(Entry):
-    """A model family; ``latent``: it diffuses in the latent space of an AutoencoderKL the harness trains first."""
+    """A model family; ``latent``: it diffuses in the latent space of an AutoencoderKL the harness trains first;
+    ``text``: it is conditioned on captions through the frozen text tower (whose weights hash enters its key)."""
 
     latent: bool = False
+    text: bool = False
 
 
 MODELS = Registry("model", "model.name", {
@@ -78,6 +81,7 @@ MODELS = Registry("model", "model.name", {
     "dit": Family(_image_family(DiTDenoiser), _needs("images", "mlp", check_dit)),
     "latent_unet": Family(_image_family(UNetDenoiser, latent=True), _latent(check_unet), latent=True),
     "latent_dit": Family(_image_family(DiTDenoiser, latent=True), _latent(check_dit), latent=True),
+    "text_unet": Family(_image_family(TextUNetDenoiser), _needs("images", "mlp", check_text_unet), text=True),
     # a local diffusers pipeline, loaded as saved and sampled through its own __call__ (bench.sampling.pipelines,
     # which also checks it against the checkpoint); never built from config or trained here
     "pipeline": Family(None, _needs("images", "mlp")),
