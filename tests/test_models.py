@@ -10,6 +10,7 @@ from bench.metrics.cost import CostMeter
 from bench.models import (DiTDenoiser, LatentDenoiser, MLPDenoiser, TextUNetDenoiser, UNetDenoiser, build_model,
                           num_params, text_encoder)
 from bench.sampling import build_sampler, sample
+from bench.run import cell_key
 from bench.schema import ConfigError
 from bench.training import key_config, load_or_train, load_or_train_vae, model_key
 from bench.validate import validate
@@ -356,3 +357,22 @@ def test_text_unet_smoke_cell_on_shapes_through_the_cli(tmp_path):
     (row,) = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
     assert row["status"] == "ok" and row["model"] == "text_unet" and row["nfe"] == 4
     assert row["fid"] > 0 and 0 <= row["clip_score"] <= 100
+
+
+def test_pretrained_vae_is_loaded_measured_and_keyed_by_content(compose_cfg, bench_cache, tmp_path):
+    """model.vae=<dir>: that AutoencoderKL, not trained (vae_train_steps 0), its scaling factor and PSNR measured on
+    the data once and cached; new weights under the same path are a new VAE key and a new model key."""
+    vae = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae.save_pretrained(tmp_path / "vae")
+    cfg = compose_cfg(*TINY_LATENT["latent_unet"], f"model.vae={tmp_path / 'vae'}")
+    validate(cfg)
+    loaded, vinfo = load_or_train_vae(cfg)
+    assert vinfo["vae_train_steps"] == 0 and vinfo["vae_scaling_factor"] > 0 and np.isfinite(vinfo["vae_psnr"])
+    for (k, a), (_, b) in zip(vae.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    key, mkey, ckey = vinfo["vae_key"], model_key(cfg), cell_key(cfg)
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    assert load_or_train_vae(cfg)[1]["vae_key"] != key and model_key(cfg) != mkey and cell_key(cfg) != ckey
