@@ -368,3 +368,14 @@ def test_duplicate_cell_keys_with_other_scores_are_refused_in_either_order(tmp_p
     write(tmp_path / "c", later)
     ab, ba = load([str(tmp_path / "a"), str(tmp_path / "c")])[0], load([str(tmp_path / "c"), str(tmp_path / "a")])[0]
     assert list(ab["latency_p50"]) == list(ba["latency_p50"]) == list(load([str(tmp_path / "a")])[0]["latency_p50"])
+
+
+def test_classifier_scale_is_a_cell_coordinate(tmp_path):
+    """guidance_methods rows: CFG scale × classifier scale; rows differing in classifier_scale are never averaged."""
+    rows = [row(name="guidance_methods", steps=20, guidance_scale=g, classifier_scale=c, fid=10 + g + 2 * c)
+            for g in (0.0, 3.0) for c in (0.0, 2.0)]
+    plan, tables, csvs = tables_for(tmp_path, rows, metric=["fid"])
+    assert (plan.kind, plan.rows) == ("guidance", ["guidance_scale", "classifier_scale"])
+    assert tables[0].header[:2] == ["guidance scale", "classifier scale"]
+    assert [[c.text for c in r[:3]] for r in tables[0].body] == [["0", "0", "10.00"], ["0", "2", "14.00"],
+                                                                  ["3", "0", "13.00"], ["3", "2", "17.00"]]

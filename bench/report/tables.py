@@ -12,8 +12,8 @@ from .load import ReportError, fmt_value, norm, sort_key
 # Coordinates of a cell (what a sweep varies). `seed` is not one: rows differing only in seed are repeats. `name`
 # and `model_key` are, so two sweeps or two trained models are never averaged together as if they were seeds.
 FACTORS = ("name", "data", "model", "objective", "schedule", "sampler", "method", "eta", "timestep_spacing",
-           "num_inference_steps", "guidance_scale", "distill_method", "distill_steps", "batch_size", "train_steps",
-           "model_key")
+           "num_inference_steps", "guidance_scale", "classifier_scale", "distill_method", "distill_steps", "batch_size",
+           "train_steps", "model_key")
 QUALITY = ("fid", "kid", "is", "clip_score", "swd", "mmd")
 COST = ("latency_p50", "latency_p95", "images_per_s", "peak_mem_mb", "nfe", "wall_s")
 DEFAULT_METRICS = QUALITY + ("latency_p50",)
@@ -30,7 +30,8 @@ SETTINGS.update({m: ("hardware", "device") for m in COST})
 LABELS = {"fid": "FID", "kid": "KID ×10³", "is": "IS", "clip_score": "CLIP score", "swd": "SWD", "mmd": "MMD",
           "latency_p50": "latency p50 (ms/img)", "latency_p95": "latency p95 (ms/img)", "images_per_s": "images/s",
           "peak_mem_mb": "peak memory (MB)", "nfe": "NFE", "wall_s": "wall (s)",
-          "num_inference_steps": "steps", "guidance_scale": "guidance scale", "eta": "η",
+          "num_inference_steps": "steps", "guidance_scale": "guidance scale", "classifier_scale": "classifier scale",
+          "eta": "η",
           "timestep_spacing": "spacing", "distill_method": "distillation", "distill_steps": "distill steps"}
 # Display scales (CSV keeps raw units): s → ms per image; KID ×10³ as in the GAN/diffusion literature.
 SCALE = {"latency_p50": 1000.0, "latency_p95": 1000.0, "kid": 1000.0}
