@@ -21,9 +21,12 @@ SWEEPS = {
     "families": (["sampling.num_inference_steps=2", "model.num_layers=1", "model.vae_max_steps=20",
                   "model.vae_block_out_channels=[8,16]"],
                  {("unet",), ("dit",), ("latent_unet",), ("latent_dit",)}),
+    "families_text": (["sampling.num_inference_steps=2", "data.num_train=256", "metric.num_reference=256"],
+                      {("unet",), ("text_unet",)}),
 }
 COORD = {"scheduler_steps": ("sampler",), "ddim_eta": ("eta",), "guidance": ("guidance_scale",),
-         "guidance_methods": ("guidance_scale", "classifier_scale"), "families": ("model",)}
+         "guidance_methods": ("guidance_scale", "classifier_scale"), "families": ("model",),
+         "families_text": ("model",)}
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +64,5 @@ def test_sweep_file_runs_one_row_per_cell(shared, sweep):
         assert len({r["train_steps"] for r in got}) == 1 and len({r["model_key"] for r in got}) == 4
         latent = [r for r in got if r["model"].startswith("latent_")]
         assert len({r["vae_key"] for r in latent}) == 1 and all(r["latent_shape"] == [4, 4, 4] for r in latent)
+    if sweep == "families_text":  # captioned shapes: both scored with CLIP features and CLIP score
+        assert all(r["data"].startswith("shapes") and 0 <= r["clip_score"] <= 100 for r in got)
