@@ -264,12 +264,14 @@ def vae_stats(vae, data_cfg, seed: int = 0, batch_size: int = 256) -> dict:
     """vae_scaling_factor = 1 / std(z), z ~ q(z | x) (seeded) over the train split, so the latents the denoiser sees
     have unit variance (how SD's 0.18215 was measured, Rombach et al. 2022 §G); vae_psnr = 10 log10(2² / MSE) of
     D(mode q(z | x)) against the held-out split (images in [-1, 1]; one MSE over every pixel), in dB."""
-    g = torch.Generator().manual_seed(seed)
     vae = vae.eval()
-    z = [vae.encode(x).latent_dist.sample(generator=g).double()
+    dev = next(vae.parameters()).device  # wherever training left it (a GPU): the data comes to it
+    g = torch.Generator(device=dev).manual_seed(seed)
+    z = [vae.encode(x.to(dev)).latent_dist.sample(generator=g).double()
          for x, _ in torch.utils.data.DataLoader(build_dataset(data_cfg, "train"), batch_size=batch_size)]
     sq, n = 0.0, 0
     for x, _ in torch.utils.data.DataLoader(build_dataset(data_cfg, "test"), batch_size=batch_size):
+        x = x.to(dev)
         sq += float((vae.decode(vae.encode(x).latent_dist.mode()).sample.double() - x.double()).pow(2).sum())
         n += x.numel()
     return {"vae_scaling_factor": float(1 / torch.cat(z).std()), "vae_psnr": float(10 * np.log10(4 / (sq / n)))}
