@@ -23,6 +23,7 @@ from bench.sampling import SAMPLERS
 from bench.sampling import pipelines
 from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
+from bench.training.cache import processes
 from bench.training.objectives import OBJECTIVES
 
 # one registry per config group, checked in this order (data first: the others need its DataInfo)
@@ -111,14 +112,29 @@ def _check_plain_keys(cfg) -> None:
     _check_sharding(cfg)
     _unit(cfg, "train.ema_decay")
     _unit(cfg, "train.cond_drop_prob")
-    if str(cfg.trainer.devices) != "1":
-        # multi-process training is not safe yet: a DDP rank re-runs the job and waits on the model-cache lock its
-        # rank 0 holds, and ddp_spawn on CPU hung in fit (tests: none); sampling and scoring do scale out
-        raise ConfigError("trainer.devices", cfg.trainer.devices, "1 (training runs in one process)",
-                          "spread a cell's sampling and scoring with sampling.devices=N instead")
+    _check_training_processes(cfg)
     check_bounds(cfg, finite_only=True)
     _check_max_time(cfg.trainer.max_time)
     check_output_dir(Path(cfg.out_dir) / cfg.name, "out_dir")  # out_dir/<name> a file: refused here, not after work
+
+
+def _check_training_processes(cfg) -> None:
+    """trainer.devices = N > 1 trains with ddp_spawn (bench.training.cache.strategy): every rank reads the global
+    batch and trains on an equal share of its rows, so N must divide train.batch_size; ``ddp`` would re-launch the
+    whole job per rank (its ranks would wait on the model-cache lock of the first)."""
+    n, tr = processes(cfg.trainer), cfg.trainer
+    if n < 1:
+        raise ConfigError("trainer.devices", tr.devices, "a number of processes >= 1")
+    if n == 1:
+        return
+    if tr.strategy not in ("auto", "ddp_spawn"):
+        raise ConfigError("trainer.strategy", tr.strategy, f"auto or ddp_spawn with trainer.devices={tr.devices}",
+                          "ddp re-launches the whole bench job per rank")
+    for key in ("train.batch_size", "distill.batch_size", "classifier.batch_size"):
+        b = _get(cfg, key) if key.split(".")[0] in cfg else None
+        if b is not None and b % n:
+            raise ConfigError(key, b, f"a multiple of trainer.devices={n}",
+                              "each process trains on an equal share of every batch (the 1-process gradient)")
 
 
 def _check_max_time(value) -> None:

@@ -126,9 +126,11 @@ CONFIG_CASES = {
     "mmd bandwidth 0": (["metric.mmd_bandwidth=0"], ["metric.mmd_bandwidth=0", "(0, inf)"]),
     "one training timestep": (["schedule.num_train_timesteps=1", "sampling.num_inference_steps=1"],
                               ["schedule.num_train_timesteps=1 is not allowed: an integer in [2, inf)"]),
-    "multi-process training": (["trainer.devices=2", "trainer.strategy=ddp"],
-                               ["trainer.devices=2 is not allowed: 1 (training runs in one process)",
-                                "sampling.devices=N"]),
+    "multi-process training with ddp": (["trainer.devices=2", "trainer.strategy=ddp"],
+                                        ["trainer.strategy='ddp' is not allowed: auto or ddp_spawn",
+                                         "re-launches the whole bench job per rank"]),
+    "batch not divisible by processes": (["trainer.devices=3"],
+                                         ["is not allowed: a multiple of trainer.devices=3", "an equal share of every batch"]),
 }
 
 

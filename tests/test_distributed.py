@@ -138,3 +138,53 @@ def test_sigkilled_two_process_cli_run_resumes_to_the_same_fid(cache, compose_cf
     assert row["fid"] == pytest.approx(ref["fid"], rel=1e-6) and row["kid"] == pytest.approx(ref["kid"], rel=1e-6)
     x = np.load(root / row["cell_dir"] / "samples.npz")["images"]
     assert np.array_equal(x, x_ref)
+
+
+# ------------------------------------------------------------------------------ training on N processes (ddp_spawn)
+
+TOY_TRAIN = ["experiment=toy2d", "tracker=none", "device=cpu", "train.batch_size=64", "train.warmup_steps=5",
+             "data.num_train=2000", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+             "train.checkpoint_every=10"]
+
+
+def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tmp_path, one_thread):
+    """trainer.devices=2 (ddp_spawn, gloo): each rank trains on its half of every global batch, so 2 processes train
+    the weights of 1 (max abs diff <= 1e-5, float32 gradient-sum rounding apart) with the same loss curve; stopped at
+    step 20 and resumed to 30 on 2 processes it ends where 30 uninterrupted 1-process steps end. Then the real
+    pipeline on 2 processes: the same model key as 1 process, the model published to the cache, and a cell on it."""
+    import torch
+
+    from bench import pipeline
+    from bench.data import get_data_info
+    from bench.run import cell_config, cell_key, results_root
+    from bench.training import load_or_train
+    from bench.training.cache import fit, model_key
+    from bench.training.module import DiffusionModule
+
+    def train(devices, steps, work):
+        cfg = compose_cfg(*TOY_TRAIN, f"trainer.devices={devices}", f"train.max_steps={steps}")
+        info = get_data_info(cfg.data)
+        return fit(lambda: DiffusionModule.from_config(cfg, info), cfg.data, cfg.train, cfg.trainer, work)
+
+    one = train(1, 30, tmp_path / "w1")
+    train(2, 20, tmp_path / "w2")
+    two = train(2, 30, tmp_path / "w2")  # resumes from rank 0's step-20 checkpoint
+    assert (one.trained_steps, two.trained_steps) == (30, 30)
+    for a, b in ((one.model, two.model), (one.ema, two.ema)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert max(float((sa[k] - sb[k]).abs().max()) for k in sa) <= 1e-5
+    assert np.allclose(one.losses(), two.losses(), rtol=1e-5, atol=1e-7) and len(two.losses()) == 30
+
+    cache = tmp_path / "cache"
+    args = [*TOY_TRAIN, "train.max_steps=30", f"cache_dir={cache}", f"out_dir={tmp_path / 'runs'}",
+            "sampling.num_samples=64", "sampling.batch_size=32", "metric.toy_num_reference=500"]
+    cfg2 = compose_cfg(*args, "trainer.devices=2")
+    assert model_key(cfg2) == model_key(compose_cfg(*args))  # how many processes train is not in the key
+    model, info = load_or_train(cfg2)
+    assert info["cached"] is False and info["train_steps"] == 30
+    sm, se = model.state_dict(), one.ema.state_dict()
+    assert max(float((sm[k] - se[k].to(sm[k].device)).abs().max()) for k in sm) <= 1e-5  # the EMA weights, published
+    row = pipeline.run_cell(cfg2, pipeline.prepare(cfg2), results_root(cfg2), cell_key(cfg2), cell_config(cfg2))
+    assert row["status"] == "ok" and np.isfinite(row["swd"])
+    _, again = load_or_train(compose_cfg(*args))  # one process now: a cache hit on the model 2 processes trained
+    assert again["cached"] is True and again["model_key"] == info["model_key"] and torch.is_tensor(next(iter(sm.values())))

@@ -105,8 +105,9 @@ class BenchDataModule(L.LightningDataModule):
         # Lightning restores the checkpoint's loop state before it asks for the loader, so global_step is the
         # step to resume at.
         start = int(trainer.global_step) if trainer is not None else 0
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = StepBatchSampler(len(self.train_set), self.batch_size, self.seed, start, rank, world)
+        # every rank reads the same global batch (train.batch_size) and DiffusionModule trains on its rows
+        # rank::world of it: N processes take the steps of 1 (trainer.* is not in the model key)
+        sampler = StepBatchSampler(len(self.train_set), self.batch_size, self.seed, start)
         workers = int(self.data_cfg.num_workers)
         # batch_size=None: the sampler yields whole batches and _Batches fetches each in one go (in-memory data
         # sets index their tensors once instead of 512 __getitem__ calls + collate)

@@ -108,8 +108,11 @@ def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0,
                                                   every_n_train_steps=every if every > 0 else None)
     tr = trainer_cfg
+    spawned = processes(tr) > 1
+    if spawned:  # the ranks write the final state; this process reads it back below
+        callbacks = [*callbacks, _FinalCheckpoint(workdir / CKPT)]
     trainer = L.Trainer(max_steps=int(train.max_steps), accelerator=tr.accelerator, devices=tr.devices,
-                        precision=tr.precision, strategy=tr.strategy, logger=logger,
+                        precision=tr.precision, strategy=strategy(tr), logger=logger,
                         accumulate_grad_batches=int(getattr(train, "accumulate_grad_batches", 1)),
                         max_time=getattr(tr, "max_time", None) or None,
                         enable_progress_bar=bool(tr.enable_progress_bar), log_every_n_steps=int(tr.log_every_n_steps),
@@ -122,14 +125,49 @@ def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg
     datamodule = BenchDataModule(data_cfg, train.batch_size, train.seed)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None,
                 weights_only=True)
-    if trainer.global_step and not (last.exists() and every and trainer.global_step % every == 0):
-        trainer.save_checkpoint(last, weights_only=False)  # the final state, when the cadence did not just write it
-    if trainer.global_step < int(train.max_steps):
-        raise TrainingStopped(f"training stopped at step {trainer.global_step} of train.max_steps={int(train.max_steps)} "
+    if spawned:  # ddp_spawn: the weights, EMA, loss curve and step count come from rank 0's final checkpoint
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        module.load_state_dict(ck["state_dict"])
+        module.on_load_checkpoint(ck)
+        steps = int(ck["global_step"])
+    else:
+        steps = int(trainer.global_step)
+        if steps and not (last.exists() and every and steps % every == 0):
+            trainer.save_checkpoint(last, weights_only=False)  # the final state, when the cadence did not write it
+    if steps < int(train.max_steps):
+        raise TrainingStopped(f"training stopped at step {steps} of train.max_steps={int(train.max_steps)} "
                               f"(trainer.max_time={tr.max_time}); its checkpoint {last} is kept: run the same command "
                               f"again to resume")
-    module.trained_steps = int(trainer.global_step)
+    module.trained_steps = steps
     return module
+
+
+def processes(trainer_cfg) -> int:
+    """Training processes: ``trainer.devices`` when it is a count (1 for ``auto`` or a device list of one)."""
+    d = trainer_cfg.devices
+    if isinstance(d, int):
+        return d
+    if isinstance(d, str) and d.isdigit():
+        return int(d)
+    return len(d) if hasattr(d, "__len__") and not isinstance(d, str) else 1
+
+
+def strategy(trainer_cfg) -> str:
+    """Lightning's strategy: ``ddp_spawn`` for N > 1 processes unless given. Not ``ddp``: it would re-launch the
+    whole bench job per rank, and each rank would wait on the model-cache lock the first one holds."""
+    if processes(trainer_cfg) > 1 and trainer_cfg.strategy == "auto":
+        return "ddp_spawn"
+    return trainer_cfg.strategy
+
+
+class _FinalCheckpoint(L.Callback):
+    """Under ddp_spawn: the final training state written by the ranks (rank 0 writes), read back by the parent."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str,

@@ -49,14 +49,26 @@ class DiffusionModule(L.LightningModule):
         if isinstance(self.model, LatentDenoiser):  # latent diffusion: x0 is the scaled latent of its frozen VAE
             x0 = self.model.encode(x0, g)
         loss = self.compute_loss(x0, self.drop_labels(y, g), g)
-        self.loss_history.append(loss.detach())
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # the batch's loss (under DDP the mean of the ranks' equal shares, as their averaged gradients are)
+        logged = self.all_gather(loss.detach()).mean() if self.world() > 1 else loss.detach()
+        self.loss_history.append(logged)
+        self.log("loss", logged, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
+    def world(self) -> int:
+        return int(self.trainer.world_size) if self._trainer is not None else 1
+
+    def rows(self) -> slice | None:
+        """This process's rows of the global batch under DDP (rank::world; validation makes the shares equal, so
+        the average of the ranks' gradients is the 1-process gradient); None in one process."""
+        w = self.world()
+        return slice(int(self.trainer.global_rank), None, w) if w > 1 else None
+
     def compute_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
-        """The objective's loss on one batch (distillation modules override this, and only this)."""
+        """The objective's loss on one batch (distillation modules override this, and only this; a module that does
+        not take ``rows()`` computes the whole batch on every rank: the same gradient, no speed-up)."""
         return obj.diffusion_loss(self.model, x0, labels, self.objective_cfg, self.schedule_cfg, g,
-                                  self.alphas_cumprod)
+                                  self.alphas_cumprod, rows=self.rows())
 
     def drop_labels(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor | None:
         """Class labels with CFG dropout: each replaced by the null class with probability train.cond_drop_prob

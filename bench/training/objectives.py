@@ -141,12 +141,17 @@ def loss_weight(objective_cfg, alpha: torch.Tensor, sigma: torch.Tensor) -> torc
 
 
 def diffusion_loss(model, x0: torch.Tensor, class_labels: torch.Tensor | None, objective_cfg, schedule_cfg,
-                   generator: torch.Generator | None = None, ac: torch.Tensor | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, ac: torch.Tensor | None = None,
+                   rows: slice | None = None) -> torch.Tensor:
     """Weighted MSE between ``model(x_t, t, class_labels)`` and the objective's target (DDPM's L_simple with
-    optional Min-SNR weights); all randomness from ``generator``."""
+    optional Min-SNR weights); all randomness from ``generator``. ``rows``: this process's rows of the batch (DDP):
+    t and noise are drawn for the whole batch first, so every row gets what a 1-process run gives it."""
     objective = objective_cfg.name
     t, alpha, sigma = sample_noise_level(objective, schedule_cfg, x0.shape[0], generator, x0.device, ac)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if rows is not None:
+        x0, eps, t, alpha, sigma = x0[rows], eps[rows], t[rows], alpha[rows], sigma[rows]
+        class_labels = class_labels[rows] if class_labels is not None else None
     out = model(add_noise(x0, eps, alpha, sigma), t, class_labels)
     per_example = (out.float() - target(objective, x0, eps, alpha, sigma).float()).pow(2).flatten(1).mean(1)
     return (loss_weight(objective_cfg, alpha, sigma).float() * per_example).mean()
