@@ -198,6 +198,11 @@ def test_prompt_files_subsets_and_checksums(tmp_path, compose_cfg):
     assert load_prompts(compose_cfg("prompts=file", f"prompts.path={csv}").prompts, None).sha256 != full.sha256
     four = compose_cfg("prompts=file", f"prompts.path={txt}", "prompts.images_per_prompt=2").prompts
     assert [load_prompts(four, None).of(i) for i in range(7)] == [0, 0, 1, 1, 2, 2, 0]
+    coco = tmp_path / "captions_val2014.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [{"image_id": 1, "id": 5, "caption": " A cat. "},
+                                                               {"image_id": 2, "id": 6, "caption": "A dog."}]}))
+    assert load_prompts(compose_cfg("prompts=file", f"prompts.path={coco}").prompts, None).texts == ("A cat.",
+                                                                                                   "A dog.")
     with pytest.raises(ConfigError, match="prompts.column='nope' is not allowed: a column of coco.csv"):
         load_prompts(compose_cfg("prompts=file", f"prompts.path={csv}", "prompts.column=nope").prompts, None)
     shapes = load_prompts(compose_cfg("data=shapes", "prompts=shapes").prompts, compose_cfg("data=shapes").data)
@@ -230,6 +235,7 @@ def test_cli_cell_records_the_checkpoint_and_prompts(tiny_dirs, tmp_path, monkey
     assert (row["pipeline_class"], row["objective"], row["schedule"], row["prompts_id"]) == (
         "StableDiffusionPipeline", "eps", "scaled_linear", "shapes")
     assert row["scheduler_class"] == "DPMSolverMultistepScheduler" and len(row["prompts_sha256"]) == 16
+    assert (row["model_dtype"], row["attention_slicing"], row["compile"]) == ("float32", False, False)
     cell = tmp_path / "runs" / "default" / row["cell_dir"]
     assert json.loads((cell / "scheduler.json").read_text())["beta_schedule"] == "scaled_linear"
     per_prompt = (cell / "prompts.csv").read_text().splitlines()

@@ -3,8 +3,9 @@
 - ``none``: no prompts (unconditional or class-conditional models).
 - ``shapes``: the held-out captions of ``data=shapes`` ("a red circle at the top left"), offline; each prompt keeps
   its class, so the offline CLIP evaluator scores it exactly as it scores the harness's own text-conditioned samples.
-- ``file``: one prompt per line (``.txt``), or a column of a ``.csv`` / ``.tsv`` (COCO captions, PartiPrompts'
-  ``Prompt``, DrawBench's ``Prompts``: the first of ``prompts.column``, caption, prompt, Prompt, Prompts, text).
+- ``file``: one prompt per line (``.txt``), COCO's ``captions_*.json`` (its annotations' captions), or a column of a
+  ``.csv`` / ``.tsv`` (PartiPrompts' ``Prompt``, DrawBench's ``Prompts``: the first of ``prompts.column``, caption,
+  prompt, Prompt, Prompts, text).
 
 A seeded subset of ``prompts.num_prompts`` prompts (0 = all, in file order); image i gets prompt
 ``(i // images_per_prompt) mod len(prompts)``. The row records the set's id and the sha256 of the selected prompts.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -57,7 +59,14 @@ def _file(p, data_cfg):
     path = Path(str(p.path)).expanduser()
     if not path.is_file():
         raise ConfigError("prompts.path", p.path, "an existing .txt, .csv or .tsv file", "no such file")
-    if path.suffix.lower() in (".csv", ".tsv"):
+    if path.suffix.lower() == ".json":  # COCO's captions_*.json: {"annotations": [{"caption": ...}, ...]}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            texts = [a["caption"].strip() for a in data["annotations"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError("prompts.path", p.path, "a COCO captions file ({\"annotations\": [{\"caption\": "
+                              "...}]}) when .json") from None
+    elif path.suffix.lower() in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
         cols = list(rows[0]) if rows else []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -218,12 +218,14 @@ class LoadedPipeline:
     prompts: Optional[PromptSet]
     num_classes: int = 0  # the harness's class conditioning: none (prompts or nothing condition a pipeline)
     compile_s: float = 0.0
+    options: dict = field(default_factory=dict)  # the GPU options it was loaded with (model.*), recorded in the row
 
     def provenance(self) -> dict:
         c, p = self.checkpoint, self.prompts
         out = {"pipeline_class": c.pipeline_class, "checkpoint_objective": c.objective,
                "checkpoint_scheduler": c.scheduler.get("_class_name"), "checkpoint_path": c.root,
-               "model_dtype": str(self.pipe.dtype).replace("torch.", ""), "compile_s": self.compile_s}
+               "model_dtype": str(self.pipe.dtype).replace("torch.", ""), "compile_s": self.compile_s,
+               **{k: bool(self.options.get(k)) for k in ("attention_slicing", "vae_tiling", "cpu_offload", "compile")}}
         if p is not None:
             out.update(prompts_id=p.id, prompts_sha256=p.sha256, num_prompts=len(p.texts),
                        images_per_prompt=p.images_per_prompt, negative_prompt=p.negative_prompt)
@@ -241,7 +243,8 @@ def load(cfg, info, device: str) -> tuple[LoadedPipeline, dict]:
     """(LoadedPipeline, train_info) for ``model=pipeline``: loaded, never trained."""
     pipe = ckpt.load(cfg.model, device)
     c = read_checkpoint(cfg.model)
-    loaded = LoadedPipeline(pipe, c, load_prompts(cfg.prompts, cfg.data))
+    options = {k: cfg.model[k] for k in ("attention_slicing", "vae_tiling", "cpu_offload", "compile")}
+    loaded = LoadedPipeline(pipe, c, load_prompts(cfg.prompts, cfg.data), options=options)
     if cfg.model.compile:
         den = getattr(pipe, c.denoiser)
         den.forward = torch.compile(den.forward)
