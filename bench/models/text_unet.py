@@ -3,6 +3,7 @@ CLIP text tower (the latent-diffusion / Stable Diffusion conditioning, Rombach e
 offline open_clip trained on the captioned shapes set (shipped, sha256-pinned)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -16,6 +17,7 @@ from bench.schema import ConfigError
 from .unet import check_unet
 
 
+@functools.lru_cache(maxsize=1)  # read once per process: every model key of a text_unet sweep asks for its hash
 def text_encoder():
     """The frozen text tower: the shipped offline CLIP of the default shapes split (a ClipFeatureNet)."""
     # data None = the default split, whose CLIP is shipped (cache_dir is only used if the package lost it)
