@@ -62,10 +62,11 @@ def uses_channels_last(cfg) -> bool:
 
 def classifier_guidance(cfg, device: str) -> tuple[sampling.ClassifierGuidance | None, dict]:
     """``sampling.classifier_scale`` > 0: the loop's guidance by the harness's noise-aware classifier (cached like a
-    model, trained on a miss) and the row's columns for it (scale, classifier key and steps); else (None, scale 0)."""
+    model, trained on a miss) and the row's columns for it (scale, classifier key and steps); else (None, scale 0
+    and no classifier calls: every row has both columns, so a study can tabulate them)."""
     scale = float(cfg.sampling.classifier_scale)
     if not scale:
-        return None, {"classifier_scale": 0.0}
+        return None, {"classifier_scale": 0.0, "nfe_classifier": 0.0}
     classifier, info = training.load_or_train_classifier(cfg)
     return (sampling.ClassifierGuidance.from_config(classifier.to(device), cfg, scale),
             {"classifier_scale": scale, "classifier_key": info["classifier_key"],
