@@ -1,4 +1,5 @@
 """The example reports in reports/ regenerate byte for byte (tables) from the result rows committed beside them."""
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ TABLES = ("report.md", "report.tex")
 def _regen_command(study: str) -> list[str]:
     md = (ROOT / "reports" / study / "report.md").read_text()
     line = next(l for l in md.splitlines() if l.startswith("Regenerate: `bench-report "))
-    return line.split("`")[1].split()[1:]
+    return shlex.split(line.split("`")[1])[1:]  # a shell command: quoted arguments (--where 'k!=v') stay whole
 
 
 @pytest.mark.parametrize("study", STUDIES)

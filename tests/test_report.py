@@ -224,6 +224,9 @@ def test_later_ok_row_supersedes_failed_attempt_and_where_filters(tmp_path):
     assert report.failed is None
     report, _ = build_report([str(tmp_path / "runs")], str(tmp_path / "rep"), where=["sampler=heun"], plots=False)
     assert len(report.tables[0].body) == 1 and report.tables[0].body[0][1].text == "3.00"
+    report, _ = build_report([str(tmp_path / "runs")], str(tmp_path / "rep"), where=["sampler!=heun"], plots=False)
+    # KEY!=VALUE drops those rows: ddim alone, so a one-factor table of its steps
+    assert [[c.text for c in r[:2]] for r in report.tables[0].body] == [["10", "5.00"], ["20", "4.00"]]
 
 
 def test_report_config_file(tmp_path):

@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="comma-separated metrics (default: every metric all ok rows have, + latency_p50)")
     p.add_argument("--kind", choices=KINDS, help="study kind (default auto: from which columns vary)")
     p.add_argument("--split-by", help="comma-separated settings to split tables by, e.g. feature_net_hash")
-    p.add_argument("--where", action="append", default=None, metavar="KEY=VALUE", help="keep rows with KEY=VALUE")
+    p.add_argument("--where", action="append", default=None, metavar="KEY=VALUE",
+                   help="keep rows with KEY=VALUE (KEY!=VALUE: drop them)")
     p.add_argument("--err", choices=("se", "std", "ci95"),
                    help="± over seeds: standard error of the mean (default), std, or 95%% CI (Student t)")
     p.add_argument("--title", help="report title (default: <name>: <study>)")
@@ -89,11 +90,14 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _where(df: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
+    """Rows with KEY=VALUE (or KEY!=VALUE: all but those) for every clause."""
     for c in clauses or []:
         key, sep, val = c.partition("=")
+        negate = key.endswith("!")
+        key = key[:-1] if negate else key
         if not sep or key not in df:
-            raise ReportError(f"--where {c!r} is not allowed: KEY=VALUE with KEY a result column")
-        keep = [fmt_value(v) == val or str(norm(v)) == val for v in df[key]]
+            raise ReportError(f"--where {c!r} is not allowed: KEY=VALUE or KEY!=VALUE with KEY a result column")
+        keep = [(fmt_value(v) == val or str(norm(v)) == val) != negate for v in df[key]]
         if not any(keep):
             have = sorted({fmt_value(v) for v in df[key]})
             raise ReportError(f"--where {c!r} matches no row ({key} has: {', '.join(have)})")
