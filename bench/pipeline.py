@@ -125,7 +125,7 @@ def _sample_and_score_here(cfg, info: DataInfo, model, scheduler, cell_dir: Path
     score_s = 0.0
     prompt_log = []  # (image index, prompt) of a text-to-image cell, for its per-prompt CLIP scores
     for batch in generate(meter, cfg.trainer.enable_progress_bar):
-        if getattr(batch, "prompts", None) is not None or isinstance(model, pipelines.LoadedPipeline):
+        if isinstance(model, pipelines.LoadedPipeline):
             prompt_log += pipelines.batch_prompts(model, batch)
         t0 = time.perf_counter()
         scorer.update(batch)

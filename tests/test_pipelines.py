@@ -60,9 +60,7 @@ def _own_call(loaded, scheduler, cfg, n, guidance=1.0):
             kw = pipelines.call_kwargs(loaded, range(i, i + 1), num_inference_steps=cfg.sampling.num_inference_steps,
                                        guidance_scale=guidance, eta=0.0, size=SIZE,
                                        gens=[torch.Generator().manual_seed(7 + i)])
-            img = loaded.pipe(**kw).images
-            img = torch.as_tensor(img) if torch.is_tensor(img) else torch.from_numpy(img).permute(0, 3, 1, 2)
-            out.append(img.float() * 2 - 1)
+            out.append(pipelines.to_model_space(loaded.pipe(**kw).images))
     finally:
         hook.remove()
     return torch.cat(out), len(calls)

@@ -140,12 +140,14 @@ class Scorer:
         out = {"feats": feats.detach().cpu().numpy()}
         if logits is not None:
             out["logits"] = logits.detach().double().cpu().numpy()
+        text = None
         if self.clip is not None and batch.labels is not None:
-            img = feats if self.clip is self.net else self.clip(u8)[0]
-            out["clip"] = distances.clip_score(img, self.text_embeds[batch.labels.cpu().long()]).detach().cpu().numpy()
+            text = self.text_embeds[batch.labels.cpu().long()]
         elif self.clip is not None and getattr(batch, "prompts", None) is not None:  # a pipeline's own prompts
+            text = self.clip.encode_text(list(batch.prompts))
+        if text is not None:
             img = feats if self.clip is self.net else self.clip(u8)[0]
-            out["clip"] = distances.clip_score(img, self.clip.encode_text(list(batch.prompts))).detach().cpu().numpy()
+            out["clip"] = distances.clip_score(img, text).detach().cpu().numpy()
         return out
 
     def add(self, index, feats=None, logits=None, clip=None, points=None) -> None:

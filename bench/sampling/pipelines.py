@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -30,7 +31,7 @@ from bench.metrics.cost import CostMeter
 from bench.models import pipelines as ckpt
 from bench.sampling.loop import Batch, NonFiniteError
 from bench.sampling.rng import image_generators
-from bench.sampling.samplers import SAMPLERS, lcm_grid
+from bench.sampling.samplers import SAMPLERS, _err, lcm_grid
 from bench.schedule import SCHEDULES
 from bench.schema import ConfigError
 from bench.utils import atomic_write_text, config_hash, path_fingerprint
@@ -65,12 +66,12 @@ def read_checkpoint(model_cfg) -> Checkpoint:
                           f"({diffusers.__version__})", f"model_index.json names {name!r}")
     sched = ckpt.scheduler_config(root)
     den = ckpt.denoiser_name(index)
+    params = tuple(inspect.signature(cls.__call__).parameters)
     size = None
-    if "prompt" not in inspect.signature(cls.__call__).parameters:
+    if "prompt" not in params:
         conf = root / den / "config.json"
         size = json.loads(conf.read_text()).get("sample_size") if conf.is_file() else None
-    return Checkpoint(str(root), name, sched, ckpt.checkpoint_objective(sched), den,
-                      tuple(inspect.signature(cls.__call__).parameters), size)
+    return Checkpoint(str(root), name, sched, ckpt.checkpoint_objective(sched), den, params, size)
 
 
 # --------------------------------------------------------------------------------------------------- the scheduler
@@ -101,10 +102,6 @@ def build_scheduler(cfg, checkpoint: Checkpoint):
 
 
 # ------------------------------------------------------------------------------------------------------- checks
-
-def _err(key, value, allowed, why=""):
-    raise ConfigError(key, value, allowed, why)
-
 
 def _check_schedule(cfg, c: Checkpoint) -> None:
     s = cfg.schedule
@@ -175,7 +172,7 @@ def check(cfg, info) -> None:
         _err("distill", cfg.distill.method, "none with model=pipeline", "the harness distils its own models")
     if float(cfg.sampling.get("classifier_scale", 0.0) or 0.0) != 0:
         _err("sampling.classifier_scale", cfg.sampling.classifier_scale, "0 with model=pipeline")
-    load_prompts(cfg.prompts, cfg.data)
+    # the prompt set itself (file, column, data set) is the prompts registry entry's check (bench.data.prompts)
 
 
 def check_pretrained(cfg, info) -> None:
@@ -306,11 +303,7 @@ def sample(loaded: LoadedPipeline, scheduler, *, num_samples: int, batch_size: i
                 if takes_callback:
                     kw["callback_on_step_end"] = _finite_check(num_inference_steps)
                 with cost.batch(len(idx)), torch.inference_mode():
-                    out = pipe(**kw).images
-                x = torch.as_tensor(out) if torch.is_tensor(out) or c.takes_prompt else torch.from_numpy(out)
-                if x.shape[-1] == 3 and x.dim() == 4 and x.shape[1] != 3:
-                    x = x.permute(0, 3, 1, 2)  # numpy NHWC -> NCHW
-                x = x.to("cpu", torch.float32) * 2 - 1
+                    x = to_model_space(pipe(**kw).images)
                 if not torch.isfinite(x).all():
                     raise NonFiniteError(num_inference_steps - 1, None, num_inference_steps)
                 labels = None
@@ -324,6 +317,13 @@ def sample(loaded: LoadedPipeline, scheduler, *, num_samples: int, batch_size: i
                             else [p.texts[p.of(i)] for i in idx])
     finally:
         den.forward = own_forward
+
+
+def to_model_space(images) -> torch.Tensor:
+    """A pipeline's output images ([0, 1]: a NCHW tensor for output_type="pt", NHWC numpy for DDPM/DDIM's "np") as
+    the harness's float32 NCHW [-1, 1] on the CPU."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2) if isinstance(images, np.ndarray) else images
+    return x.to("cpu", torch.float32) * 2 - 1
 
 
 def _finite_check(num_steps: int):
