@@ -213,7 +213,6 @@ class LoadedPipeline:
     pipe: object
     checkpoint: Checkpoint
     prompts: Optional[PromptSet]
-    num_classes: int = 0  # the harness's class conditioning: none (prompts or nothing condition a pipeline)
     compile_s: float = 0.0
     options: dict = field(default_factory=dict)  # the GPU options it was loaded with (model.*), recorded in the row
 
