@@ -50,7 +50,8 @@ def cell_config(cfg: DictConfig) -> dict:
     for k in NON_RESULT_SAMPLING_KEYS:
         c["sampling"].pop(k, None)
     c["data"].update(data_key(cfg.data))  # folder data: its content fingerprint, not only its path
-    for group, key in (("model", "pretrained"), ("model", "vae"), ("metric", "reference_stats")):  # by content
+    for group, key in (("model", "pretrained"), ("model", "vae"), ("model", "text_encoder"),  # by content
+                       ("metric", "reference_stats")):
         if c[group].get(key):
             c[group][f"{key}_content"] = path_fingerprint(c[group][key])
     if c["model"].get("path"):  # model=pipeline: every file of the checkpoint (weights, configs, its scheduler)

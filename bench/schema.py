@@ -66,6 +66,9 @@ class ModelConfig:
     vae_block_out_channels: List[int] = field(default_factory=lambda: [32, 64])  # one 2x downsampling per level but one
     vae_max_steps: int = 1000  # its training steps (the other train.* settings are the denoiser's)
     vae_kl_weight: float = 1e-4  # loss = MSE(x, D(z)) + vae_kl_weight * KL(q(z|x) || N(0, I)) / pixels
+    # text_unet: the frozen text tower; null = the shipped offline CLIP, else a local open_clip model directory, a
+    # transformers CLIPTextModel directory with its tokenizer, or a diffusers pipeline directory (text_encoder/)
+    text_encoder: Optional[str] = None
     # a local diffusers UNet2DModel directory (or a pipeline's unet/) sampled by the harness's loop when set
     pretrained: Optional[str] = None
     # pipeline (model=pipeline): a local diffusers pipeline directory or a hub id in the local HF cache, sampled
@@ -362,7 +365,7 @@ ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1,
                      ("model", "patch_size"): 2, ("model", "num_layers"): 4, ("model", "num_attention_heads"): 4,
                      ("model", "vae"): None, ("model", "latent_channels"): 4,
                      ("model", "vae_block_out_channels"): [32, 64], ("model", "vae_max_steps"): 1000,
-                     ("model", "vae_kl_weight"): 1e-4,
+                     ("model", "vae_kl_weight"): 1e-4, ("model", "text_encoder"): None,
                      ("sampling", "classifier_scale"): 0.0,
                      **{("model", k): getattr(ModelConfig, k) for k in ("path", "dtype", "attention_slicing",
                                                                        "vae_tiling", "cpu_offload", "compile")},

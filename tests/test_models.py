@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -7,6 +8,8 @@ from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from bench.data import build_dataset, get_data_info
 from bench.metrics.cost import CostMeter
+from bench.metrics.scorer import images_fid
+from bench.models import tiny
 from bench.models import (DiTDenoiser, LatentDenoiser, MLPDenoiser, TextUNetDenoiser, UNetDenoiser, build_model,
                           num_params, text_encoder)
 from bench.sampling import build_sampler, sample
@@ -290,13 +293,28 @@ def test_latent_family_trains_vae_then_denoiser_and_reloads_bit_exactly(compose_
                                  "model.vae_kl_weight=1e-3")) != info["model_key"]  # another VAE, another model
 
 
-def test_latent_smoke_cell_through_the_cli(tmp_path):
+def test_latent_smoke_cell_through_the_cli(tmp_path, compose_cfg):
     """`bench experiment=smoke model=latent_unet`: the row records the latent shape, its VAE's key and PSNR."""
     bench(tmp_path, "experiment=smoke", *TINY_LATENT["latent_unet"][:-2], "tracker=none", "sampling.num_samples=32",
           "sampling.num_inference_steps=2")
     (row,) = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
     assert row["status"] == "ok" and row["model"] == "latent_unet" and row["latent_shape"] == [4, 4, 4]
     assert len(row["vae_key"]) == 16 and row["vae_psnr"] > 5 and row["vae_train_steps"] == 40 and row["fid"] > 0
+    # the first stage's own cost: FID of its reconstructions of the held-out split beside those images' own FID
+    held_out = len(build_dataset(compose_cfg().data, "test"))
+    assert row["vae_rfid_n"] == held_out and 0 < row["real_fid"] < row["vae_rfid"]
+
+
+def test_images_fid_of_the_reference_images_is_zero(compose_cfg):
+    """images_fid (what vae_rfid / real_fid use) against the cell's reference statistics: the reference split's own
+    images give FID ~ 0, the held-out split more, noise far more."""
+    cfg = compose_cfg()
+    info = get_data_info(cfg.data)
+    batches = lambda split: [x for x, _ in torch.utils.data.DataLoader(build_dataset(cfg.data, split),  # noqa: E731
+                                                                         batch_size=256)]
+    got = images_fid(cfg, info, {"train": batches("train"), "test": batches("test"),
+                                 "noise": [torch.rand(360, 1, 8, 8) * 2 - 1]})
+    assert abs(got["train"]) < 1e-6 and 0.05 < got["test"] < 5 < got["noise"]
 
 
 # ---------------------------------------------------------------- text-conditioned UNet (model=text_unet)
@@ -326,6 +344,10 @@ def test_text_unet_conditions_on_caption_tokens_with_the_empty_prompt_as_null(co
      r"digits-8px-c1-n256 has no class captions to prompt with\)$"),
     (["data=toy2d"], r"^model='text_unet' is not allowed: model=mlp for data=toy2d$"),
     (["model.norm_num_groups=5"], r"^model\.norm_num_groups=5 is not allowed: a divisor of every block_out_channels"),
+    (["model.text_encoder=/nowhere"], r"^model\.text_encoder='/nowhere' is not allowed: a local open_clip model "
+     r"directory .* \(no such directory; this harness never downloads\)$"),
+    (["model=unet", "model.text_encoder=/tmp"], r"^model\.text_encoder='/tmp' is not allowed: null for model=unet "
+     r"\(only a text-conditioned family \(model=text_unet\) has a text tower\)$"),
 ])
 def test_text_unet_bad_config_is_one_line(compose_cfg, overrides, match):
     with pytest.raises(ConfigError, match=match) as err:
@@ -348,6 +370,44 @@ def test_text_unet_trains_reloads_bit_exactly_and_samples_with_cfg(compose_cfg, 
                                        num_samples=4, batch_size=4, seed=0, num_inference_steps=3, guidance_scale=3.0,
                                        num_classes=48, device="cpu", cost=meter, progress=False)])
     assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all() and meter.summary()["nfe"] == 6  # CFG: 2 per step
+
+
+def test_text_unet_takes_a_local_text_tower_by_path(compose_cfg, bench_cache, tmp_path):
+    """model.text_encoder=<dir>: a transformers CLIPTextModel (a diffusers pipeline directory or its text_encoder/)
+    or an open_clip local-dir model conditions the UNet through its own token states; the tower's content is in the
+    model key and the cell key, so new weights under the same path are another model; a bad layout is one line."""
+    sd = tiny.save("sd", tmp_path / "sd")
+    oc = shutil.copytree(text_encoder().meta["path"], tmp_path / "open_clip")  # the offline CLIP, as a local dir
+    for path, shape in [(sd, (49, 77, 32)), (sd / "text_encoder", (49, 77, 32)), (oc, (49, 12, 64))]:
+        cfg = compose_cfg(*SHAPES, f"model.text_encoder={path}")
+        info = validate(cfg)
+        model = build_model(cfg.model, info)
+        tower = text_encoder(str(path))
+        assert model.text_states.shape == shape and model.text_encoder_id.endswith(tower.weights_hash)
+        torch.testing.assert_close(model.text_states[3:4], tower.encode_text_tokens([info.class_names[3]]))
+    torch.testing.assert_close(text_encoder(str(oc)).encode_text_tokens(["", "a red circle at the top left"]),
+                               text_encoder().encode_text_tokens(["", "a red circle at the top left"]))
+    cfg = compose_cfg(*SHAPES, f"model.text_encoder={sd}", "model.block_out_channels=[16,32]", "train.max_steps=3",
+                      "train.batch_size=16")
+    keys = model_key(cfg), cell_key(cfg)
+    assert keys[0] != model_key(compose_cfg(*SHAPES, "model.block_out_channels=[16,32]", "train.max_steps=3",
+                                            "train.batch_size=16"))
+    model, _ = load_or_train(cfg)
+    x = torch.cat([b.x for b in sample(model, build_sampler(cfg.sampler, cfg.schedule, "eps"), shape=(3, 16, 16),
+                                       num_samples=2, batch_size=2, seed=0, num_inference_steps=2, guidance_scale=2.0,
+                                       num_classes=48, device="cpu", cost=CostMeter("cpu", 0), progress=False)])
+    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+    weights = sd / "text_encoder" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(4)  # 4 bytes of the last weight zeroed, same path and size
+    weights.write_bytes(bytes(data))
+    assert model_key(cfg) != keys[0] and cell_key(cfg) != keys[1]
+    assert not torch.equal(build_model(cfg.model, info).text_states, model.text_states)  # read again, not cached
+    (tmp_path / "bad" / "text_encoder").mkdir(parents=True)
+    (tmp_path / "bad" / "text_encoder" / "config.json").write_text('{"architectures": ["BertModel"]}')
+    with pytest.raises(ConfigError, match=r"^model\.text_encoder=.* is not allowed: .*config\.json is a BertModel, "
+                                          r"not a CLIP text model\)$"):
+        validate(compose_cfg(*SHAPES, f"model.text_encoder={tmp_path / 'bad'}"))
 
 
 def test_text_unet_smoke_cell_on_shapes_through_the_cli(tmp_path):

@@ -14,7 +14,7 @@ from report_rows import row, study, write  # noqa: E402
 
 from bench.report import ReportError, build_report, main  # noqa: E402
 from bench.report.load import load  # noqa: E402
-from bench.report.tables import build_tables, decimals, plan_study  # noqa: E402
+from bench.report.tables import build_tables, decimals, first_stage_table, plan_study  # noqa: E402
 
 
 def tables_for(tmp_path, data, **kw):
@@ -22,7 +22,7 @@ def tables_for(tmp_path, data, **kw):
     df, _ = load([str(path)])
     plan = plan_study(df, kw.pop("kind", "auto"), kw.pop("rows", None), kw.pop("cols", None), kw.pop("metric", None),
                       kw.pop("split_by", []), kw.pop("err", "se"))
-    return plan, *build_tables(df, plan)
+    return plan, *build_tables(df, plan, study_tables=(first_stage_table,))
 
 
 # ---------------------------------------------------------------- pivoting
@@ -145,6 +145,35 @@ def test_split_by_gives_titled_tables(tmp_path):
     assert [[c.text for c in r] for r in tables[1].body] == [["10", "3.00"]]
     assert list(csvs["fid"].columns) == ["feature_net_hash", "num_inference_steps", "fid", "fid_std", "fid_se",
                                          "fid_ci95", "n"]
+
+
+def test_split_by_shows_a_metric_only_in_the_splits_that_have_it(tmp_path):
+    """The families study: CLIP score exists on shapes, not on digits; with --split-by data the shapes tables show
+    it and the digits tables leave it out (a note says so); missing inside a split that has it is still refused.
+    Latent rows add the first-stage table (one row per model and VAE)."""
+    shapes = {"data": "shapes", "feature_net": "clip", "feature_net_hash": "c11p", "ref_hash": "5a5a"}
+    vae = {"vae_key": "v4e", "latent_shape": [4, 4, 4], "vae_num_params": 43421, "vae_train_steps": 1000,
+           "vae_psnr": 28.81, "vae_rfid": 0.5123, "real_fid": 0.3001, "vae_rfid_n": 360}
+    rows = [row(steps=n, model=m, **(vae if m == "latent_unet" else {})) for m in ("unet", "latent_unet")
+            for n in (5, 10)] + [row(steps=n, model=m, clip_score=20.0 + n, **shapes) for m in ("unet", "text_unet")
+                                 for n in (5, 10)]
+    plan, tables, csvs = tables_for(tmp_path, rows, kind="steps", rows=["model"], cols=["num_inference_steps"],
+                                    metric=["fid", "clip_score"], split_by=["data"])
+    assert [t.title for t in tables] == [
+        "FID ↓ by model × steps — data=digits", "First stage (latent families): the VAE's reconstructions of the "
+        "held-out split — data=digits", "FID ↓ by model × steps — data=shapes", "CLIP score ↑ by model × steps — "
+        "data=shapes"]
+    assert plan.notes == ["clip_score: not in the rows of data=digits, so their tables leave it out"]
+    assert [[c.text for c in r] for r in tables[1].body] == [
+        ["latent_unet", "v4e", "[4, 4, 4]", "43421", "1000", "28.81", "0.512", "0.300", "360"]]
+    assert [[c.text for c in r] for r in tables[3].body] == [["text_unet", "25.00", "30.00"],
+                                                             ["unet", "25.00", "30.00"]]
+    assert set(csvs["clip_score"]["data"]) == {"shapes"}
+    rows[-1].pop("clip_score")
+    with pytest.raises(ReportError, match=r"^column clip_score missing in 1 of 8 ok rows \(e\.g\. data=shapes, "
+                                          r"model=text_unet, num_inference_steps=10\)"):
+        tables_for(tmp_path, rows, kind="steps", rows=["model"], cols=["num_inference_steps"],
+                   metric=["fid", "clip_score"], split_by=["data"])
 
 
 # ---------------------------------------------------------------- bad input

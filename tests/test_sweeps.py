@@ -17,16 +17,21 @@ SWEEPS = {
                           "sampling.classifier_scale=0,2", "classifier.max_steps=20",
                           "classifier.block_out_channels=[8,16]"],
                          {(0.0, 0.0), (0.0, 2.0), (3.0, 0.0), (3.0, 2.0)}),
-    # every family at one step count, tiny (smoke budget; a 1-block DiT, a 20-step VAE)
+    # every family at one step count, tiny (smoke budget; a 1-block DiT, a 20-step VAE and classifier, 256 images)
     "families": (["sampling.num_inference_steps=2", "model.num_layers=1", "model.vae_max_steps=20",
-                  "model.vae_block_out_channels=[8,16]"],
-                 {("unet",), ("dit",), ("latent_unet",), ("latent_dit",)}),
-    "families_text": (["sampling.num_inference_steps=2", "data.num_train=256", "metric.num_reference=256"],
-                      {("unet",), ("text_unet",)}),
+                  "model.vae_block_out_channels=[8,16]", "classifier.max_steps=20",
+                  "classifier.block_out_channels=[8,16]", "data.num_train=256", "metric.num_reference=256"],
+                 {("digits", "unet", 0.0), ("digits", "dit", 0.0), ("digits", "latent_unet", 0.0),
+                  ("digits", "latent_dit", 0.0), ("digits", "unet", 2.0), ("shapes", "unet", 0.0),
+                  ("shapes", "text_unet", 0.0)}),
 }
 COORD = {"scheduler_steps": ("sampler",), "ddim_eta": ("eta",), "guidance": ("guidance_scale",),
-         "guidance_methods": ("guidance_scale", "classifier_scale"), "families": ("model",),
-         "families_text": ("model",)}
+         "guidance_methods": ("guidance_scale", "classifier_scale"),
+         "families": ("data", "model", "classifier_scale")}
+
+
+def coord(row: dict, key: str):
+    return row[key].split("-")[0] if key == "data" else row[key]  # data: its name, not the whole id
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +46,7 @@ def test_sweep_file_runs_one_row_per_cell(shared, sweep):
     bench(shared, "-m", f"sweep={sweep}", "experiment=smoke", tracker, "sampling.num_samples=32", *shrink)
     got = rows(shared / "runs" / sweep / "results.jsonl")
     assert all(r["status"] == "ok" and r["name"] == sweep for r in got)
-    assert {tuple(r[c] for c in COORD[sweep]) for r in got} == expected and len(got) == len(expected)
+    assert {tuple(coord(r, c) for c in COORD[sweep]) for r in got} == expected and len(got) == len(expected)
     if sweep == "guidance":  # CFG doubles the real model calls, 0 and 1 do not
         nfe = {r["guidance_scale"]: r["nfe"] for r in got}
         assert nfe[0.0] == nfe[1.0] == 2 and nfe[3.0] == 4
@@ -61,8 +66,12 @@ def test_sweep_file_runs_one_row_per_cell(shared, sweep):
         assert cost == {(0.0, 0.0): (2, 0), (0.0, 2.0): (2, 2), (3.0, 0.0): (4, 0), (3.0, 2.0): (4, 2)}
         assert len({r["classifier_key"] for r in got if r["classifier_scale"]}) == 1  # trained once
     if sweep == "families":  # one training budget; the latent families share one VAE and record it
-        assert len({r["train_steps"] for r in got}) == 1 and len({r["model_key"] for r in got}) == 4
+        assert len({r["train_steps"] for r in got}) == 1 and len({r["model_key"] for r in got}) == 6
         latent = [r for r in got if r["model"].startswith("latent_")]
         assert len({r["vae_key"] for r in latent}) == 1 and all(r["latent_shape"] == [4, 4, 4] for r in latent)
-    if sweep == "families_text":  # captioned shapes: both scored with CLIP features and CLIP score
-        assert all(r["data"].startswith("shapes") and 0 <= r["clip_score"] <= 100 for r in got)
+        assert all(r["vae_rfid"] > 0 and r["vae_rfid_n"] > 0 for r in latent)
+        (guided,) = [r for r in got if r["classifier_scale"]]  # unconditional + classifier, counted apart
+        assert guided["guidance_scale"] == 0 and guided["nfe"] == guided["nfe_classifier"] == 2
+        shapes = [r for r in got if r["data"].startswith("shapes")]  # CLIP features and CLIP score
+        assert len(shapes) == 2 and all(0 <= r["clip_score"] <= 100 for r in shapes)
+        assert [r["text_encoder"] for r in shapes if r["model"] == "text_unet"][0].startswith("offline-tiny-clip#")

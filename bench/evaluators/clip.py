@@ -200,6 +200,21 @@ def load_offline_clip(cfg, info=None, use_shipped: bool = True) -> ClipFeatureNe
                           {"test_retrieval_top1": meta["test_retrieval_top1"], "path": str(path)})
 
 
+def load_open_clip_dir(path: Path, weights_hash: str) -> ClipFeatureNet:
+    """An open_clip model saved in its local-dir layout (open_clip_config.json + weights), e.g. the offline CLIP's
+    cache entry: a text tower for model=text_unet. Its text tower must be open_clip's own (token_embedding +
+    transformer), whose per-token states :meth:`ClipFeatureNet.encode_text_tokens` reads."""
+    try:
+        model, tok = _create(Path(path))
+    except Exception as e:
+        raise EvaluatorError(f"model.text_encoder={str(path)!r} could not be loaded as an open_clip local-dir model "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if not hasattr(model, "token_embedding"):
+        raise EvaluatorError(f"model.text_encoder={str(path)!r} is an open_clip model with a {type(model).__name__} "
+                             "text tower; per-token states are read from open_clip's own CLIP text transformer")
+    return ClipFeatureNet(model, tok, [], weights_hash, f"open_clip:{Path(path).name}", {"path": str(path)})
+
+
 def load_clip(cfg, info=None) -> ClipFeatureNet:
     """``metric.clip_model``: ``offline`` or an open_clip model name with ``metric.clip_pretrained``."""
     name, pretrained = cfg.metric.clip_model, cfg.metric.clip_pretrained

@@ -75,6 +75,21 @@ def _float(x) -> float:
     return float(np.asarray(x, dtype=np.float64))
 
 
+def images_fid(cfg, info, image_sets: dict) -> dict:
+    """FID of each named set of real-space images (iterables of [-1, 1] tensor batches) against the cell's reference
+    statistics, in the cell's feature network, quantised as samples are: ``{name: FID}``. For what a cell's samples
+    are set beside (a latent family's VAE reconstructions of held-out images and those images themselves)."""
+    net = load_feature_net(cfg, info)
+    ref = get_reference(cfg, info, net)
+    out = {}
+    for name, batches in image_sets.items():
+        stats = FeatureStats(keep_features=False)
+        for x in batches:
+            stats.update(net(quantize_uint8(x.detach().cpu()))[0].detach().cpu().numpy())
+        out[name] = distances.frechet_distance(stats.mu, stats.sigma, ref.mu, ref.sigma)
+    return out
+
+
 class Scorer:
     def __init__(self, cfg, info, cell_dir=None):
         self.cfg, self.info, self.m = cfg, info, cfg.metric

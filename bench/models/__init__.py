@@ -16,11 +16,12 @@ from bench.schema import ConfigError
 from .dit import DiTDenoiser, check_dit
 from .latent import LatentDenoiser, build_vae, check_latent
 from .mlp import MLPDenoiser
-from .text_unet import TextUNetDenoiser, check_text_unet, text_encoder
+from .text_unet import TextUNetDenoiser, check_text_unet, text_encoder, text_encoder_fingerprint
 from .unet import UNetDenoiser, check_unet, load_pretrained_unet
 
 __all__ = ["MODELS", "build_model", "DiTDenoiser", "LatentDenoiser", "MLPDenoiser", "TextUNetDenoiser", "UNetDenoiser",
-           "build_vae", "load_pretrained_unet", "num_params", "text_encoder"]
+           "build_vae", "load_pretrained_unet", "num_params", "text_encoder",
+           "text_encoder_fingerprint"]
 
 
 def _mlp(m, info) -> nn.Module:
@@ -60,6 +61,9 @@ def _needs(kind: str, other: str, then=None):
     def check(cfg, info) -> None:
         if info.kind != kind:
             raise ConfigError("model", cfg.model.name, f"model={other} for data={cfg.data.name}")
+        if cfg.model.get("text_encoder") and not MODELS[cfg.model.name].text:
+            raise ConfigError("model.text_encoder", cfg.model.text_encoder, "null for model=" + cfg.model.name,
+                              "only a text-conditioned family (model=text_unet) has a text tower")
         if then is not None:
             then(cfg.model, info)
 

@@ -24,7 +24,7 @@ from .load import ReportError, Source, fmt_value, load, norm, sort_key
 from .plots import make_plots
 from .published import published_tables
 from .render import Report, failed_table, write_all
-from .tables import FACTORS, KIND_TITLES, KINDS, build_tables, label, plan_study, varying
+from .tables import FACTORS, KIND_TITLES, KINDS, build_tables, first_stage_table, label, plan_study, varying
 
 __all__ = ["ReportError", "build_report", "main"]
 
@@ -138,7 +138,7 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     df, sources = load(results)
     df = _where(df, where)
     plan = plan_study(df, kind or "auto", _csv(rows), _csv(cols), _csv(metric), _csv(split_by) or [], err or "se")
-    tables, csvs = build_tables(df, plan, study_tables=STUDY_TABLES.get(plan.kind, ()))
+    tables, csvs = build_tables(df, plan, study_tables=(*STUDY_TABLES.get(plan.kind, ()), first_stage_table))
     names = sorted({str(v) for v in df.get("name", []) if norm(v) is not None}) or ["report"]
     out_dir = Path(out) if out else Path("reports") / "+".join(names)
     command = command or "bench-report " + shlex.join(results + (["--out", str(out)] if out else []))

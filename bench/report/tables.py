@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 from scipy.stats import t as student_t
@@ -139,26 +139,47 @@ def _values_within(df, keys, f):
     return None
 
 
+def present(part: pd.DataFrame, metric: str) -> bool:
+    """Some row of ``part`` has ``metric``."""
+    return metric in part and part[metric].notna().any()
+
+
 def _pick_metrics(ok, metrics, plan):
+    """The metrics to tabulate. A metric must be in every ok row, or (with --split-by) in every row of the splits
+    that have it at all: a split without it (CLIP score on digits beside shapes) shows no such table."""
+    parts = groups(ok, plan.split_by)
+
+    def gaps(m):  # rows missing m inside splits that have it (every ok row without --split-by)
+        return pd.concat([part[part[m].isna()] if m in part else part for _, part in parts if present(part, m)]
+                         or [ok.iloc[0:0]]) if plan.split_by else ok[ok[m].isna()] if m in ok else ok
+
+    def absent_note(m):
+        absent = [_split_title(split)[3:] for split, part in parts if not present(part, m)]
+        if absent:
+            plan.notes.append(f"{m}: not in the rows of {'; '.join(absent)}, so their tables leave it out")
+
     if metrics:
         for m in metrics:
-            if m not in ok or ok[m].isna().all():
-                have = [c for c in (*QUALITY, *COST) if c in ok and ok[c].notna().any()]
+            if not present(ok, m):
+                have = [c for c in (*QUALITY, *COST) if present(ok, c)]
                 raise ReportError(f"no ok row has metric {m!r} (present: {', '.join(have) or 'none'})")
-            missing = ok[ok[m].isna()]
+            missing = gaps(m)
             if len(missing):
                 r = missing.iloc[0]
-                where = ", ".join(f"{k}={fmt_value(r[k])}" for k in plan.rows + plan.cols) or f"cell_key={r['cell_key']}"
+                where = ", ".join(f"{k}={fmt_value(r[k])}" for k in plan.split_by + plan.rows + plan.cols) or \
+                    f"cell_key={r['cell_key']}"
                 raise ReportError(f"column {m} missing in {len(missing)} of {len(ok)} ok rows (e.g. {where}); "
                                   f"filter with --where or choose --metric")
+            absent_note(m)
         return list(metrics)
     picked = []
     for m in DEFAULT_METRICS:
-        if m not in ok or ok[m].isna().all():
+        if not present(ok, m):
             continue
-        if ok[m].isna().any():
+        if len(gaps(m)):
             plan.notes.append(f"{m} skipped: present in only {int(ok[m].notna().sum())} of {len(ok)} ok rows")
             continue
+        absent_note(m)
         picked.append(m)
     if not picked:
         raise ReportError(f"ok rows carry none of the metric columns {', '.join(DEFAULT_METRICS)}")
@@ -369,7 +390,7 @@ def build_tables(df: pd.DataFrame, plan: Plan, study_tables=()) -> tuple[list[Ta
     tables, csvs = [], {}
     split_groups = groups(ok, plan.split_by)
     for split, part in split_groups:
-        for m in plan.metrics:
+        for m in (m for m in plan.metrics if present(part, m)):
             try:
                 guard_settings(part, m, plan.split_by)
             except ReportError as e:
@@ -378,7 +399,7 @@ def build_tables(df: pd.DataFrame, plan: Plan, study_tables=()) -> tuple[list[Ta
                 raise
     for m in plan.metrics:
         frames = []
-        for split, part in split_groups:
+        for split, part in ((split, part) for split, part in split_groups if present(part, m)):
             lg = _csv_frame(aggregate(part, plan.rows + plan.cols, m), m)
             frames.append(pd.concat([pd.DataFrame({k: [v] * len(lg) for k, v in split.items()}), lg], axis=1))
         csvs[m] = pd.concat(frames, ignore_index=True)
@@ -386,13 +407,44 @@ def build_tables(df: pd.DataFrame, plan: Plan, study_tables=()) -> tuple[list[Ta
         fpart = failed
         for k, v in split.items():
             fpart = fpart[[norm(x) == v for x in fpart[k]]] if k in fpart else fpart.iloc[0:0]
+        here = replace(plan, metrics=[m for m in plan.metrics if present(part, m)])  # a split's own metrics
         if plan.cols:
-            tables += [pivot_table(part, fpart, plan, m, split) for m in plan.metrics]
+            tables += [pivot_table(part, fpart, here, m, split) for m in here.metrics]
         else:
-            tables.append(metrics_table(part, fpart, plan, split))
+            tables.append(metrics_table(part, fpart, here, split))
         for study_table in study_tables:
             t = study_table(part, plan, split)
             if t is not None:
                 tables.append(t)
                 csvs[t.name + "".join(f"_{k}={fmt_value(v)}" for k, v in split.items())] = t.long
     return tables, csvs
+
+
+FIRST_STAGE = [("latent_shape", "latent shape", None), ("vae_num_params", "VAE params", 0),
+               ("vae_train_steps", "VAE train steps", 0), ("vae_psnr", "recon. PSNR (dB) ↑", 2),
+               ("vae_rfid", "recon. FID ↓", 3), ("real_fid", "held-out real FID", 3), ("vae_rfid_n", "N", 0)]
+
+
+def first_stage_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
+    """A latent family's first stage, one row per (model, VAE): what the autoencoder alone costs. Reconstruction
+    FID (the VAE's decodes of the held-out split) beside those held-out images' own FID against the same reference
+    statistics (the floor at that N), and PSNR; read from the rows (the values a VAE's cells share)."""
+    if "vae_key" not in ok or ok["vae_key"].isna().all():
+        return None
+    latent = ok[ok["vae_key"].notna()]
+    cols = [(c, h, d) for c, h, d in FIRST_STAGE if c in latent]
+    body, frames = [], []
+    for (model, vae), g in latent.groupby(["model", "vae_key"], sort=True):
+        row = [Cell(fmt_value(model)), Cell(str(vae))]
+        for c, _, d in cols:
+            v = g[c].iloc[0] if d is None else g[c].astype(float).mean()  # one value per VAE (means if rows differ)
+            row.append(Cell(fmt_value(v) if d is None or norm(v) is None else f"{v:.{d}f}"))
+        body.append(row)
+        frames.append({"model": model, "vae_key": vae, **{c: g[c].iloc[0] if d is None else g[c].astype(float).mean()
+                                                         for c, _, d in cols}})
+    title = "First stage (latent families): the VAE's reconstructions of the held-out split" + _split_title(split)
+    notes = ["recon. FID: the VAE's decodes D(mode q(z|x)) of the held-out images against the cells' reference "
+             "statistics, in their feature network; held-out real FID: those images themselves (FID's floor at that "
+             "N); PSNR over every pixel in [-1, 1]."]
+    return Table("first_stage", title, ["model", "VAE key"] + [h for _, h, _ in cols], 2, body, notes,
+                 pd.DataFrame(frames), split)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load as load_safetensors, save_file
 
 from bench.data import BenchDataModule, build_dataset, data_key, get_data_info
-from bench.models import MODELS, build_model, build_vae, num_params, text_encoder
+from bench.models import MODELS, build_model, build_vae, num_params, text_encoder, text_encoder_fingerprint
 from bench.models.latent import latent_info
 from bench.env import resolve_device, versions
 from bench.schema import elide_defaults
@@ -76,7 +76,10 @@ def key_config(cfg) -> dict:
     if cfg.model.vae:  # a latent family's pretrained VAE: by content, not by path
         out["model"]["vae_content"] = path_fingerprint(cfg.model.vae)
     if MODELS[cfg.model.name].text:  # the frozen text tower's weights make the conditioning: by their hash
-        out["model"]["text_encoder"] = text_encoder().weights_hash
+        if cfg.model.text_encoder:  # a local tower: by the content of what it loads (weights, config, tokenizer)
+            out["model"]["text_encoder_content"] = text_encoder_fingerprint(str(cfg.model.text_encoder))
+        else:
+            out["model"]["text_encoder"] = text_encoder().weights_hash
     return elide_defaults(out)
 
 
