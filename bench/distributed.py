@@ -29,7 +29,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
 from bench.metrics.stats import save_npz_atomic
-from bench.sampling import NonFiniteError, build_sampler, sample
+from bench.sampling import ClassifierGuidance, NonFiniteError, build_sampler, sample
 from bench.schema import ConfigError
 
 log = logging.getLogger("bench")
@@ -69,20 +69,22 @@ def _load_shard(path: Path, cell: str) -> dict | None:
 
 
 def _sample_shards(cfg, info, model, scheduler, scorer, cell_dir: Path, shards, device, batch_size: int,
-                   rank: int, world: int, progress: bool) -> dict:
-    """Sample, measure and write ``shards`` (this rank's share); return this rank's cost counters."""
+                   rank: int, world: int, progress: bool, guide=None) -> dict:
+    """Sample, measure and write ``shards`` (this rank's share); return this rank's cost counters. ``guide``: the
+    cell's classifier guidance (bench.sampling.ClassifierGuidance), whose calls each shard counts."""
 
     s = cfg.sampling
     fault = int(os.environ.get(FAULT_ENV, "0"))
     meter = CostMeter(device)
     for n, (a, b) in enumerate(shards, 1):
-        rows0, images0, k0 = meter.rows, meter.images, len(meter.batch_seconds)
+        rows0, images0, k0, cls0 = meter.rows, meter.images, len(meter.batch_seconds), meter.classifier_rows
         parts: dict[str, list] = {}
         xs = []
         for batch in sample(model, scheduler, shape=tuple(info.shape), num_samples=b - a, batch_size=batch_size,
                             seed=s.seed, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                            num_classes=info.num_classes, device=device, cost=meter, eta=cfg.sampler.eta,
-                            progress=progress, start=a):
+                            num_classes=getattr(model, "num_classes", info.num_classes),  # the model's conditioning
+                            device=device, cost=meter, eta=cfg.sampler.eta, progress=progress, start=a,
+                            classifier_guidance=guide):
             for k, v in scorer.measure(batch).items():
                 parts.setdefault(k, []).append(v)
             if s.save_samples or a < s.grid_size:
@@ -94,6 +96,7 @@ def _sample_shards(cfg, info, model, scheduler, scorer, cell_dir: Path, shards, 
         save_npz_atomic(shard_path(cell_dir, a, b), cell=np.str_(Path(cell_dir).name), index=np.arange(a, b),
                         rank=np.int64(rank), world_size=np.int64(world), rows=np.int64(meter.rows - rows0),
                         images=np.int64(meter.images - images0),
+                        classifier_rows=np.int64(meter.classifier_rows - cls0),
                         batch_seconds=np.asarray(meter.batch_seconds[k0:], np.float64),
                         batch_sizes=np.asarray(meter.batch_sizes[k0:], np.int64), **arrays)
         if fault and n >= fault:
@@ -115,7 +118,7 @@ def _errors(fn, *args) -> dict:
         return {"error": "oom", "message": str(e)}
 
 
-def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size):
+def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size, classifier=None):
     """One rank of ``Fabric.launch``: its round-robin share of the pending shards; rank 0 returns every rank's
     counters (gathered)."""
 
@@ -123,17 +126,19 @@ def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size):
     if device.type == "cuda":
         torch.cuda.set_device(device)  # "cuda" in the feature nets' .to() means this rank's GPU
     model = model.to(device)
+    guide = (ClassifierGuidance.from_config(classifier.to(device), cfg, float(cfg.sampling.classifier_scale))
+             if classifier is not None else None)
     scorer = Scorer(cfg, info, None)
     mine = pending[rank::world]
     out = _errors(_sample_shards, cfg, info, model, build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name,
                                                              lcm_grid=cfg.distill.num_ddim_timesteps), scorer, cell_dir, mine, device, batch_size,
-                  rank, world, bool(cfg.trainer.enable_progress_bar) and rank == 0)
+                  rank, world, bool(cfg.trainer.enable_progress_bar) and rank == 0, guide)
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, out)
     return gathered if rank == 0 else None
 
 
-def _launch(cfg, info, model, cell_dir: Path, pending, device: str, batch_size: int) -> list[dict]:
+def _launch(cfg, info, model, cell_dir: Path, pending, device: str, batch_size: int, guide=None) -> list[dict]:
 
     world = int(cfg.sampling.devices)
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -141,10 +146,13 @@ def _launch(cfg, info, model, cell_dir: Path, pending, device: str, batch_size: 
     # pool (OMP_NUM_THREADS > 1; seen here as ranks idle in load_state_dict); CUDA is initialised here anyway
     fabric = L.Fabric(accelerator=accelerator, devices=world, strategy="ddp_spawn", plugins=[LightningEnvironment()])
     model_cpu = model.to("cpu")  # spawned ranks get a CPU copy and move it to their own device
+    classifier = guide.classifier.to("cpu") if guide is not None else None  # the same, for the guiding classifier
     try:
-        return fabric.launch(_fabric_worker, cfg, info, model_cpu, cell_dir, pending, batch_size)
+        return fabric.launch(_fabric_worker, cfg, info, model_cpu, cell_dir, pending, batch_size, classifier)
     finally:
         model.to(device)
+        if classifier is not None:
+            classifier.to(device)
 
 
 def _raise_rank_errors(per_rank: list[dict]) -> None:
@@ -162,6 +170,7 @@ def _total_cost(shards: list[dict], per_rank: list[dict], device: str) -> dict:
     (images_per_s = their summed throughput, peak memory = the largest rank's)."""
     rows = sum(int(d["rows"]) for d in shards)
     images = sum(int(d["images"]) for d in shards)
+    classifier_rows = sum(int(d.get("classifier_rows", 0)) for d in shards)
     per_image = np.concatenate([d["batch_seconds"] / np.maximum(d["batch_sizes"], 1) for d in shards])
     ran = [r for r in per_rank if r["images"]]
     seconds = sum(float(d["batch_seconds"].sum()) for d in shards)
@@ -174,11 +183,13 @@ def _total_cost(shards: list[dict], per_rank: list[dict], device: str) -> dict:
         "peak_mem_mb": float(max((r["peak_mem_mb"] for r in per_rank), default=float("nan"))),
         "mem_kind": per_rank[0]["mem_kind"] if per_rank else ("cuda" if str(device).startswith("cuda") else "rss"),
         "wall_s": max((r["sample_s"] for r in per_rank), default=0.0),
+        **({"nfe_classifier": classifier_rows / images if images else 0.0} if classifier_rows else {}),
     }
 
 
-def sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int):
-    """The sharded path of ``pipeline._sample_and_score``: (metrics, cost, grid tensors, kept sample tensors)."""
+def sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int, guide=None):
+    """The sharded path of ``pipeline._sample_and_score``: (metrics, cost, grid tensors, kept sample tensors).
+    ``guide``: classifier guidance, carried to every shard and rank."""
 
     cell_dir = Path(cell_dir)
     cell = cell_dir.name
@@ -192,10 +203,10 @@ def sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, b
     t0 = time.perf_counter()
     per_rank: list[dict] = []
     if pending and world > 1:
-        per_rank = _launch(cfg, info, model, cell_dir, pending, device, batch_size)
+        per_rank = _launch(cfg, info, model, cell_dir, pending, device, batch_size, guide)
     elif pending:
         per_rank = [_errors(_sample_shards, cfg, info, model, scheduler, scorer, cell_dir, pending, device,
-                            batch_size, 0, 1, bool(cfg.trainer.enable_progress_bar))]
+                            batch_size, 0, 1, bool(cfg.trainer.enable_progress_bar), guide)]
     _raise_rank_errors(per_rank)
     log.info("cell %s: %d shards on %d process(es) in %.1fs", cell, len(pending), world, time.perf_counter() - t0)
     loaded, grid, keep = [], [], []

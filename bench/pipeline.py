@@ -78,10 +78,10 @@ def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, dev
     """Sample and score the cell (here, or in resumable shards on sampling.devices processes), then write its grid
     and saved samples: (scores, cost)."""
     s = cfg.sampling
-    guide, guide_columns = classifier_guidance(cfg, device)  # validation keeps it off the sharded path
+    guide, guide_columns = classifier_guidance(cfg, device)
     if distributed.enabled(cfg):
         metrics, cost, grid, keep = distributed.sample_and_score(cfg, info, model, scheduler, cell_dir, device,
-                                                                 batch_size)
+                                                                 batch_size, guide)
     else:
         metrics, cost, grid, keep = _sample_and_score_here(cfg, info, model, scheduler, cell_dir, device, batch_size,
                                                            guide)

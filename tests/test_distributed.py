@@ -188,3 +188,22 @@ def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tm
     assert row["status"] == "ok" and np.isfinite(row["swd"])
     _, again = load_or_train(compose_cfg(*args))  # one process now: a cache hit on the model 2 processes trained
     assert again["cached"] is True and again["model_key"] == info["model_key"] and torch.is_tensor(next(iter(sm.values())))
+
+
+def test_classifier_guided_cell_is_guided_on_every_path(cache, compose_cfg, tmp_path, one_thread):
+    """Classifier guidance on the sharded path (shards in one process, then 2 processes): the samples, scores and
+    classifier NFE of the one-process cell. Before, shards sampled *unguided* under the guided cell's key and row."""
+    guided = ["sampling.classifier_scale=2", "sampling.guidance_scale=0", "classifier.max_steps=20",
+              "classifier.block_out_channels=[8,16]"]
+    plain, x_plain = run(compose_cfg, tmp_path / "plain", *guided)
+    _, x_unguided = run(compose_cfg, tmp_path / "unguided", "sampling.guidance_scale=0")
+    one, x_one = run(compose_cfg, tmp_path / "one", *guided, "sampling.shard_size=16")
+    two, x_two = run(compose_cfg, tmp_path / "two", *guided, "sampling.devices=2", "sampling.shard_size=16")
+    print(json.dumps({k: {c: r.get(c) for c in ("fid", "nfe", "nfe_classifier", "classifier_scale")}
+                      for k, r in (("plain", plain), ("one", one), ("two", two))}))
+    assert not np.array_equal(x_plain, x_unguided)  # the classifier moves the samples
+    assert np.array_equal(x_one, x_plain) and np.array_equal(x_two, x_plain)
+    for r in (one, two):
+        assert r["cell_key"] == plain["cell_key"] and r["fid"] == pytest.approx(plain["fid"], rel=1e-6)
+        assert r["nfe"] == plain["nfe"] == 5 and r["nfe_classifier"] == plain["nfe_classifier"] == 5
+        assert r["classifier_key"] == plain["classifier_key"]

@@ -213,9 +213,6 @@ def check_combination(cfg, info=None) -> None:
     check_guidance(sampling.guidance_scale, info.num_classes if info is not None else None)
     if info is not None:
         check_classifier(cfg.classifier, info, sampling.classifier_scale)
-    if sampling.classifier_scale and sampling.devices > 1:
-        _err("sampling.classifier_scale", sampling.classifier_scale, f"0 with sampling.devices={sampling.devices}",
-             "the sharded path does not carry the classifier yet; classifier guidance runs in one process")
     if entry.sigma_space:
         _check_sigma_max(smp, sch, float(train_sigmas(sch)[-1]))
 
