@@ -54,14 +54,14 @@ class _Batches(Dataset):
 
 class StepBatchSampler(Sampler):
     """Endless shuffled batches: the stream is epoch permutations ``default_rng([seed, epoch]).permutation(n)``
-    concatenated; step s of rank r takes stream items [(s·W + r)·B, (s·W + r + 1)·B). Starts at ``start_step``."""
+    concatenated; step s takes stream items [s·B, (s + 1)·B). Starts at ``start_step``. Every training process
+    reads the same batch (its rows are split in the loss, bench.training.objectives.diffusion_loss)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0):
+        self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
 
     def batch(self, step: int) -> list[int]:
-        start = (step * self.world_size + self.rank) * self.batch_size
+        start = step * self.batch_size
         out, pos = [], start
         while len(out) < self.batch_size:
             epoch, offset = divmod(pos, self.n)

@@ -168,13 +168,17 @@ class CostMeter:
         }
 
 
-class counting(torch.nn.Module):
-    """Wraps a model so every forward call is timed and recorded on ``meter`` (calls and batch rows)."""
+class counting:
+    """Wraps a model, or a module's bound ``forward``, so every call is timed and recorded on ``meter`` (calls and
+    batch rows: the first positional argument's, or the ``sample`` / ``hidden_states`` / ``x`` keyword's, for a
+    diffusers denoiser called by its pipeline)."""
+
+    ROW_KWARGS = ("sample", "hidden_states", "x")
 
     def __init__(self, model, meter: CostMeter):
-        super().__init__()
         self.model, self.meter = model, meter
 
-    def forward(self, x, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
+        x = args[0] if args else next(v for k, v in kwargs.items() if k in self.ROW_KWARGS)
         with self.meter.call(x.shape[0]):
-            return self.model(x, *args, **kwargs)
+            return self.model(*args, **kwargs)

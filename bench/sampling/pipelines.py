@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.data.prompts import PromptSet, load_prompts
-from bench.metrics.cost import CostMeter
+from bench.metrics.cost import CostMeter, counting
 from bench.models import pipelines as ckpt
 from bench.sampling.loop import Batch, NonFiniteError
 from bench.sampling.rng import image_generators
@@ -250,18 +250,6 @@ def load(cfg, info, device: str) -> tuple[LoadedPipeline, dict]:
 
 # ------------------------------------------------------------------------------------------------------ sampling
 
-class _Counted:
-    """Wraps the denoiser's bound forward: every call timed and counted on ``meter`` (rows = its batch)."""
-
-    def __init__(self, forward, meter: CostMeter):
-        self.forward, self.meter = forward, meter
-
-    def __call__(self, *args, **kwargs):
-        x = args[0] if args else next(v for k, v in kwargs.items() if k in ("sample", "hidden_states", "x"))
-        with self.meter.call(x.shape[0]):
-            return self.forward(*args, **kwargs)
-
-
 def call_kwargs(loaded: LoadedPipeline, idx: range, *, num_inference_steps: int, guidance_scale: float, eta: float,
                 size: int, gens) -> dict:
     """The ``__call__`` arguments for images ``idx`` (also what tests pass to the pipeline directly)."""
@@ -291,7 +279,7 @@ def sample(loaded: LoadedPipeline, scheduler, *, num_samples: int, batch_size: i
     pipe.scheduler = scheduler
     den = getattr(pipe, c.denoiser)
     own_forward = den.forward
-    den.forward = _Counted(own_forward, cost)
+    den.forward = counting(own_forward, cost)
     takes_callback = "callback_on_step_end" in c.call_params
     try:
         with tqdm(total=num_samples, disable=not progress, desc=c.pipeline_class, unit="img") as bar:
