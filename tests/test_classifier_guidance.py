@@ -139,7 +139,7 @@ def test_harness_classifier_trains_caches_and_reloads_bit_exactly(compose_cfg, b
      r"^classifier\.block_out_channels=\[12, 16\] is not allowed: a non-empty list of multiples of "
      r"classifier\.norm_num_groups=8$"),
     (["sampling.classifier_scale=2", "classifier.block_out_channels=[8,8,8,8,8]"],
-     r"^classifier\.block_out_channels=.* is not allowed: at most 4 halvings of the image size 8"),
+     r"^classifier\.block_out_channels=.* is not allowed: at most 4 levels for the image size 8 \(5 levels "),
     (["sampling.classifier_scale=-1"], r"^sampling\.classifier_scale=-1\.0 is not allowed: a number in \[0, inf\)$"),
     (["classifier.ema_decay=1"], r"^classifier\.ema_decay=1\.0 is not allowed: a number in \[0, 1\)$"),
 ])
@@ -163,3 +163,28 @@ def test_classifier_guided_cell_through_the_cli(tmp_path):
     assert plain["status"] == "ok" and plain["classifier_scale"] == 0.0 and plain["nfe_classifier"] == 0.0
     assert "classifier_key" not in plain
     assert guided["cell_key"] != plain["cell_key"]
+
+
+def test_latent_family_is_guided_by_a_classifier_on_its_latents(tmp_path, compose_cfg, bench_cache):
+    """model=latent_unet with sampling.classifier_scale: the classifier is trained on the noised scaled latents of
+    the family's cached VAE (4 channels, 4x4), keyed by that VAE too, and guides the latent sampler; the row counts
+    its calls apart."""
+    latent = ["model=latent_unet", "model.block_out_channels=[16,32]", "model.vae_max_steps=20",
+              "model.vae_block_out_channels=[8,16]", "classifier.max_steps=20", "classifier.block_out_channels=[8,16]"]
+    cfg = compose_cfg(*latent, "sampling.classifier_scale=2", "device=cpu")
+    validate(cfg)
+    clf, info = load_or_train_classifier(cfg)
+    assert clf.conv_in.in_channels == 4 and info["train_steps"] == 20
+    out = clf(torch.randn(3, 4, 4, 4), torch.tensor([1.0, 500.0, 999.0]))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    pixel = compose_cfg(*latent[4:], "sampling.classifier_scale=2")
+    assert classifier_key(cfg) != classifier_key(pixel)  # another input space, another classifier
+    assert classifier_key(cfg) != classifier_key(compose_cfg(*latent, "sampling.classifier_scale=2",
+                                                             "model.vae_kl_weight=1e-3"))  # another VAE, too
+    common = ["experiment=smoke", "tracker=none", "sampling.num_samples=32", "sampling.num_inference_steps=3",
+              "sampling.guidance_scale=0", *latent]
+    bench(tmp_path, *common, "sampling.classifier_scale=2")
+    bench(tmp_path, *common)
+    guided, plain = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
+    assert guided["status"] == "ok" and guided["nfe"] == 3 and guided["nfe_classifier"] == 3
+    assert guided["vae_key"] == plain["vae_key"] and guided["fid"] != plain["fid"]

@@ -239,8 +239,8 @@ def test_latent_family_interface(compose_cfg, family):
      r"model\.norm_num_groups=8$"),
     (["model=latent_unet", "model.vae=/nowhere"], r"^model\.vae='/nowhere' is not allowed: a local directory saved "
                                                   r"with AutoencoderKL\.save_pretrained\(\) \(no such directory\)$"),
-    (["model=latent_dit", "sampling.classifier_scale=1"],
-     r"^sampling\.classifier_scale=1\.0 is not allowed: 0 for model=latent_dit"),
+    (["model=latent_dit", "sampling.classifier_scale=1", "classifier.block_out_channels=[8,8,8,8]"],  # on latents
+     r"^classifier\.block_out_channels=\[8, 8, 8, 8\] is not allowed: at most 3 levels for the image size 4 "),
     (["model=latent_unet", "model.vae_kl_weight=-1"], r"^model\.vae_kl_weight=-1\.0 is not allowed: a number in"),
 ])
 def test_latent_bad_config_is_one_line_before_any_work(compose_cfg, overrides, match):

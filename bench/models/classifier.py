@@ -62,6 +62,8 @@ def check_classifier(classifier_cfg, info, scale: float) -> None:
         raise ConfigError("classifier.block_out_channels", blocks,
                           "a non-empty list of multiples of classifier.norm_num_groups="
                           f"{classifier_cfg.norm_num_groups}")
-    if info.shape[-1] % 2 ** (len(blocks) - 1):
-        raise ConfigError("classifier.block_out_channels", blocks, f"at most {len(blocks) - 1} halvings of the "
-                          f"image size {info.shape[-1]}", f"{len(blocks)} levels")
+    size = int(info.shape[-1])
+    if size % 2 ** (len(blocks) - 1):
+        halvings = (size & -size).bit_length() - 1  # how often the size halves evenly
+        raise ConfigError("classifier.block_out_channels", blocks, f"at most {halvings + 1} levels for the image "
+                          f"size {size}", f"{len(blocks)} levels halve it {len(blocks) - 1} times")

@@ -13,6 +13,8 @@ from torch import nn
 
 from bench.schema import ConfigError
 
+from .classifier import check_classifier
+
 
 def build_vae(model_cfg, info) -> AutoencoderKL:
     """The ``AutoencoderKL`` of a latent family: ``model.vae`` (a local diffusers VAE directory, loaded) or one level
@@ -53,14 +55,11 @@ def latent_info(model_cfg, info):
 def check_latent(cfg, info, inner_check) -> None:
     """A latent family on ``info`` (images): the VAE's levels halve the image evenly, its channels split into the
     GroupNorm groups, a pretrained VAE matches the data's channels, the inner denoiser fits the latent
-    (``inner_check(model_cfg, latent_info)``); no model.pretrained and no classifier guidance (a pixel classifier)."""
+    (``inner_check(model_cfg, latent_info)``), a guidance classifier fits the latent; no model.pretrained."""
     m = cfg.model
     if m.pretrained:
         raise ConfigError("model.pretrained", m.pretrained, f"null for model={m.name}",
                           "model.pretrained loads a pixel UNet; a latent family's VAE is model.vae")
-    if cfg.sampling.classifier_scale:
-        raise ConfigError("sampling.classifier_scale", cfg.sampling.classifier_scale, f"0 for model={m.name}",
-                          "the guidance classifier sees pixels, the latent model's sampler latents")
     if not m.vae:
         blocks = list(m.vae_block_out_channels)
         if not blocks or any(c % m.norm_num_groups for c in blocks):
@@ -75,6 +74,7 @@ def check_latent(cfg, info, inner_check) -> None:
                           f"at most the levels that halve the image size {info.shape[-1]} evenly",
                           f"a {f}x downsampling VAE")
     inner_check(m, latent_info(m, info))
+    check_classifier(cfg.classifier, latent_info(m, info), cfg.sampling.classifier_scale)  # it sees the latents
 
 
 class LatentDenoiser(nn.Module):
