@@ -443,8 +443,11 @@ def first_stage_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None
         frames.append({"model": model, "vae_key": vae, **{c: g[c].iloc[0] if d is None else g[c].astype(float).mean()
                                                          for c, _, d in cols}})
     title = "First stage (latent families): the VAE's reconstructions of the held-out split" + _split_title(split)
-    notes = ["recon. FID: the VAE's decodes D(mode q(z|x)) of the held-out images against the cells' reference "
-             "statistics, in their feature network; held-out real FID: those images themselves (FID's floor at that "
-             "N); PSNR over every pixel in [-1, 1]."]
+    have = {c for c, _, _ in cols}
+    notes = [" ".join(filter(None, [
+        "recon. FID: the VAE's decodes D(mode q(z|x)) of the held-out images against the cells' reference statistics, "
+        "in their feature network; held-out real FID: those images themselves (FID's floor at that N)."
+        if "vae_rfid" in have else "",
+        "recon. PSNR over every pixel of the held-out images in [-1, 1]." if "vae_psnr" in have else ""]))]
     return Table("first_stage", title, ["model", "VAE key"] + [h for _, h, _ in cols], 2, body, notes,
                  pd.DataFrame(frames), split)
