@@ -63,15 +63,15 @@ def uses_channels_last(cfg) -> bool:
 
 def classifier_guidance(cfg, device: str) -> tuple[sampling.ClassifierGuidance | None, dict]:
     """``sampling.classifier_scale`` > 0: the loop's guidance by the harness's noise-aware classifier (cached like a
-    model, trained on a miss) and the row's columns for it (scale, classifier key and steps); else (None, scale 0
-    and no classifier calls: every row has both columns, so a study can tabulate them)."""
+    model, trained on a miss) and the row's columns for it (scale, classifier key, steps and size); else (None, scale 0,
+    no classifier calls and no classifier parameters: every row has these columns, so a study can tabulate them)."""
     scale = float(cfg.sampling.classifier_scale)
     if not scale:
-        return None, {"classifier_scale": 0.0, "nfe_classifier": 0.0}
+        return None, {"classifier_scale": 0.0, "nfe_classifier": 0.0, "classifier_num_params": 0}
     classifier, info = training.load_or_train_classifier(cfg)
     return (sampling.ClassifierGuidance.from_config(classifier.to(device), cfg, scale),
             {"classifier_scale": scale, "classifier_key": info["classifier_key"],
-             "classifier_train_steps": info["train_steps"]})
+             "classifier_train_steps": info["train_steps"], "classifier_num_params": info["num_params"]})
 
 
 def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, device: str, batch_size: int):

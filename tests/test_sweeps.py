@@ -72,6 +72,8 @@ def test_sweep_file_runs_one_row_per_cell(shared, sweep):
         assert all(r["vae_rfid"] > 0 and r["vae_rfid_n"] > 0 for r in latent)
         (guided,) = [r for r in got if r["classifier_scale"]]  # unconditional + classifier, counted apart
         assert guided["guidance_scale"] == 0 and guided["nfe"] == guided["nfe_classifier"] == 2
+        assert guided["classifier_num_params"] > 0 and all(r["classifier_num_params"] == 0 for r in got
+                                                           if r is not guided)
         shapes = [r for r in got if r["data"].startswith("shapes")]  # CLIP features and CLIP score
         assert len(shapes) == 2 and all(0 <= r["clip_score"] <= 100 for r in shapes)
         assert [r["text_encoder"] for r in shapes if r["model"] == "text_unet"][0].startswith("offline-tiny-clip#")

@@ -278,8 +278,8 @@ def sample_grids(ok, plan, plots, split) -> Figure | None:
             if i == 0 and cols:
                 ax.set_title(", ".join(f"{label(k)}={fmt_value(v)}" for k, v in zip(cols, c)), fontsize=8)
             if j == 0 and rows:
-                ax.set_ylabel(", ".join(fmt_value(v) if k in ("sampler", "method") else f"{label(k)}={fmt_value(v)}"
-                                        for k, v in zip(rows, r)), fontsize=8)
+                ax.set_ylabel("\n".join(fmt_value(v) if k in ("sampler", "method") else f"{label(k)}={fmt_value(v)}"
+                                         for k, v in zip(rows, r)), fontsize=8)  # a factor per line: no overlap
     fig.suptitle(f"Samples per cell{_split_caption(split)}", fontsize=10)
     return _save(fig, plots, f"grids{_slug(split)}", "Sample grids per cell (first seed), laid out as the tables")
 

@@ -30,13 +30,14 @@ SETTINGS.update({m: ("hardware", "device") for m in COST})
 LABELS = {"fid": "FID", "kid": "KID ×10³", "is": "IS", "clip_score": "CLIP score", "swd": "SWD", "mmd": "MMD",
           "latency_p50": "latency p50 (ms/img)", "latency_p95": "latency p95 (ms/img)", "images_per_s": "images/s",
           "peak_mem_mb": "peak memory (MB)", "nfe": "NFE", "nfe_classifier": "classifier NFE", "wall_s": "wall (s)",
+          "num_params": "parameters", "classifier_num_params": "classifier parameters",
           "num_inference_steps": "steps", "guidance_scale": "guidance scale", "classifier_scale": "classifier scale",
           "eta": "η",
           "timestep_spacing": "spacing", "distill_method": "distillation", "distill_steps": "distill steps"}
 # Display scales (CSV keeps raw units): s → ms per image; KID ×10³ as in the GAN/diffusion literature.
 SCALE = {"latency_p50": 1000.0, "latency_p95": 1000.0, "kid": 1000.0}
 DECIMALS = {"fid": 2, "kid": 2, "is": 2, "clip_score": 2, "nfe": 0, "nfe_classifier": 0, "images_per_s": 1,
-            "peak_mem_mb": 0}
+            "peak_mem_mb": 0, "num_params": 0, "classifier_num_params": 0}
 KINDS = ("auto", "steps", "eta", "guidance", "distill", "generic")
 KIND_TITLES = {"steps": "sampler × steps", "eta": "DDIM η × steps", "guidance": "classifier-free guidance scale",
                "distill": "distillation vs DDIM", "generic": "ablation"}
