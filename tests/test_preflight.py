@@ -93,3 +93,13 @@ def test_help_lists_real_options_not_schema_nodes():
     from bench.sampling.samplers import SAMPLERS
 
     assert "sampler: " + ", ".join(sorted(SAMPLERS)) in p.stdout  # every registered sampler, from its YAML
+
+
+@pytest.mark.parametrize("study", ["scheduler_steps", "ddim_eta", "guidance", "distill_vs_ddim"])
+def test_every_study_validates_on_every_family_with_only_model_set(study):
+    """#11: every existing study runs on each family with no change to its file, only model=<family> (text_unet on
+    its captioned data): every cell composes and validates before any work."""
+    from bench.preflight import check
+
+    for family in (["model=dit"], ["model=latent_unet"], ["model=latent_dit"], ["model=text_unet", "data=shapes"]):
+        assert check(["-m", f"sweep={study}", *family]) == len(expand(["-m", f"sweep={study}"])), family
