@@ -64,6 +64,9 @@ def assert_one_line_error(code, err, out, *fragments):
 
 CONFIG_CASES = {
     "unknown group value": (["sampler=foo"], ["sampler=foo is not allowed: one of", "ddim", "flow_euler"]),
+    # sweep and family were `optional` in the defaults list: a misspelt name was skipped and the default grid ran
+    "misspelt study": (["-m", "sweep=familes"], ["sweep=familes is not allowed: one of", "families"]),
+    "misspelt family": (["family=digit_dit"], ["family=digit_dit is not allowed: one of", "digits_dit"]),
     "misspelt key": (["sampling.num_inferenc_steps=5"], ["no such key in SamplingConfig", "num_inference_steps"]),
     "misspelt group": (["samplr=ddim"], ["samplr"]),
     "wrong type": (["sampling.num_samples=many"], ["sampling.num_samples", "many"]),
