@@ -176,6 +176,21 @@ def test_split_by_shows_a_metric_only_in_the_splits_that_have_it(tmp_path):
                    metric=["fid", "clip_score"], split_by=["data"])
 
 
+def test_a_row_that_says_why_it_has_no_metric_shows_a_dash(tmp_path):
+    """The unconditional cell of a text-to-image guidance study has no caption, so no CLIP score, and says so
+    (clip_score_skipped): its cell is '—' with the reason in a note. A row missing it without a reason is refused."""
+    rows = [row(name="guidance", guidance_scale=g, clip_score=90.0 + g) for g in (1.0, 2.0)]
+    rows.append(row(name="guidance", guidance_scale=0.0, clip_score_skipped="no labels (unconditional samples have "
+                                                                              "no caption)"))
+    plan, tables, _ = tables_for(tmp_path, rows, metric=["fid", "clip_score"])
+    assert [[c.text for c in r][2] for r in tables[0].body] == ["—", "91.00", "92.00"]
+    assert plan.notes == ["clip_score: — where the row records why it has none (guidance_scale=0: no labels "
+                          "(unconditional samples have no caption))"]
+    rows[-1].pop("clip_score_skipped")
+    with pytest.raises(ReportError, match=r"^column clip_score missing in 1 of 3 ok rows \(e\.g\. guidance_scale=0\)"):
+        tables_for(tmp_path, rows, metric=["fid", "clip_score"])
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("setting,value", [("feature_net_hash", "ffff"), ("num_samples", 1000), ("resize", "bicubic"),

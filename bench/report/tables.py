@@ -150,9 +150,22 @@ def _pick_metrics(ok, metrics, plan):
     that have it at all: a split without it (CLIP score on digits beside shapes) shows no such table."""
     parts = groups(ok, plan.split_by)
 
-    def gaps(m):  # rows missing m inside splits that have it (every ok row without --split-by)
-        return pd.concat([part[part[m].isna()] if m in part else part for _, part in parts if present(part, m)]
-                         or [ok.iloc[0:0]]) if plan.split_by else ok[ok[m].isna()] if m in ok else ok
+    def declared(rows, m):  # rows that say why they have no m (`<m>_skipped`: CLIP score of unconditional samples)
+        skip = f"{m}_skipped"
+        return rows[rows[skip].notna()] if skip in rows else rows.iloc[0:0]
+
+    def gaps(m):  # rows missing m inside splits that have it (every ok row without --split-by), unless they say why
+        missing = pd.concat([part[part[m].isna()] if m in part else part for _, part in parts if present(part, m)]
+                            or [ok.iloc[0:0]]) if plan.split_by else ok[ok[m].isna()] if m in ok else ok
+        return missing.drop(declared(missing, m).index)
+
+    def skipped_note(m):
+        rows = declared(ok[ok[m].isna()] if m in ok else ok, m)
+        if len(rows):
+            where = "; ".join(", ".join(f"{k}={fmt_value(r[k])}" for k in plan.split_by + plan.rows + plan.cols)
+                              for _, r in rows.iterrows())
+            plan.notes.append(f"{m}: — where the row records why it has none ({where}: "
+                              f"{'; '.join(sorted(set(map(str, rows[f'{m}_skipped']))))})")
 
     def absent_note(m):
         absent = [_split_title(split)[3:] for split, part in parts if not present(part, m)]
@@ -172,6 +185,7 @@ def _pick_metrics(ok, metrics, plan):
                 raise ReportError(f"column {m} missing in {len(missing)} of {len(ok)} ok rows (e.g. {where}); "
                                   f"filter with --where or choose --metric")
             absent_note(m)
+            skipped_note(m)
         return list(metrics)
     picked = []
     for m in DEFAULT_METRICS:
@@ -181,6 +195,7 @@ def _pick_metrics(ok, metrics, plan):
             plan.notes.append(f"{m} skipped: present in only {int(ok[m].notna().sum())} of {len(ok)} ok rows")
             continue
         absent_note(m)
+        skipped_note(m)
         picked.append(m)
     if not picked:
         raise ReportError(f"ok rows carry none of the metric columns {', '.join(DEFAULT_METRICS)}")
