@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import distill, distributed, sampling, training
 from bench.sampling import pipelines
 from bench.artifacts import save_npz, write_grid, write_scatter
-from bench.data import DataInfo, build_dataset, sample_true
+from bench.data import DataInfo, sample_true
 from bench.env import hardware, resolve_device, set_determinism, versions
 from bench.images import to_uint8_nhwc
 from bench.metrics.cost import CostMeter
@@ -85,7 +85,7 @@ def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, dev
     else:
         metrics, cost, grid, keep = _sample_and_score_here(cfg, info, model, scheduler, cell_dir, device, batch_size,
                                                            guide)
-    cost = {**cost, **guide_columns, **training.latent_columns(cfg), **model_columns(cfg, info, model, device)}
+    cost = {**cost, **guide_columns, **model_columns(cfg, info, model)}
     grid_x = torch.cat(grid)
     if info.kind == "images":
         write_grid(cell_dir / "grid.png", to_uint8_nhwc(grid_x))
@@ -100,23 +100,24 @@ def _sample_and_score(cfg, info: DataInfo, model, scheduler, cell_dir: Path, dev
     return metrics, cost
 
 
-@torch.no_grad()
-def model_columns(cfg, info: DataInfo, model, device: str) -> dict:
-    """The family's own columns. A text family: its text tower (``text_encoder``: label#hash). A latent family with
-    FID on: what its first stage alone costs, on the held-out split, against the cell's reference statistics in its
-    feature network: ``vae_rfid`` (FID of the VAE's reconstructions D(mode q(z | x))) beside ``real_fid`` (FID of
-    those held-out images themselves: the floor at that N), ``vae_rfid_n`` = N."""
+def model_columns(cfg, info: DataInfo, model) -> dict:
+    """The family's own columns. A text family: its text tower (``text_encoder``: label#hash). A latent family: its
+    VAE's (:func:`training.latent_columns`) and, with FID on, what its first stage alone costs, on the held-out
+    split, against the cell's reference statistics in its feature network: ``vae_rfid`` (FID of the VAE's
+    reconstructions D(mode q(z | x))) beside ``real_fid`` (FID of those held-out images themselves: the floor at
+    that N), ``vae_rfid_n`` = N."""
     out = {}
     if getattr(model, "text_encoder_id", ""):
         out["text_encoder"] = model.text_encoder_id
-    if not MODELS[cfg.model.name].latent or cfg.metric.name == "none" or not cfg.metric.fid:
+    if not MODELS[cfg.model.name].latent:
         return out
-    vae = training.load_or_train_vae(cfg)[0]
-    ds = build_dataset(cfg.data, "test")
-    batches = [x for x, _ in torch.utils.data.DataLoader(ds, batch_size=256)]
-    recon = (vae.decode(vae.encode(x.to(device)).latent_dist.mode()).sample.clamp(-1, 1) for x in batches)
-    fids = images_fid(cfg, info, {"vae_rfid": recon, "real_fid": batches})
-    return {**out, **fids, "vae_rfid_n": len(ds)}
+    vae, vae_info = training.load_or_train_vae(cfg)
+    out.update(training.latent_columns(cfg, vae_info))
+    if cfg.metric.name == "none" or not cfg.metric.fid:
+        return out
+    pairs = list(training.held_out_reconstructions(vae, cfg.data))
+    fids = images_fid(cfg, info, {"vae_rfid": [r.clamp(-1, 1) for _, r in pairs], "real_fid": [x for x, _ in pairs]})
+    return {**out, **fids, "vae_rfid_n": sum(len(x) for x, _ in pairs)}
 
 
 def _sample_and_score_here(cfg, info: DataInfo, model, scheduler, cell_dir: Path, device: str, batch_size: int,

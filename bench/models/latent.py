@@ -77,6 +77,13 @@ def check_latent(cfg, info, inner_check) -> None:
     check_classifier(cfg.classifier, latent_info(m, info), cfg.sampling.classifier_scale)  # it sees the latents
 
 
+@torch.no_grad()
+def encode_latent(vae: AutoencoderKL, x: torch.Tensor, scaling_factor, generator: torch.Generator | None = None):
+    """z = scaling_factor · z_q, z_q ~ q(z | x) drawn with ``generator``: the latent a latent family's denoiser (and
+    its guidance classifier) is trained on."""
+    return vae.encode(x).latent_dist.sample(generator=generator) * scaling_factor
+
+
 class LatentDenoiser(nn.Module):
     """``forward(z, t, class_labels)`` = the inner denoiser on latents; :meth:`encode` x → z = scaling_factor · z_q
     with z_q ~ q(z | x) (the step's generator); :meth:`decode` z → x. The VAE is frozen (trained before, cached) and
@@ -100,7 +107,7 @@ class LatentDenoiser(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.vae.encode(x).latent_dist.sample(generator=generator) * self.scaling_factor
+        return encode_latent(self.vae, x, self.scaling_factor, generator)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

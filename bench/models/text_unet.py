@@ -29,12 +29,15 @@ def text_encoder(path: str | None = None):
     if path is None:
         return _offline_tower()
     kind, enc_dir, tok_dir = text_encoder_kind(path)
-    return _load_tower(kind, enc_dir, tok_dir, text_encoder_fingerprint(path))
+    return _load_tower(kind, enc_dir, tok_dir, _fingerprint(enc_dir, tok_dir))
 
 
 def text_encoder_fingerprint(path: str) -> str:
     """What a model key holds for a local tower: the content of every file it loads (weights, config, tokenizer)."""
-    _, enc_dir, tok_dir = text_encoder_kind(path)
+    return _fingerprint(*text_encoder_kind(path)[1:])
+
+
+def _fingerprint(enc_dir: Path, tok_dir: Path) -> str:
     dirs = enumerate(sorted({enc_dir, tok_dir}))
     return files_fingerprint([(f"{i}/{f.relative_to(d).as_posix()}", f) for i, d in dirs
                               for f in sorted(d.rglob("*")) if f.is_file()])[:16]

@@ -404,9 +404,11 @@ def build_tables(df: pd.DataFrame, plan: Plan, study_tables=()) -> tuple[list[Ta
     speed-up table) per split, its tidy frame under the table's name."""
     ok, failed = df[df["status"] == "ok"], df[df["status"] == "failed"]
     tables, csvs = [], {}
-    split_groups = groups(ok, plan.split_by)
-    for split, part in split_groups:
-        for m in (m for m in plan.metrics if present(part, m)):
+    # each split with the metrics its rows have (CLIP score on shapes, not on digits)
+    split_groups = [(split, part, [m for m in plan.metrics if present(part, m)])
+                    for split, part in groups(ok, plan.split_by)]
+    for split, part, metrics in split_groups:
+        for m in metrics:
             try:
                 guard_settings(part, m, plan.split_by)
             except ReportError as e:
@@ -415,15 +417,15 @@ def build_tables(df: pd.DataFrame, plan: Plan, study_tables=()) -> tuple[list[Ta
                 raise
     for m in plan.metrics:
         frames = []
-        for split, part in ((split, part) for split, part in split_groups if present(part, m)):
+        for split, part in ((split, part) for split, part, metrics in split_groups if m in metrics):
             lg = _csv_frame(aggregate(part, plan.rows + plan.cols, m), m)
             frames.append(pd.concat([pd.DataFrame({k: [v] * len(lg) for k, v in split.items()}), lg], axis=1))
         csvs[m] = pd.concat(frames, ignore_index=True)
-    for split, part in split_groups:
+    for split, part, metrics in split_groups:
         fpart = failed
         for k, v in split.items():
             fpart = fpart[[norm(x) == v for x in fpart[k]]] if k in fpart else fpart.iloc[0:0]
-        here = replace(plan, metrics=[m for m in plan.metrics if present(part, m)])  # a split's own metrics
+        here = replace(plan, metrics=metrics)
         if plan.cols:
             tables += [pivot_table(part, fpart, here, m, split) for m in here.metrics]
         else:
@@ -451,13 +453,11 @@ def first_stage_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None
     cols = [(c, h, d) for c, h, d in FIRST_STAGE if c in latent]
     body, frames = [], []
     for (model, vae), g in latent.groupby(["model", "vae_key"], sort=True):
-        row = [Cell(fmt_value(model)), Cell(str(vae))]
-        for c, _, d in cols:
-            v = g[c].iloc[0] if d is None else g[c].astype(float).mean()  # one value per VAE (means if rows differ)
-            row.append(Cell(fmt_value(v) if d is None or norm(v) is None else f"{v:.{d}f}"))
-        body.append(row)
-        frames.append({"model": model, "vae_key": vae, **{c: g[c].iloc[0] if d is None else g[c].astype(float).mean()
-                                                         for c, _, d in cols}})
+        # one value per VAE (the mean, should its cells' rows differ)
+        vals = {c: g[c].iloc[0] if d is None else g[c].astype(float).mean() for c, _, d in cols}
+        body.append([Cell(fmt_value(model)), Cell(str(vae))] + [
+            Cell(fmt_value(vals[c]) if d is None or norm(vals[c]) is None else f"{vals[c]:.{d}f}") for c, _, d in cols])
+        frames.append({"model": model, "vae_key": vae, **vals})
     title = "First stage (latent families): the VAE's reconstructions of the held-out split" + _split_title(split)
     have = {c for c, _, _ in cols}
     notes = [" ".join(filter(None, [

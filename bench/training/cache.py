@@ -311,11 +311,20 @@ def vae_stats(vae, data_cfg, seed: int = 0, batch_size: int = 256) -> dict:
     z = [vae.encode(x.to(dev)).latent_dist.sample(generator=g).double()
          for x, _ in torch.utils.data.DataLoader(build_dataset(data_cfg, "train"), batch_size=batch_size)]
     sq, n = 0.0, 0
-    for x, _ in torch.utils.data.DataLoader(build_dataset(data_cfg, "test"), batch_size=batch_size):
-        x = x.to(dev)
-        sq += float((vae.decode(vae.encode(x).latent_dist.mode()).sample.double() - x.double()).pow(2).sum())
+    for x, recon in held_out_reconstructions(vae, data_cfg, batch_size):
+        sq += float((recon.double() - x.double()).pow(2).sum())
         n += x.numel()
     return {"vae_scaling_factor": float(1 / torch.cat(z).std()), "vae_psnr": float(10 * np.log10(4 / (sq / n)))}
+
+
+@torch.no_grad()
+def held_out_reconstructions(vae, data_cfg, batch_size: int = 256):
+    """(x, D(mode q(z | x))) per batch of the held-out split, on the VAE's device: what its PSNR and its
+    reconstruction FID (bench.pipeline.model_columns) are measured on."""
+    dev = next(vae.parameters()).device
+    for x, _ in torch.utils.data.DataLoader(build_dataset(data_cfg, "test"), batch_size=batch_size):
+        x = x.to(dev)
+        yield x, vae.decode(vae.encode(x).latent_dist.mode()).sample
 
 
 def load_or_train_vae(cfg) -> tuple[torch.nn.Module, dict]:
@@ -372,13 +381,10 @@ def cached_model_dir(root: Path, key: str, train: Callable[[Path], dict]) -> tup
     return final, meta, False
 
 
-def latent_columns(cfg) -> dict:
+def latent_columns(cfg, vae_info: dict) -> dict:
     """A latent family's row columns: latent_shape and its VAE's key, reconstruction PSNR, scaling factor, size and
-    training steps ({} for pixel families)."""
-    if not MODELS[cfg.model.name].latent:
-        return {}
+    training steps, from ``vae_info`` (:func:`load_or_train_vae`'s)."""
     info = get_data_info(cfg.data)
-    vae_info = load_or_train_vae(cfg)[1]
     return {"latent_shape": list(latent_info(cfg.model, info).shape),
             **{k: vae_info[k] for k in ("vae_key", "vae_psnr", "vae_scaling_factor", "vae_num_params",
                                         "vae_train_steps")}}

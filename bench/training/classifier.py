@@ -11,7 +11,7 @@ from bench.data import data_key, get_data_info
 from bench.env import resolve_device
 from bench.models import MODELS, num_params
 from bench.models.classifier import NoisyClassifier
-from bench.models.latent import latent_info
+from bench.models.latent import encode_latent, latent_info
 from bench.utils import config_hash, to_plain
 
 from . import objectives as obj
@@ -28,9 +28,8 @@ class ClassifierModule(DiffusionModule):
     latent family's frozen encoder (:class:`FirstStage`): x0 is then the image's scaled latent, as the denoiser's is."""
 
     def __init__(self, cfg, info, first_stage: "FirstStage | None" = None):
-        shape_info = latent_info(cfg.model, info) if first_stage is not None else info
         super().__init__(cfg.model, cfg.objective, cfg.schedule, cfg.classifier, info,
-                         model=NoisyClassifier.from_config(cfg.classifier, shape_info))
+                         model=NoisyClassifier.from_config(cfg.classifier, input_info(cfg, info)))
         self.first_stage = first_stage
 
     def drop_labels(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -53,9 +52,13 @@ class FirstStage(torch.nn.Module):
         super().__init__()
         self.vae, self.scaling_factor = vae.eval().requires_grad_(False), float(scaling_factor)
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return self.vae.encode(x).latent_dist.sample(generator=g) * self.scaling_factor
+        return encode_latent(self.vae, x, self.scaling_factor, g)
+
+
+def input_info(cfg, info):
+    """What the classifier sees: the data's images, or a latent family's latents (:func:`latent_info`)."""
+    return latent_info(cfg.model, info) if MODELS[cfg.model.name].latent else info
 
 
 def classifier_key_config(cfg) -> dict:
@@ -80,12 +83,10 @@ def load_or_train_classifier(cfg) -> tuple[torch.nn.Module, dict]:
     num_params) — from the model cache, or trained on ``cfg.data``'s train split and cached there."""
     info = get_data_info(cfg.data)
     key, key_cfg = classifier_key(cfg), classifier_key_config(cfg)
-    latent = MODELS[cfg.model.name].latent
-    shape_info = latent_info(cfg.model, info) if latent else info
 
     def train(work) -> dict:
         first_stage = None
-        if latent:  # the family's VAE (trained and cached first, as for its denoiser)
+        if MODELS[cfg.model.name].latent:  # the family's VAE (trained and cached first, as for its denoiser)
             vae, vae_info = load_or_train_vae(cfg)
             first_stage = FirstStage(vae, vae_info["vae_scaling_factor"])
         module = fit(lambda: ClassifierModule(cfg, info, first_stage), cfg.data, cfg.classifier, cfg.trainer, work)
@@ -93,6 +94,6 @@ def load_or_train_classifier(cfg) -> tuple[torch.nn.Module, dict]:
 
     path, meta, cached = cached_model_dir(models_root(cfg), key, train)
     model = load_model_dir(path, cfg.model, info, resolve_device(cfg.device),
-                           model=NoisyClassifier.from_config(cfg.classifier, shape_info))
+                           model=NoisyClassifier.from_config(cfg.classifier, input_info(cfg, info)))
     return model, {"classifier_key": key, "path": str(path), "train_steps": int(meta["train_steps"]),
                    "train_seconds": float(meta["train_seconds"]), "cached": cached, "num_params": num_params(model)}
