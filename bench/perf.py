@@ -46,7 +46,7 @@ from bench.metrics.refstats import get_reference
 from bench.metrics.scorer import Scorer
 from bench.models import build_model
 from bench.preflight import compose_cfg
-from bench.run import cell_config, cell_key
+from bench.keys import cell_config, cell_key
 from bench.sampling import Batch, build_scheduler, sample
 from bench.schema import CostConfig
 from bench.training import load_or_train, objectives as obj

@@ -22,49 +22,14 @@ from bench import pipeline, preflight
 from bench.data import data_key
 from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
-from bench.models.pipelines import resolve as resolve_pipeline
 from bench.results import ResultsError
-from bench.schema import ConfigError, elide_defaults, register
+from bench.schema import ConfigError, register
 from bench.training.cache import ModelCacheError, TrainingStopped
-from bench.utils import config_hash, path_fingerprint, to_plain
+from bench import keys
+from bench.keys import cell_config, cell_key
 
 log = logging.getLogger("bench")
 register()
-
-# Keys that do not change a cell's numbers: excluded from its key, so changing them does not re-run finished cells.
-# batch_size is here on purpose: per-image seeds make samples independent of it; `cost` says how time is measured;
-# sampling.devices/shard_size only say how the work is split (bench.distributed: same samples and scores).
-NON_RESULT_KEYS = ("tracker", "trainer", "cost", "out_dir", "cache_dir", "name", "fail_fast", "device")
-NON_RESULT_SAMPLING_KEYS = ("batch_size", "save_samples", "grid_size", "devices", "shard_size")
-
-
-def results_root(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.name
-
-
-def cell_config(cfg: DictConfig) -> dict:
-    """The part of the config that determines a cell's numbers; its hash is the cell key."""
-    c = to_plain(cfg)
-    for k in NON_RESULT_KEYS:
-        c.pop(k, None)
-    for k in NON_RESULT_SAMPLING_KEYS:
-        c["sampling"].pop(k, None)
-    c["data"].update(data_key(cfg.data))  # folder data: its content fingerprint, not only its path
-    for group, key in (("model", "pretrained"), ("model", "vae"), ("model", "text_encoder"),  # by content
-                       ("metric", "reference_stats")):
-        if c[group].get(key):
-            c[group][f"{key}_content"] = path_fingerprint(c[group][key])
-    if c["model"].get("path"):  # model=pipeline: every file of the checkpoint (weights, configs, its scheduler)
-        try:
-            c["model"]["path_content"] = path_fingerprint(resolve_pipeline(c["model"]["path"]))
-        except ConfigError:
-            pass  # a path that does not resolve never runs: validation refuses it with this same error
-    return elide_defaults(c)
-
-
-def cell_key(cfg: DictConfig) -> str:
-    return config_hash(cell_config(cfg))
-
 
 def _job_name(*, _root_: DictConfig) -> str:
     """``hydra.sweep.subdir``'s name for a job: sampler, steps and the cell key (its ``cells/<key>`` directory)."""
@@ -120,7 +85,7 @@ def _write_error(e: OSError) -> str:
 
 def run_job(cfg: DictConfig) -> dict | None:
     """One Hydra job: validate, then :func:`bench.pipeline.run_cell`; a fatal error is one line and exit 2."""
-    root, key = results_root(cfg), cell_key(cfg)
+    root, key = keys.results_root(cfg), cell_key(cfg)
     try:
         info = pipeline.prepare(cfg)
         return pipeline.run_cell(cfg, info, root, key, cell_config(cfg))

@@ -16,7 +16,7 @@ def main(work: Path) -> None:
     from reliability_helpers import compose
 
     from bench import pipeline
-    from bench.run import cell_config, cell_key, results_root
+    from bench.keys import cell_config, cell_key, results_root
     from bench.training import load_or_train
 
     base = ["experiment=smoke", "tracker=none", "device=cpu", "trainer.accelerator=cpu", "train.max_steps=300",

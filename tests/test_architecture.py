@@ -15,7 +15,7 @@ FLOORS = {
     "bench": 0, "bench.schema": 0, "bench.utils": 0, "bench.registry": 0, "bench.env": 0, "bench.images": 0,
     "bench.results": 0,
     "bench.data": 1, "bench.models": 1, "bench.evaluators": 1, "bench.schedule": 1, "bench.tracking": 1,
-    "bench.artifacts": 1,
+    "bench.artifacts": 1, "bench.keys": 1,
     "bench.training": 2, "bench.sampling": 2, "bench.metrics": 2,
     "bench.distill": 3,
     "bench.validate": 4, "bench.distributed": 4,

@@ -22,7 +22,7 @@ def run(compose_cfg, out, *overrides):
     import time
 
     from bench import pipeline
-    from bench.run import cell_config, cell_key, results_root
+    from bench.keys import cell_config, cell_key, results_root
 
     cfg = compose_cfg(*SHRINK, f"out_dir={out}", *overrides)
     info = pipeline.prepare(cfg)
@@ -93,7 +93,7 @@ def test_toy2d_points_two_processes_match_one(cache, compose_cfg, tmp_path, one_
     rows = {}
     for n, extra in (("plain", []), ("two", ["sampling.devices=2", "sampling.shard_size=50"])):
         from bench import pipeline
-        from bench.run import cell_config, cell_key, results_root
+        from bench.keys import cell_config, cell_key, results_root
 
         cfg = compose_cfg(*SHRINK[:1], f"out_dir={tmp_path / n}", *toy, "sampling.save_samples=true", *extra)
         row = pipeline.run_cell(cfg, pipeline.prepare(cfg), results_root(cfg), cell_key(cfg), cell_config(cfg))
@@ -156,7 +156,7 @@ def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tm
 
     from bench import pipeline
     from bench.data import get_data_info
-    from bench.run import cell_config, cell_key, results_root
+    from bench.keys import cell_config, cell_key, results_root
     from bench.training import load_or_train
     from bench.training.cache import fit, model_key
     from bench.training.module import DiffusionModule

@@ -13,7 +13,7 @@ from bench.models import tiny
 from bench.models import (DiTDenoiser, LatentDenoiser, MLPDenoiser, TextUNetDenoiser, UNetDenoiser, build_model,
                           num_params, text_encoder)
 from bench.sampling import build_sampler, sample
-from bench.run import cell_key
+from bench.keys import cell_key
 from bench.schema import ConfigError
 from bench.training import key_config, load_or_train, load_or_train_vae, model_key
 from bench.validate import validate

@@ -211,7 +211,8 @@ def test_cli_cell_records_the_checkpoint_and_prompts(tiny_dirs, tmp_path, monkey
     """One real CLI cell on the tiny SD pipeline: an ok row with FID/KID/IS/CLIP score, the effective scheduler
     (scheduler.json), the prompt set's id and checksum, per-prompt CLIP scores; changing a weight file changes the
     cell key (the checkpoint is keyed by content)."""
-    from bench.run import cell_key, main
+    from bench.keys import cell_key
+    from bench.run import main
 
     args = ["bench", "data=shapes", "model=pipeline", f"model.path={tiny_dirs['sd']}", "prompts=shapes",
             "sampler=dpmpp", "sampling.num_inference_steps=3", "sampling.guidance_scale=2", "sampling.num_samples=8",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bench.preflight import compose_cfg, expand
-from bench.run import cell_key
+from bench.keys import cell_key
 from bench.wandb_sweep import main, sweep_spec
 from test_run import ROOT, rows
 
