@@ -22,10 +22,6 @@ NON_RESULT_KEYS = ("tracker", "trainer", "cost", "out_dir", "cache_dir", "name",
 NON_RESULT_SAMPLING_KEYS = ("batch_size", "save_samples", "grid_size", "devices", "shard_size")
 
 
-def results_root(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.name
-
-
 def cell_config(cfg: DictConfig) -> dict:
     """The part of the config that determines a cell's numbers; its hash is the cell key."""
     c = to_plain(cfg)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -297,24 +296,3 @@ def run_cell(cfg: DictConfig, info: DataInfo, root: Path, key: str, cell_cfg: di
                                                              "nfe", "fid", "kid", "is", "swd", "mmd", "status")
                                   if record.get(k) is not None})
     return record
-
-
-SUMMARY_COLUMNS = ["distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale", "nfe", "fid", "kid",
-                   "is", "clip_score", "swd", "mmd", "latency_p50", "images_per_s", "status"]
-
-
-def summarise(cfg: DictConfig) -> None:
-    """Print the results table and where things are; log the sweep's ablation table to the tracker."""
-    root = Path(cfg.out_dir) / cfg.name
-    rows = read_rows(root / "results.jsonl")
-    if not rows:
-        return
-    df = pd.DataFrame(rows)
-    cols = [c for c in SUMMARY_COLUMNS if c in df.columns and df[c].notna().any()
-            and not (c == "distill_method" and (df[c] == "none").all())]  # shown in distillation studies only
-    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
-        keys = ("distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale")
-        print(df[cols].sort_values([c for c in keys if c in cols]).to_string(index=False))
-    print(f"\nresults: {root / 'results.jsonl'} ({len(rows)} rows)\ncells:   {root / 'cells'}/<cell_key>/"
-          f"{{grid.png,metrics.json,config.yaml}}\nreport:  bench-report {root}")
-    Tracker(cfg.tracker, root).log_table(cfg.name, rows)

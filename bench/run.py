@@ -18,8 +18,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from bench import pipeline, preflight
-from bench.data import data_key
+from bench import pipeline, preflight, summary
 from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
@@ -111,7 +110,7 @@ class SweepSummary(Callback):
     """At the end of a run or sweep: print the results table and where things are; log the ablation table."""
 
     def _summarise(self, config: DictConfig) -> None:
-        pipeline.summarise(config)
+        summary.summarise(config)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._summarise(config)
