@@ -1,4 +1,4 @@
-"""`bench-perf`: the harness measured against its floors and peers (issue 16) -> ``reports/perf.md``.
+"""`bench-perf`: the harness measured against its floors and peers -> ``reports/perf.md``.
 
 Every goal is a ratio of two timings taken side by side in one run: the two sides alternate round by round and
 each side's median is used, so background load on a shared machine hits both alike. Sizes are fixed per mode

@@ -210,7 +210,6 @@ class MetricConfig:
     bootstrap: int = 0  # bootstrap resamples over features (0 = off)
     toy_num_reference: int = 10000  # toy2d: fresh samples of the true distribution
     swd_projections: int = 256
-    # added by the metrics engineer (bench/metrics, bench/evaluators):
     num_reference: int = 0  # reference images from metric.reference_split (0 = the whole split); part of the ref key
     is_splits: int = 10  # Inception Score: at most this many splits of >= 5000 images (fewer images: whole set)
     seed: int = 0  # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points

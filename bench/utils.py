@@ -35,7 +35,7 @@ def file_sha256(path: str | os.PathLike, n: int | None = None) -> str:
 
 def umask_mode(path: str | os.PathLike) -> None:
     """Give a temp file (0600) or directory (0700) from ``tempfile`` the mode an ordinary open/mkdir would have had
-    under the process umask, before it is renamed into place: a teammate may read a shared results file or cache."""
+    under the process umask, before it is renamed into place: another user may read a shared results file or cache."""
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)

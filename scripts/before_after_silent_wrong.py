@@ -1,5 +1,5 @@
 # Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/before_after_silent_wrong.py <empty work dir>
-"""#14, before/after figures for the silent-wrong paths other than tampered weights (that one:
+"""Before/after figures for the silent-wrong paths other than tampered weights (that one:
 scripts/before_after_tampered_weights.py). "Before" re-creates the old behaviour by switching the fix off in the
 process (a monkeypatch passed to `bench`), "after" is the code as it is.
 

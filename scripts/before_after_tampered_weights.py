@@ -1,5 +1,5 @@
 # Usage: .venv/bin/python scripts/before_after_tampered_weights.py <empty cache dir> <empty out dir>
-"""#14 item 2, before/after: a toy2d cell scored with its cached weights, then with 40 KB zeroed inside them
+"""Before/after: a toy2d cell scored with its cached weights, then with 40 KB zeroed inside them
 (old behaviour simulated by switching the checksum verification off), then with the fix."""
 import json, os, subprocess, sys
 from pathlib import Path

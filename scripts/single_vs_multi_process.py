@@ -1,5 +1,5 @@
 # Usage: OMP_NUM_THREADS=1 .venv/bin/python scripts/single_vs_multi_process.py <empty work dir>
-"""#12, side by side on 1 and 2 processes (CPU, gloo): the same digits model trained with trainer.devices=1 and 2
+"""Side by side on 1 and 2 processes (CPU, gloo): the same digits model trained with trainer.devices=1 and 2
 (ddp_spawn), then one cell of each sampled and scored with sampling.devices=1 and 2 (Fabric). Prints the weight
 difference, whether the samples are identical, FID/KID/IS, and the wall time of each."""
 import sys

@@ -1,5 +1,5 @@
 #!/bin/bash
-# #11: every study (sweeps/*.yaml) on every model family with only model=<family> set, at smoke size (tiny models,
+# Every study (sweeps/*.yaml) on every model family with only model=<family> set, at smoke size (tiny models,
 # 20 training steps, 32 images): prints each sweep's exit code and ok/failed rows. ~4 min on 2 CPU cores.
 # Usage: bash scripts/study_family_smoke.sh   (writes /tmp/sfs, cache /tmp/sfs_cache)
 export BENCH_CACHE=/tmp/sfs_cache OMP_NUM_THREADS=2

@@ -93,7 +93,7 @@ CONFIG_CASES = {
                                 ["metric.reference_stats='/nonexistent/ref.npz'", "file not found"]),
     "bad value in the last cell of a sweep": (["-m", "sampling.num_inference_steps=2,3,-1"],
                                               ["sampling.num_inference_steps=-1 is not allowed"]),
-    # the values #14 found passing the preflight, then crashing after the work (bounds: bench.schema.BOUNDS)
+    # values that once passed the preflight, then crashing after the work (bounds: bench.schema.BOUNDS)
     "num_samples = 1": (["sampling.num_samples=1"], ["sampling.num_samples=1 is not allowed: an integer in [2, inf)"]),
     "seed beyond 64 bits": (["sampling.seed=99999999999999999999"], ["sampling.seed=99999999999999999999"]),
     "negative train.seed": (["train.seed=-1"], ["train.seed=-1 is not allowed: an integer in [0, 4294967295]"]),
@@ -413,7 +413,7 @@ def test_out_dir_name_that_is_a_file(tmp_path, capsys, monkeypatch):
 
 
 def test_cached_weights_changed_in_place_are_refused_not_used(toy_model, tmp_path, capsys, monkeypatch):
-    """#14 item 2. The unfixed behaviour first: 40 KB zeroed inside a cached model.safetensors is still a valid
+    """The unfixed behaviour first: 40 KB zeroed inside a cached model.safetensors is still a valid
     file, with other weights (so another score under the same keys). Now its sha256 no longer matches meta.json's."""
     from safetensors.torch import load_file
 
@@ -462,7 +462,7 @@ def test_model_cached_without_a_checksum_gets_one_recorded(toy_model, tmp_path, 
 
 
 def test_folder_replaced_under_the_same_path_makes_new_keys(tmp_path):
-    """#14 item 1. Before: the folder's id, model key and cell key were made of data.path, so new images under the
+    """Before: the folder's id, model key and cell key were made of data.path, so new images under the
     same path reused the old model and reference statistics. Now they are made of the folder's content."""
     from PIL import Image
 
@@ -497,7 +497,7 @@ def test_folder_replaced_under_the_same_path_makes_new_keys(tmp_path):
 
 
 def test_pretrained_weights_and_imported_stats_are_keyed_by_content(tmp_path):
-    """#14 item 1. Before: model.pretrained and metric.reference_stats entered the keys as paths, so new weights (or
+    """Before: model.pretrained and metric.reference_stats entered the keys as paths, so new weights (or
     statistics) at the same path skipped the cell as "resume" and gave a fresh run the same keys with another FID."""
     from reliability_helpers import compose
     from bench.run import cell_key

@@ -1,4 +1,4 @@
-"""Cost protocol (issue 16): two identical cells measured in one process agree on latency; `cost.*` settings say
+"""Cost protocol: two identical cells measured in one process agree on latency; `cost.*` settings say
 how time is measured and never change a cell's key."""
 import pytest
 

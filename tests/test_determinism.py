@@ -1,5 +1,5 @@
 """Same config + seed -> identical samples and scores (CPU); sample i does not depend on the batch size; the
-`sampling.deterministic` switch. GPU caveats are documented in README.md ("Determinism")."""
+`sampling.deterministic` switch. GPU caveats are documented in docs/reliability.md ("Determinism")."""
 import numpy as np
 import pytest
 import torch
@@ -43,7 +43,7 @@ def test_toy2d_same_config_same_samples_and_scores(sampler, toy_model, tmp_path)
     for m in ("swd", "mmd", "nfe"):
         assert a[m] == b[m], m
     # another batch size: the same noise, but a batched GEMM of other shape rounds differently in the last bit of
-    # float32 (BLAS kernels depend on the batch dimension), a few ulps after several steps (README "Determinism")
+    # float32 (BLAS kernels depend on the batch dimension), a few ulps after several steps (docs/reliability.md)
     np.testing.assert_allclose(xc, xa, rtol=1e-5, atol=1e-5 * np.abs(xa).max())
     assert c["swd"] == pytest.approx(a["swd"], rel=1e-3) and c["mmd"] == pytest.approx(a["mmd"], rel=1e-3, abs=1e-6)
     d, xd = _cell(tmp_path / "d", *TOY, f"sampler={sampler}", "sampling.num_inference_steps=4", "sampling.seed=1")
@@ -81,7 +81,7 @@ def test_sample_i_is_independent_of_batch_size_for_stochastic_samplers(toy_model
                                       seed=5, num_inference_steps=3, guidance_scale=1.0, num_classes=0, device="cpu",
                                       cost=CostMeter("cpu"), eta=cfg.sampler.eta, progress=False)]
             out[bs] = torch.cat(xs)
-        for bs in (4, 13):  # equal up to float32 rounding of differently shaped GEMMs (README "Determinism")
+        for bs in (4, 13):  # equal up to float32 rounding of differently shaped GEMMs (docs/reliability.md)
             torch.testing.assert_close(out[bs], out[1], rtol=1e-5, atol=1e-5 * out[1].abs().max().item())
         again = torch.cat([b.x for b in sample(model, build_scheduler(cfg), shape=info.shape, num_samples=13,
                                                batch_size=4, seed=5, num_inference_steps=3, guidance_scale=1.0,

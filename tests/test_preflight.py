@@ -97,7 +97,7 @@ def test_help_lists_real_options_not_schema_nodes():
 
 @pytest.mark.parametrize("study", ["scheduler_steps", "ddim_eta", "guidance", "distill_vs_ddim"])
 def test_every_study_validates_on_every_family_with_only_model_set(study):
-    """#11: every existing study runs on each family with no change to its file, only model=<family> (text_unet on
+    """Every existing study runs on each family with no change to its file, only model=<family> (text_unet on
     its captioned data): every cell composes and validates before any work."""
     from bench.preflight import check
 

@@ -353,7 +353,7 @@ def test_ci95_option(tmp_path):
     assert pd.read_csv(out / "table_fid.csv")["fid_ci95"][0] == pytest.approx(half, rel=1e-5)
 
 
-# ---------------------------------------------------------------- honest uncertainty (issue 15)
+# ---------------------------------------------------------------- honest uncertainty
 
 def test_subset_and_split_spreads_are_not_shown_as_error_bars(tmp_path):
     """One seed block: KID's std over random subsets (e.g. '1.65 ± 80.01') and IS's over splits are no ± ."""
@@ -401,7 +401,7 @@ def test_toy2d_report_has_no_inception_reference_tables_and_captions_match(tmp_p
 
 
 def test_duplicate_cell_keys_with_other_scores_are_refused_in_either_order(tmp_path):
-    """#14 item 5. Before: rows of one cell_key from two files were collapsed before the mixed-settings guard (the
+    """Before: rows of one cell_key from two files were collapsed before the mixed-settings guard (the
     last file won, so the argument order changed the table). Now a difference in a score or its provenance is an
     error whichever file comes first; a difference in cost only keeps the earliest row, whatever the order."""
     base = study("guidance")

@@ -44,7 +44,7 @@ def test_speedup_table_on_a_known_curve(tmp_path):
 
 
 def test_speedup_from_nfe_times_per_call_shown_only_with_per_call_rows(tmp_path):
-    """Rows with per_call_s (issue 16) get a second speed-up from the model's cost alone, NFE × per-call time."""
+    """Rows with per_call_s get a second speed-up from the model's cost alone, NFE × per-call time."""
     rows = _rows()
     for r in rows:
         r["per_call_s"] = 0.0005  # the model costs 0.5 ms per image-forward in every cell

@@ -51,7 +51,7 @@ def test_two_writers_keep_every_row(tmp_path):
 
 def test_written_files_follow_the_umask_not_tempfiles_0600(tmp_path):
     """Atomic writes go through tempfile (0600 / 0700); what lands must have the mode of a plain open/mkdir under the
-    process umask, so a teammate can read a shared results file, cache or report (#14)."""
+    process umask, so another user can read a shared results file, cache or report."""
     import os
     import stat
 

@@ -185,7 +185,7 @@ class TestUniPC(SchedulerFamily):
 
 
 class TestDEIS(SchedulerFamily):
-    """Added as one registry entry + conf/sampler/deis.yaml (the #10 proof that a sampler is one entry)."""
+    """Added as one registry entry + conf/sampler/deis.yaml (the proof that a sampler is one entry)."""
     sampler = "deis"
 
 

@@ -1,4 +1,4 @@
-"""Sampling cost, measured rather than inferred (STYLE habit 7): real model calls, wall time, peak memory.
+"""Sampling cost, measured rather than inferred: real model calls, wall time, peak memory.
 
 ``nfe`` is the number of network function evaluations per image: rows pushed through the model divided by
 images produced, so a batched classifier-free-guidance call (cond + uncond, 2B rows for B images) counts 2 and

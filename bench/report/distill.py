@@ -33,7 +33,7 @@ def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
     front = set(zip(*pareto_front(cells["mean_lat"], cells["mean"])))
     extra = {c: aggregate(ok, KEYS, c).set_index(KEYS)["mean"]
              for c in ("nfe", "distill_train_steps", "distill_seconds") if c in ok and ok[c].notna().any()}
-    # Rows with per_call_s (the cost protocol of issue 16) get a second speed-up from the model's cost alone:
+    # Rows with per_call_s (bench.metrics.cost's protocol) get a second speed-up from the model's cost alone:
     # NFE x measured per-call time, so a reader sees where it and the latency speed-up disagree.
     model_cost = None
     if "per_call_s" in ok and ok["per_call_s"].notna().all() and "nfe" in extra:

@@ -1,4 +1,4 @@
-"""Published figures our studies echo (from ../shared/REFERENCE_NUMBERS.md), shown beside ours for shape only."""
+"""Published figures our studies echo (from the cited papers), shown beside ours for shape only."""
 from __future__ import annotations
 
 from .tables import Cell, Table
