@@ -14,6 +14,7 @@ README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS, ROOT / "reports" / "index.md"]
 README_MAX_LINES = 150
+README_MAX_WIDTH = 120
 PAGES_NAMED_IN_README = ("configuration", "metrics", "studies", "checkpoints", "scale", "performance", "reliability",
                          "design")
 
@@ -45,6 +46,8 @@ def test_readme_is_a_quickstart():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move " \
                                            f"reference material to docs/"
+    long = [n for n, line in enumerate(lines, 1) if len(line) > README_MAX_WIDTH]
+    assert not long, f"README.md lines {long} are longer than {README_MAX_WIDTH} characters"
 
 
 def test_readme_runs_the_ci_test_command():
