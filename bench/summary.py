@@ -7,12 +7,13 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from bench.metric_spec import names
 from bench.results import read_rows
 from bench.tracking import Tracker
 
 
-SUMMARY_COLUMNS = ["distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale", "nfe", "fid", "kid",
-                   "is", "clip_score", "swd", "mmd", "latency_p50", "images_per_s", "status"]
+KEYS = ["distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale"]
+SUMMARY_COLUMNS = [*KEYS, *names(console=True), "status"]  # the metrics: bench.metric_spec
 
 
 def summarise(cfg: DictConfig) -> None:
@@ -25,8 +26,7 @@ def summarise(cfg: DictConfig) -> None:
     cols = [c for c in SUMMARY_COLUMNS if c in df.columns and df[c].notna().any()
             and not (c == "distill_method" and (df[c] == "none").all())]  # shown in distillation studies only
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
-        keys = ("distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale")
-        print(df[cols].sort_values([c for c in keys if c in cols]).to_string(index=False))
+        print(df[cols].sort_values([c for c in KEYS if c in cols]).to_string(index=False))
     print(f"\nresults: {root / 'results.jsonl'} ({len(rows)} rows)\ncells:   {root / 'cells'}/<cell_key>/"
           f"{{grid.png,metrics.json,config.yaml}}\nreport:  bench-report {root}")
     Tracker(cfg.tracker, root).log_table(cfg.name, rows)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from bench.metric_spec import is_measured
 from bench.registry import Entry, Registry
 
 log = logging.getLogger(__name__)
@@ -49,19 +50,10 @@ def _claim_agent_run() -> dict:
     return {}
 
 
-# Row columns that are measurements (W&B summary); every other column is a setting or provenance (W&B config).
-MEASURED = ("fid", "kid", "is", "clip_score", "swd", "mmd", "nfe", "latency_p50", "latency_p95", "images_per_s",
-            "peak_mem_mb", "wall_s", "train_seconds", "distill_seconds")
-MEASURED_SUFFIXES = ("_std", "_ci95", "_iqr")
-
-
-def is_measured(key: str) -> bool:
-    return key in MEASURED or key.endswith(MEASURED_SUFFIXES) and key.split("_")[0] in MEASURED
-
-
 def split_row(row: dict) -> tuple[dict, dict]:
     """(settings and provenance, measurements) of a results row: hyperparameters belong in a W&B run's config,
-    scores in its summary, so neither becomes a one-point history chart."""
+    scores in its summary (the measured columns of bench.metric_spec), so neither becomes a one-point history
+    chart."""
     metrics = {k: v for k, v in row.items() if is_measured(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {k: v for k, v in row.items() if k not in metrics}, metrics
 

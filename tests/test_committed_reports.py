@@ -40,7 +40,7 @@ def _perturb_rows(text: str, rng) -> str:
 
     import numpy as np
 
-    from bench.report.tables import FACTORS
+    from bench.report.plan import FACTORS
 
     out = []
     for line in text.splitlines():

@@ -14,7 +14,9 @@ from report_rows import row, study, write  # noqa: E402
 
 from bench.report import ReportError, build_report, main  # noqa: E402
 from bench.report.load import load  # noqa: E402
-from bench.report.tables import build_tables, decimals, first_stage_table, plan_study  # noqa: E402
+from bench.report.formatting import decimals  # noqa: E402
+from bench.report.plan import plan_study  # noqa: E402
+from bench.report.tables import build_tables, first_stage_table  # noqa: E402
 
 
 def tables_for(tmp_path, data, **kw):

@@ -4,7 +4,9 @@
     bench-report runs/guidance --metric fid,is --title "CFG on digits"
     bench-report runs/a runs/b --split-by feature_net_hash
 
-Reading order: load.py (rows) → tables.py (study plan, mixed-settings guard, pivot) → plots.py → render.py.
+Reading order: load.py (rows) → plan.py (study plan, one configuration per cell, mixed-settings guard) → stats.py
+(mean, error bars) → formatting.py → tables.py (pivot, metrics table) → plots.py → render.py. What each metric is
+(label, direction, decimals, scale) comes from bench.metric_spec.
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .distill import speedup_table
-from .load import ReportError, Source, fmt_value, load, norm, sort_key
+from .formatting import fmt_value, label
+from .load import ReportError, Source, load, norm, sort_key
 from .plots import make_plots
 from .published import published_tables
 from .render import Report, failed_table, write_all
-from .tables import FACTORS, KIND_TITLES, KINDS, build_tables, first_stage_table, label, plan_study, varying
+from .plan import FACTORS, KIND_TITLES, KINDS, plan_study, varying
+from .tables import build_tables, first_stage_table
 
 __all__ = ["ReportError", "build_report", "main"]
 

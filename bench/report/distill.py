@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .load import fmt_value, norm
+from bench.metric_spec import spec
+
+from .formatting import decimals, fmt_value, label
+from .load import norm
+from .plan import Plan
 from .speedup import pareto_front, speedup_at_matched_fid
-from .tables import HIGHER_IS_BETTER, QUALITY, SCALE, Cell, Plan, Table, aggregate, decimals, label
+from .stats import aggregate
+from .tables import Cell, Table
 
 KEYS = ["method", "num_inference_steps"]
 
@@ -20,7 +25,7 @@ def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
     """One row per (method, steps); students get 'speed-up at matched <metric>' = teacher latency interpolated
     (log-latency vs metric, along the teacher's monotone part) to the student's value ÷ the student's latency,
     ± the bootstrap std from the metric's std over repeats; '≥' where the student beats every teacher cell."""
-    metric = next((m for m in plan.metrics if m in QUALITY and m not in HIGHER_IS_BETTER), None)
+    metric = next((m for m in plan.metrics if spec(m).kind == "quality" and not spec(m).higher_is_better), None)
     if metric is None or "latency_p50" not in ok or ok["latency_p50"].isna().any() or "num_inference_steps" not in ok:
         return None
     q, lat = aggregate(ok, KEYS, metric), aggregate(ok, KEYS, "latency_p50")
@@ -40,7 +45,7 @@ def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
         pc = aggregate(ok, KEYS, "per_call_s").set_index(KEYS)["mean"]
         model_cost = {k: extra["nfe"].get(k) * pc.get(k) for k in pc.index}
         t_cost = [model_cost[(teacher, n)] for n in t["num_inference_steps"]]
-    scale = SCALE.get(metric, 1.0)
+    scale = spec(metric).scale
     d = decimals(metric, [v * scale for v in cells["mean"]])
     body, recs = [], []
     for _, r in cells.iterrows():

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.metric_spec import names
 from bench.results import ResultsError, is_finished, parse_rows
 
 
@@ -62,7 +63,7 @@ def read_rows(path: Path) -> list[dict]:
 # What two finished rows of one cell_key must agree on (scores: to rel 1e-6, machine rounding; the rest exactly).
 # Cost and timing may differ between two runs of a cell; the earliest row (created_at, then path) is kept for them,
 # whatever the order of the inputs.
-SAME_SCORES = ("fid", "kid", "is", "clip_score", "swd", "mmd", "nfe")
+SAME_SCORES = names(deterministic=True)
 SAME_PROVENANCE = ("feature_net", "feature_net_hash", "resize", "quantize", "ref_id", "ref_hash", "n_ref",
                    "num_samples", "repeats", "clip_net", "clip_net_hash", "model_key")
 
@@ -103,7 +104,18 @@ def load(args: list[str]) -> tuple[pd.DataFrame, list[Source]]:
     dm = df["distill_method"] if "distill_method" in df else pd.Series([None] * len(df))
     sampler = df["sampler"] if "sampler" in df else pd.Series([None] * len(df))
     df["method"] = [s if norm(d) in (None, "none") else d for d, s in zip(dm, sampler)]
-    return df.reset_index(drop=True), sources
+    return _with_key_settings(df).reset_index(drop=True), sources
+
+
+def _with_key_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """Each entry of the rows' ``key_settings`` (every setting in the cell key, by dotted config key) as a column of
+    that name, so a setting can be a factor or a --where filter; missing in rows without it."""
+    if "key_settings" not in df:
+        return df
+    entries = [v if isinstance(v, dict) else {} for v in df["key_settings"]]
+    cols = sorted({k for e in entries for k in e} - set(df.columns))
+    extra = pd.DataFrame({k: [e.get(k) for e in entries] for k in cols}, index=df.index, dtype=object)
+    return pd.concat([df, extra], axis=1)
 
 
 def norm(v):
@@ -136,12 +148,3 @@ def sort_key(v):
         return (0, float(v), "")
     return (1, 0.0, str(v))
 
-
-def fmt_value(v) -> str:
-    """A coordinate value as shown in tables: 7.5, 20, ddim; missing → —."""
-    v = norm(v)
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)

@@ -13,9 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .load import fmt_value, norm, sort_key  # noqa: E402
+from bench.metric_spec import METRICS, spec  # noqa: E402
+
+from .formatting import ERR_WORDS, arrow, fmt_value, label  # noqa: E402
+from .load import norm, sort_key  # noqa: E402
+from .plan import Plan  # noqa: E402
 from .speedup import pareto_front, speedup_at_matched_fid  # noqa: E402
-from .tables import ERR_WORDS, HIGHER_IS_BETTER, SCALE, Plan, aggregate, arrow, groups, label  # noqa: E402
+from .stats import aggregate, groups  # noqa: E402
 
 META = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}}
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
@@ -64,7 +68,7 @@ def _series(ok: pd.DataFrame, plan: Plan, x: str, metric: str):
     """(line label, x, mean, error bar) per group of the table rows, x ascending; the error bar is what the
     tables' ± shows (plan.err), 0 where a point has none."""
     line_keys = [k for k in plan.rows + plan.cols if k not in (x, "num_inference_steps", "nfe")]
-    scale = SCALE.get(metric, 1.0)
+    scale = spec(metric).scale
     for coords, g in groups(ok, line_keys):
         lg = aggregate(g, [x], metric).sort_values(x, key=lambda s: s.map(sort_key))
         err = [(e or 0.0) * scale for e in map(norm, lg[plan.err])]
@@ -119,7 +123,7 @@ def vs_latency(ok, plan, metric, plots, split) -> Figure | None:
     keys = plan.rows + plan.cols
     line_keys = [k for k in plan.rows if k not in ("num_inference_steps",)]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    scale = SCALE.get(metric, 1.0)
+    scale = spec(metric).scale
     pts = []
     for coords, g in groups(ok, line_keys):
         lat = aggregate(g, keys, "latency_p50")
@@ -132,7 +136,7 @@ def vs_latency(ok, plan, metric, plots, split) -> Figure | None:
             if tag:
                 ax.annotate(tag, (xv, yv), fontsize=6, xytext=(2, 2), textcoords="offset points")
         pts += list(zip(xs, ys))
-    front = pareto(pts, metric in HIGHER_IS_BETTER)
+    front = pareto(pts, spec(metric).higher_is_better)
     ax.step(*zip(*front), where="post", color="k", lw=1, alpha=0.6, label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("latency p50 (ms per image, log)")
@@ -144,8 +148,11 @@ def vs_latency(ok, plan, metric, plots, split) -> Figure | None:
 
 
 def cfg_curves(ok, plan, metrics, plots, split) -> Figure | None:
-    left = next((m for m in ("fid", "kid", "swd", "mmd") if m in metrics), None)
-    right = next((m for m in ("clip_score", "is") if m in metrics), None)
+    # the trade-off guidance makes: a distance to the data (left axis) against alignment with the condition
+    # (CLIP score), else a sample score (IS), on the right
+    left = next((m for m in METRICS if m in metrics and METRICS[m].role == "distance"), None)
+    right = next((m for role in ("alignment", "score") for m in METRICS if m in metrics and METRICS[m].role == role),
+                 None)
     if "guidance_scale" not in ok or left is None:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -181,11 +188,11 @@ def distill(ok, plan, metric, plots, split) -> Figure | None:
         return None
     has_lat = "latency_p50" in ok and ok["latency_p50"].notna().all()
     fig, axes = plt.subplots(1, 2 if has_lat else 1, figsize=(9 if has_lat else 5, 3.6), squeeze=False)
-    scale = SCALE.get(metric, 1.0)
+    scale = spec(metric).scale
     dm = ok["distill_method"] if "distill_method" in ok else pd.Series([None] * len(ok), index=ok.index)
     teacher = ok[[norm(v) in (None, "none") for v in dm]]
     ref = None
-    if has_lat and len(teacher) and metric not in HIGHER_IS_BETTER and teacher["method"].nunique() == 1:
+    if has_lat and len(teacher) and not spec(metric).higher_is_better and teacher["method"].nunique() == 1:
         ref = (aggregate(teacher, ["num_inference_steps"], "latency_p50")["mean"].to_numpy(),
                aggregate(teacher, ["num_inference_steps"], metric)["mean"].to_numpy())
     allx, ally = [], []
@@ -221,7 +228,7 @@ def distill(ok, plan, metric, plots, split) -> Figure | None:
     axes[0][0].set_xlabel("steps")
     axes[0][0].set_title(f"{label(metric)} vs steps{_split_caption(split)}")
     if has_lat:
-        if metric not in HIGHER_IS_BETTER:
+        if not spec(metric).higher_is_better:
             fx, fy = zip(*pareto(list(zip(allx, ally)), higher=False))
             axes[0][1].step(fx, fy, where="post", color="0.6", lw=3, alpha=0.4, zorder=0, label="Pareto front")
         axes[0][1].set_xscale("log")
@@ -290,8 +297,7 @@ def _split_caption(split: dict) -> str:
 
 def make_plots(df: pd.DataFrame, plan: Plan, plots: Path) -> list[Figure]:
     ok = df[df["status"] == "ok"]
-    quality = [m for m in plan.metrics if m not in ("latency_p50", "latency_p95", "images_per_s", "peak_mem_mb",
-                                                     "nfe", "wall_s")]
+    quality = [m for m in plan.metrics if spec(m).kind in ("quality", "other")]
     primary = (quality or plan.metrics)[0]
     figs = []
     for split, part in groups(ok, plan.split_by):

@@ -11,9 +11,9 @@ import markupsafe
 import numpy as np
 import pandas as pd
 
-from .load import fmt_value
+from .formatting import fmt_value, label
 from .plots import Figure
-from .tables import Cell, Table, label
+from .tables import Cell, Table
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""What each measured column of a results row means: its label, which direction is better, how it is shown, what
+must be equal for two values to be comparable. The report, the tracker and the console summary all read this table;
+a new metric is one entry here (and its computation in bench.metrics)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+# Every choice that moves a score must be equal down a table column, else the column mixes incomparable numbers
+# (columns as written by bench.metrics.scorer; absent ones are skipped).
+_IMAGE = ("feature_net", "feature_net_hash", "resize", "quantize", "ref_id", "ref_hash", "n_ref", "num_samples",
+          "repeats")
+_TOY = ("n_ref", "num_samples")  # toy2d ref_id carries the seed (fresh true samples per seed): not a setting
+_MACHINE = ("hardware", "device")  # timings and memory are comparable on one machine only
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str  # as shown in tables and plots
+    kind: str  # quality (a score of the samples) | cost (of sampling one cell) | model (a size) | training (its time)
+    higher_is_better: bool = False
+    decimals: Optional[int] = None  # fixed decimals in tables; None: chosen per column from its values
+    scale: float = 1.0  # display scale (CSV and rows keep raw units): s -> ms, KID x 10^3
+    settings: tuple[str, ...] = ()  # row columns that must be equal for two values to be comparable
+    deterministic: bool = True  # two runs of one cell give the same value (to machine rounding); timings do not
+    default: bool = False  # tabulated when the report is not told which metrics
+    console: bool = False  # a column of the console summary at the end of a run
+    role: str = ""  # quality metrics: distance (to the reference set) | alignment (with the condition) | score
+
+
+# In the order tables, plots and the console list them.
+METRICS: dict[str, Metric] = {
+    "fid": Metric("FID", "quality", decimals=2, settings=_IMAGE + ("fid_n",), default=True, console=True,
+                  role="distance"),
+    # KID x 10^3 as in the GAN/diffusion literature
+    "kid": Metric("KID ×10³", "quality", decimals=2, scale=1000.0, settings=_IMAGE + ("kid_subset_size",),
+                  default=True, console=True, role="distance"),
+    "is": Metric("IS", "quality", higher_is_better=True, decimals=2, settings=_IMAGE + ("is_splits",), default=True,
+                 console=True, role="score"),
+    "clip_score": Metric("CLIP score", "quality", higher_is_better=True, decimals=2,
+                         settings=("clip_net", "clip_net_hash", "feature_net_hash", "resize", "num_samples"),
+                         default=True, console=True, role="alignment"),
+    "swd": Metric("SWD", "quality", settings=_TOY + ("swd_projections",), default=True, console=True,
+                  role="distance"),
+    "mmd": Metric("MMD", "quality", settings=_TOY + ("mmd_bandwidth_rule",), default=True, console=True,
+                  role="distance"),
+    "nfe": Metric("NFE", "cost", decimals=0, console=True),  # a count of model calls: the same on any machine
+    "nfe_classifier": Metric("classifier NFE", "cost", decimals=0),
+    "latency_p50": Metric("latency p50 (ms/img)", "cost", scale=1000.0, settings=_MACHINE, deterministic=False,
+                          default=True, console=True),
+    "latency_p95": Metric("latency p95 (ms/img)", "cost", scale=1000.0, settings=_MACHINE, deterministic=False),
+    "images_per_s": Metric("images/s", "cost", higher_is_better=True, decimals=1, settings=_MACHINE,
+                           deterministic=False, console=True),
+    "peak_mem_mb": Metric("peak memory (MB)", "cost", decimals=0, settings=_MACHINE, deterministic=False),
+    "wall_s": Metric("wall (s)", "cost", settings=_MACHINE, deterministic=False),
+    "num_params": Metric("parameters", "model", decimals=0),
+    "classifier_num_params": Metric("classifier parameters", "model", decimals=0),
+    "train_seconds": Metric("train time (s)", "training", settings=_MACHINE, deterministic=False),
+    "distill_seconds": Metric("distill time (s)", "training", settings=_MACHINE, deterministic=False),
+}
+
+# Columns that carry a metric's uncertainty: <metric>_std, ... (bench.metrics.scorer).
+ERROR_SUFFIXES = ("_std", "_se", "_ci95", "_ci_low", "_ci_high")
+
+
+def names(**want) -> tuple[str, ...]:
+    """Metric names (in table order) whose spec has every given field value, e.g. ``names(kind="quality")``."""
+    return tuple(n for n, m in METRICS.items() if all(getattr(m, k) == v for k, v in want.items()))
+
+
+def is_measured(column: str) -> bool:
+    """A row column that measures the cell (a metric other than a model's size, or its error), not a setting."""
+    base = next((column[: -len(s)] for s in ERROR_SUFFIXES if column.endswith(s)), column)
+    return base in METRICS and METRICS[base].kind != "model"
+
+
+def spec(column: str) -> Metric:
+    """The spec of a metric; any other numeric row column a user tabulates gets a plain one (its name, lower is
+    better, decimals from its values)."""
+    return METRICS.get(column) or Metric(column, "other")
