@@ -13,7 +13,11 @@ from bench.tracking import Tracker
 
 
 KEYS = ["distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale"]
-SUMMARY_COLUMNS = [*KEYS, *names(console=True), "status"]  # the metrics: bench.metric_spec
+
+
+def summary_columns() -> list[str]:
+    """The cell's coordinates, the metrics bench.metric_spec marks for the console, its status."""
+    return [*KEYS, *names(console=True), "status"]
 
 
 def summarise(cfg: DictConfig) -> None:
@@ -23,7 +27,7 @@ def summarise(cfg: DictConfig) -> None:
     if not rows:
         return
     df = pd.DataFrame(rows)
-    cols = [c for c in SUMMARY_COLUMNS if c in df.columns and df[c].notna().any()
+    cols = [c for c in summary_columns() if c in df.columns and df[c].notna().any()
             and not (c == "distill_method" and (df[c] == "none").all())]  # shown in distillation studies only
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
         print(df[cols].sort_values([c for c in KEYS if c in cols]).to_string(index=False))

@@ -428,3 +428,91 @@ def test_classifier_scale_is_a_cell_coordinate(tmp_path):
     assert tables[0].header[:2] == ["guidance scale", "classifier scale"]
     assert [[c.text for c in r[:3]] for r in tables[0].body] == [["0", "0", "10.00"], ["0", "2", "14.00"],
                                                                   ["3", "0", "13.00"], ["3", "2", "17.00"]]
+
+
+# ---------------------------------------------------------------- one configuration per table cell
+
+# Settings outside the report's factor columns that change the numbers: rows differing only in one of them once fell
+# into one table cell, shown as "mean ± se (over the n seeds)" although every row had seed 0.
+UNTABULATED = [("sampler.solver_order", 2, 3), ("sampler.use_karras_sigmas", False, True),
+               ("prompts.content", "04ab7d", "9f1c2e"), ("prompts.negative_prompt", "", "blurry")]
+
+
+@pytest.mark.parametrize("setting,a,b", UNTABULATED)
+def test_rows_differing_in_a_key_setting_are_never_pooled(tmp_path, setting, a, b):
+    rows = [row(sampler="dpmpp", steps=20, fid=51.55, settings={setting: a}),
+            row(sampler="dpmpp", steps=20, fid=51.89, settings={setting: b}),
+            row(sampler="ddim", steps=20, fid=60.0, settings={setting: a})]
+    plan, tables, csvs = tables_for(tmp_path, rows, metric=["fid"])
+    assert plan.rows == ["sampler", setting] and f"{setting} varies too, so it was added to the rows" in plan.notes
+    t = tables[0]
+    assert t.header == ["sampler", setting, "FID ↓"]
+    assert [[c.text for c in r] for r in t.body] == [["ddim", str(a), "60.00"], ["dpmpp", str(a), "51.55"],
+                                                     ["dpmpp", str(b), "51.89"]]
+    assert "over the n seeds" not in t.notes[0] and "one seed per cell" in t.notes[0]
+    assert list(csvs["fid"]["n"]) == [1, 1, 1]
+    # given rows that leave the setting out, the report refuses in one line naming it
+    with pytest.raises(ReportError, match=rf"^{setting} varies within table cells \({a}, {b}\) but is not in "
+                                          rf"--rows/--cols/--split-by; add it or filter with --where "
+                                          rf"{setting}=\.\.\.$"):
+        tables_for(tmp_path, rows, rows=["sampler"], cols=[], metric=["fid"])
+    # --where on the setting picks one configuration
+    report, _ = build_report([str(tmp_path / "runs")], str(tmp_path / "rep"), where=[f"{setting}={b}"], plots=False)
+    assert len(report.tables[0].body) == 1 and report.tables[0].body[0][1].text == "51.89"
+
+
+def test_seed_blocks_of_one_configuration_are_pooled(tmp_path):
+    rows = [row(sampler="dpmpp", steps=20, seed=s, fid=f, settings={"sampler.solver_order": 3, "metric.seed": 0})
+            for s, f in [(0, 51.55), (1, 51.89)]]
+    plan, tables, csvs = tables_for(tmp_path, rows, metric=["fid"])
+    assert plan.notes == []
+    assert tables[0].body[0][1].text == "51.72 ± 0.17" and "over the n seeds" in tables[0].notes[0]
+    assert list(csvs["fid"]["n"]) == [2]
+
+
+def test_rows_differing_in_metric_seed_alone_are_not_seeds(tmp_path):
+    rows = [row(steps=20, fid=f, settings={"metric.seed": s}) for s, f in [(0, 51.55), (1, 51.89)]]
+    plan, tables, _ = tables_for(tmp_path, rows, metric=["fid"])
+    assert "metric.seed" in plan.rows and [r[-1].text for r in tables[0].body] == ["51.55", "51.89"]
+
+
+def test_older_rows_are_told_apart_by_the_settings_they_record(tmp_path):
+    """Rows written before key_settings: a recorded setting (the negative prompt, the prompt file's hash) that
+    differs inside a cell becomes a row factor; a difference they do not record (same seed, other cell keys) is
+    refused rather than averaged as seeds."""
+    rows = [row(sampler="dpmpp", steps=20, fid=51.55, negative_prompt=""),
+            row(sampler="dpmpp", steps=20, fid=51.89, negative_prompt="blurry")]
+    plan, tables, _ = tables_for(tmp_path, rows, metric=["fid"])
+    assert plan.rows == ["negative_prompt"] and [[c.text for c in r] for r in tables[0].body] == [
+        ["", "51.55"], ["blurry", "51.89"]]
+    unrecorded = [row(sampler="dpmpp", steps=20, fid=51.55, solver_order_not_in_row=2),
+                  row(sampler="dpmpp", steps=20, fid=51.89, solver_order_not_in_row=3)]
+    with pytest.raises(ReportError, match=r"^2 rows of one table cell \(name=scheduler_steps\) have seed 0 but "
+                                          r"other cell keys \(\w+, \w+\): they differ in a setting the rows do not "
+                                          r"record"):
+        tables_for(tmp_path, unrecorded, metric=["fid"])
+    # older rows with other seeds stay seed blocks, beside a newer row of the same factors
+    mixed = [row(sampler="dpmpp", steps=20, seed=0, fid=51.55),
+             row(sampler="dpmpp", steps=20, seed=1, fid=51.89, settings={"sampler.solver_order": 2})]
+    _, tables, _ = tables_for(tmp_path, mixed, metric=["fid"])
+    assert tables[0].body[0][1].text == "51.72 ± 0.17"
+
+
+def test_a_new_metric_is_one_entry_of_the_metric_spec(tmp_path, monkeypatch):
+    """Label, direction, decimals, scale and 'tabulate by default' come from bench.metric_spec alone: the report,
+    the tracker and the console summary all pick up a new entry."""
+    from bench.metric_spec import METRICS, Metric
+    from bench.summary import summary_columns
+    from bench.tracking import split_row
+
+    monkeypatch.setitem(METRICS, "lpips", Metric("LPIPS ×10²", "quality", decimals=1, scale=100.0, default=True,
+                                                 console=True, role="distance"))
+    rows = [row(steps=n, lpips=v) for n, v in [(10, 0.2531), (20, 0.1875)]]
+    plan, tables, csvs = tables_for(tmp_path, rows)
+    assert "lpips" in plan.metrics and tables[0].header[-1] == "LPIPS ×10² ↓"
+    assert [(r[0].text, r[-1].text, r[-1].best) for r in tables[0].body] == [("10", "25.3", False),
+                                                                             ("20", "18.8", True)]
+    assert list(csvs["lpips"]["lpips"]) == [0.2531, 0.1875]  # raw units in the CSV
+    settings, measured = split_row({"cell_key": "k", "eta": 0.5, "lpips": 0.2, "lpips_std": 0.01})
+    assert measured == {"lpips": 0.2, "lpips_std": 0.01} and settings == {"cell_key": "k", "eta": 0.5}
+    assert "lpips" in summary_columns()

@@ -165,3 +165,17 @@ def test_training_curves_go_to_a_wandb_train_run(tmp_path, monkeypatch):
     logged.clear()
     load_or_train(compose(*base, "tracker=none", "train.seed=1", cache=tmp_path / "cache"))
     assert len(inits) == 1 and not logged
+
+
+def test_measured_columns_come_from_the_metric_spec():
+    """Every metric of bench.metric_spec and its error columns go to the W&B summary; a model's size and every
+    setting or provenance column to its config."""
+    from bench.tracking import split_row
+
+    row = {"fid": 3.2, "clip_score": 90.1, "clip_score_std": 4.0, "latency_p50_ci95": 0.001, "nfe_classifier": 20.0,
+           "train_seconds": 12.5, "num_params": 1000, "seed": 3, "eta": 0.5, "fid_std_over": "seeds",
+           "feature_net_hash": "abc", "n_ref": 1437}
+    settings, measured = split_row(row)
+    assert set(measured) == {"fid", "clip_score", "clip_score_std", "latency_p50_ci95", "nfe_classifier",
+                             "train_seconds"}
+    assert set(settings) == {"num_params", "seed", "eta", "fid_std_over", "feature_net_hash", "n_ref"}

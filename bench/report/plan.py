@@ -59,7 +59,8 @@ def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None
         raise ReportError(f"--kind={kind!r} is not allowed: one of {', '.join(KINDS)}")
     for c in [*(rows or []), *(cols or []), *split_by]:
         if c not in df:
-            raise ReportError(f"column {c!r} is not in the result rows (have: {', '.join(sorted(map(str, df.columns)))})")
+            have = ", ".join(sorted(map(str, df.columns)))
+            raise ReportError(f"column {c!r} is not in the result rows (have: {have})")
     ok = df[df["status"] == "ok"]
     if ok.empty:
         raise ReportError(f"no row has status 'ok' ({len(df)} failed); nothing to tabulate")
@@ -75,17 +76,18 @@ def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None
         raise ReportError(f"--err={err!r} is not allowed: se, std or ci95")
     plan = Plan(kind, list(rows) if rows is not None else auto_rows, list(cols) if cols is not None else auto_cols,
                 [], list(split_by), err)
-    _one_configuration_per_cell(df, plan, explicit=rows is not None)
+    _no_setting_varies_within_cells(df, plan, explicit=rows is not None)
     if not plan.rows:  # one varying factor (or none): rows of that factor × metric columns
         plan.rows, plan.cols = plan.cols or (["name"] if "name" in df else ["cell_key"]), []
+    _cells_hold_distinct_seeds(df, plan)
     plan.metrics = _pick_metrics(ok, metrics, plan)
     return plan
 
 
-def _one_configuration_per_cell(df: pd.DataFrame, plan: Plan, explicit: bool) -> None:
-    """Two rows of one table cell must be seed blocks of one configuration. A setting that differs inside a cell
-    becomes a row factor (auto) or is refused (rows given); rows that differ where they record nothing (same seed,
-    other cell key) are refused."""
+# Two rows of one table cell are only ever seed blocks of one configuration: the next two functions.
+
+def _no_setting_varies_within_cells(df: pd.DataFrame, plan: Plan, explicit: bool) -> None:
+    """A setting that differs inside a table cell becomes a row factor (auto) or is refused (rows given)."""
     ks = df["key_settings"].map(lambda v: isinstance(v, dict)) if "key_settings" in df else pd.Series(False, df.index)
     settings = [c for c in (*FACTORS, *RECORDED_SETTINGS) if c in df] + key_setting_columns(df)
     for f in settings:
@@ -101,18 +103,22 @@ def _one_configuration_per_cell(df: pd.DataFrame, plan: Plan, explicit: bool) ->
                               f"--rows/--cols/--split-by; add it or filter with --where {f}=...")
         plan.rows.append(f)
         plan.notes.append(f"{f} varies too, so it was added to the rows")
+
+
+def _cells_hold_distinct_seeds(df: pd.DataFrame, plan: Plan) -> None:
+    """Rows of one cell with one seed differ in something they do not record: refused, never averaged."""
     if "seed" not in df:
         return
     keys = plan.split_by + plan.rows + plan.cols
     for coords, g in groups(df[df["status"] == "ok"], keys):
         for seed, same in groups(g, ["seed"]):
             if len(same) > 1:
-                where = ", ".join(f"{k}={fmt_value(v)}" for k, v in coords.items()) or "the only table cell"
+                where = ", ".join(f"{k}={fmt_value(v)}" for k, v in coords.items())
                 raise ReportError(
                     f"{len(same)} rows of one table cell ({where}) have seed {fmt_value(seed['seed'])} but other "
                     f"cell keys ({', '.join(map(str, same['cell_key']))}): they differ in a setting the rows do not "
-                    f"record (rows without key_settings), so they are not seeds of one configuration; report them "
-                    f"separately or drop one with --where cell_key!=...")
+                    f"record (rows written before key_settings record only some), so they are not seeds of one "
+                    f"configuration; report them separately or drop one with --where cell_key!=...")
 
 
 def _values_within(df, keys, f):

@@ -74,5 +74,5 @@ def best(values: list, errs: list, metric: str, d: int) -> set:
     pick = max if spec(metric).higher_is_better else min
     b, _, eb = pick(shown, key=lambda t: t[1])
     top = values[b]
-    return {i for i, v, e in shown
-            if v == round(top, d) or (e is not None and eb is not None and abs(values[i] - top) <= 2 * math.hypot(e, eb))}
+    return {i for i, v, e in shown if v == round(top, d)
+            or (e is not None and eb is not None and abs(values[i] - top) <= 2 * math.hypot(e, eb))}
