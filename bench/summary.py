@@ -11,7 +11,6 @@ from bench.metric_spec import names
 from bench.results import read_rows
 from bench.tracking import Tracker
 
-
 KEYS = ["distill_method", "sampler", "eta", "num_inference_steps", "guidance_scale"]
 
 

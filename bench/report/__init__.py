@@ -24,10 +24,10 @@ from omegaconf import OmegaConf
 from .distill import speedup_table
 from .formatting import fmt_value, label
 from .load import ReportError, Source, load, norm, sort_key
+from .plan import FACTORS, KIND_TITLES, KINDS, plan_study, varying
 from .plots import make_plots
 from .published import published_tables
 from .render import Report, failed_table, write_all
-from .plan import FACTORS, KIND_TITLES, KINDS, plan_study, varying
 from .tables import build_tables, first_stage_table
 
 __all__ = ["ReportError", "build_report", "main"]
