@@ -12,7 +12,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from bench.utils import atomic_write_bytes
+from bench.utils import atomic_write_bytes, atomic_write_text
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -56,3 +56,17 @@ def save_npz(path: Path, **arrays) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def write_prompt_scores(path: Path, prompts: list, clip_scores: list) -> None:
+    """The cell's per-prompt CLIP scores (``prompts.csv``: prompt, images, mean and std of the image scores) from
+    each image's prompt (image i: ``prompts[i]``) and its CLIP scores (in image order); nothing when the cell
+    computed no CLIP score."""
+    import pandas as pd  # lazy: only text-to-image cells write this table
+
+    scores = np.concatenate([np.asarray(s).reshape(-1) for s in clip_scores]) if clip_scores else np.empty(0)
+    if len(scores) != len(prompts):
+        return
+    df = pd.DataFrame({"prompt": list(prompts), "clip_score": scores.astype(np.float64)})
+    table = df.groupby("prompt", sort=False)["clip_score"].agg(images="count", clip_score="mean", clip_score_std="std")
+    atomic_write_text(path, table.reset_index().to_csv(index=False))

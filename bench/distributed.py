@@ -1,20 +1,23 @@
 """One cell's sampling and scoring in resumable shards, on 1 or N processes (Lightning Fabric DDP; gloo on CPU).
 
 The cell's images 0..N·repeats-1 are cut into fixed index ranges of ``sampling.shard_size`` (default: one batch).
-Each shard is sampled (image i seeded ``seed + i``, as in one process), measured by the scorer (feature-net
-features and logits, CLIP scores, or the points themselves) and written atomically to
-``cells/<key>/shards/<start>-<stop>.npz`` with its cost counters. Ranks take the missing shards round-robin, so a
-killed cell restarts where it stopped, with any ``sampling.devices``. The calling process (rank 0's side) then folds
-every shard into one Scorer *in index order*, exactly as a 1-process run folds its batches, and alone writes the
-scores, artifacts and row: FID/KID/IS do not depend on the world size (the features are gathered, not averaged;
-float64 statistics are computed once from them), and neither do the samples.
+Each shard is sampled by whatever the cell samples (a :class:`bench.sampling.subject.Subject`: the harness's own
+model or a loaded diffusers pipeline; image i seeded ``seed + i``, as in one process), measured by the scorer
+(feature-net features and logits, CLIP scores, or the points themselves) and written atomically to
+``cells/<key>/shards/<start>-<stop>.npz`` with its cost counters and the samples the cell keeps. Ranks take the
+missing shards round-robin, so a killed cell restarts where it stopped, with any ``sampling.devices``; a shard on
+disk that lacks samples this run keeps (written without ``sampling.save_samples``) is sampled again. The calling
+process (rank 0's side) then folds every shard into one Scorer *in index order*, exactly as a 1-process run folds
+its batches, and alone writes the scores, artifacts and row: FID/KID/IS do not depend on the world size (the
+features are gathered, not averaged; float64 statistics are computed once from them), and neither do the samples.
 
-Processes are started by Fabric on the local machine (``ddp_fork`` on CPU, ``ddp_spawn`` on GPUs): one cell per
-node; SLURM fans cells out with the submitit launcher and a cell spreads over its node's GPUs. ``LightningEnvironment``
-is pinned so a SLURM allocation with one task is not mistaken for a multi-task job.
+Processes are started by Fabric on the local machine (``ddp_spawn``): one cell per node; SLURM fans cells out with
+the submitit launcher and a cell spreads over its node's GPUs. ``LightningEnvironment`` is pinned so a SLURM
+allocation with one task is not mistaken for a multi-task job.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,22 +32,21 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
 from bench.metrics.stats import save_npz_atomic
-from bench.sampling import ClassifierGuidance, NonFiniteError, build_sampler, sample
-from bench.schema import ConfigError
+from bench.sampling import NonFiniteError
+from bench.sampling.subject import SamplingCall, Subject
 
 log = logging.getLogger("bench")
 SHARDS = "shards"
 FAULT_ENV = "BENCH_FAULT_AFTER_SHARDS"  # tests only: a rank raises after writing this many shards (a killed run)
 
 
-def enabled(cfg) -> bool:
-    return int(cfg.sampling.devices) > 1 or int(cfg.sampling.shard_size) > 0
+def enabled(sampling_cfg) -> bool:
+    return int(sampling_cfg.devices) > 1 or int(sampling_cfg.shard_size) > 0
 
 
-def plan(cfg) -> list[tuple[int, int]]:
-    """The cell's shards: fixed [start, stop) image ranges, independent of the world size."""
-    total = int(cfg.sampling.num_samples) * int(cfg.metric.repeats)
-    size = int(cfg.sampling.shard_size) or int(cfg.sampling.batch_size)
+def plan(sampling_cfg, total: int) -> list[tuple[int, int]]:
+    """The cell's shards: fixed [start, stop) ranges of its ``total`` images, independent of the world size."""
+    size = int(sampling_cfg.shard_size) or int(sampling_cfg.batch_size)
     return [(a, min(a + size, total)) for a in range(0, total, size)]
 
 
@@ -52,8 +54,15 @@ def shard_path(cell_dir: Path, a: int, b: int) -> Path:
     return Path(cell_dir) / SHARDS / f"{a:09d}-{b:09d}.npz"
 
 
-def _load_shard(path: Path, cell: str) -> dict | None:
-    """A finished shard of this cell, or None (missing, or not readable: it is sampled again)."""
+def samples_needed(a: int, b: int, sampling_cfg) -> int:
+    """How many of shard [a, b)'s samples the cell keeps: all of them with ``sampling.save_samples`` (samples.npz),
+    else those that fall in the grid (the first ``sampling.grid_size`` images of the cell)."""
+    return b - a if sampling_cfg.save_samples else max(0, min(b, int(sampling_cfg.grid_size)) - a)
+
+
+def _load_shard(path: Path, cell: str, need: int) -> dict | None:
+    """A finished shard of this cell holding the ``need`` samples this run keeps of it, or None (missing, not
+    readable, or written by a run that kept fewer samples: it is sampled again)."""
     if not path.exists():
         return None
     try:
@@ -65,34 +74,33 @@ def _load_shard(path: Path, cell: str) -> dict | None:
     if str(d.get("cell")) != cell:
         log.warning("shard %s belongs to cell %s, not %s: sampling it again", path, d.get("cell"), cell)
         return None
+    have = len(d["x"]) if "x" in d else 0
+    if have < need:
+        log.info("shard %s holds %d of the %d samples this run keeps (sampling.save_samples / grid_size changed): "
+                 "sampling it again", path.name, have, need)
+        return None
     return d
 
 
-def _sample_shards(cfg, info, model, scheduler, scorer, cell_dir: Path, shards, device, batch_size: int,
-                   rank: int, world: int, progress: bool, guide=None) -> dict:
-    """Sample, measure and write ``shards`` (this rank's share); return this rank's cost counters. ``guide``: the
-    cell's classifier guidance (bench.sampling.ClassifierGuidance), whose calls each shard counts."""
+def _sample_shards(subject: Subject, call: SamplingCall, scorer: Scorer, sampling_cfg, cell_dir: Path, shards,
+                   rank: int, world: int, progress: bool) -> dict:
+    """Sample, measure and write ``shards`` (this rank's share); return this rank's cost counters."""
 
-    s = cfg.sampling
     fault = int(os.environ.get(FAULT_ENV, "0"))
-    meter = CostMeter(device)
+    meter = CostMeter(call.device)
     for n, (a, b) in enumerate(shards, 1):
         rows0, images0, k0, cls0 = meter.rows, meter.images, len(meter.batch_seconds), meter.classifier_rows
         parts: dict[str, list] = {}
         xs = []
-        for batch in sample(model, scheduler, shape=tuple(info.shape), num_samples=b - a, batch_size=batch_size,
-                            seed=s.seed, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                            num_classes=getattr(model, "num_classes", info.num_classes),  # the model's conditioning
-                            device=device, cost=meter, eta=cfg.sampler.eta, progress=progress, start=a,
-                            classifier_guidance=guide):
+        need = samples_needed(a, b, sampling_cfg)
+        for batch in subject.batches(call, meter, start=a, stop=b, progress=progress):
             for k, v in scorer.measure(batch).items():
                 parts.setdefault(k, []).append(v)
-            if s.save_samples or a < s.grid_size:
+            if need:
                 xs.append(batch.x.cpu().numpy())
         arrays = {k: np.concatenate(v) for k, v in parts.items()}
         if xs:
-            x = np.concatenate(xs)
-            arrays["x"] = x if s.save_samples else x[: max(0, s.grid_size - a)]
+            arrays["x"] = np.concatenate(xs)[:need]
         save_npz_atomic(shard_path(cell_dir, a, b), cell=np.str_(Path(cell_dir).name), index=np.arange(a, b),
                         rank=np.int64(rank), world_size=np.int64(world), rows=np.int64(meter.rows - rows0),
                         images=np.int64(meter.images - images0),
@@ -102,7 +110,7 @@ def _sample_shards(cfg, info, model, scheduler, scorer, cell_dir: Path, shards, 
         if fault and n >= fault:
             raise RuntimeError(f"{FAULT_ENV}={fault}: rank {rank} stops after {n} shards (fault injection)")
     summary = meter.summary()
-    return {"rank": rank, "device": str(device), "shards": len(shards), "images": meter.images,
+    return {"rank": rank, "device": str(call.device), "shards": len(shards), "images": meter.images,
             "sample_s": round(summary["wall_s"], 4), "images_per_s": summary["images_per_s"],
             "peak_mem_mb": summary["peak_mem_mb"], "mem_kind": summary["mem_kind"]}
 
@@ -118,41 +126,46 @@ def _errors(fn, *args) -> dict:
         return {"error": "oom", "message": str(e)}
 
 
-def _fabric_worker(fabric, cfg, info, model, cell_dir, pending, batch_size, classifier=None):
+class _Job:
+    """What every rank needs, in one plain object: Fabric's launcher rebuilds the dataclasses it finds among a
+    launch's arguments field by field (to unshare modules), which frozen ones (prompt sets, provenance) refuse."""
+
+    def __init__(self, subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg, cell_dir: Path, pending,
+                 progress: bool):
+        self.subject, self.call, self.scorer_cfg, self.info = subject, call, scorer_cfg, info
+        self.sampling_cfg, self.cell_dir, self.pending, self.progress = sampling_cfg, cell_dir, pending, progress
+
+
+def _fabric_worker(fabric, job: _Job):
     """One rank of ``Fabric.launch``: its round-robin share of the pending shards; rank 0 returns every rank's
     counters (gathered)."""
 
     rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
     if device.type == "cuda":
         torch.cuda.set_device(device)  # "cuda" in the feature nets' .to() means this rank's GPU
-    model = model.to(device)
-    guide = (ClassifierGuidance.from_config(classifier.to(device), cfg, float(cfg.sampling.classifier_scale))
-             if classifier is not None else None)
-    scorer = Scorer(cfg, info, None)
-    mine = pending[rank::world]
-    out = _errors(_sample_shards, cfg, info, model, build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name,
-                                                             lcm_grid=cfg.distill.num_ddim_timesteps), scorer, cell_dir, mine, device, batch_size,
-                  rank, world, bool(cfg.trainer.enable_progress_bar) and rank == 0, guide)
+    subject = job.subject.to(device)
+    call = dataclasses.replace(job.call, device=str(device))
+    scorer = Scorer(job.scorer_cfg, job.info, None)
+    out = _errors(_sample_shards, subject, call, scorer, job.sampling_cfg, job.cell_dir, job.pending[rank::world],
+                  rank, world, job.progress and rank == 0)
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, out)
     return gathered if rank == 0 else None
 
 
-def _launch(cfg, info, model, cell_dir: Path, pending, device: str, batch_size: int, guide=None) -> list[dict]:
+def _launch(subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg, cell_dir: Path, pending,
+            progress: bool) -> list[dict]:
 
-    world = int(cfg.sampling.devices)
-    accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
+    world = int(sampling_cfg.devices)
+    accelerator = "cuda" if str(call.device).startswith("cuda") else "cpu"
     # spawn, on CPU too: a forked rank deadlocks in its first parallel op when the parent has used an OpenMP thread
     # pool (OMP_NUM_THREADS > 1; seen here as ranks idle in load_state_dict); CUDA is initialised here anyway
     fabric = L.Fabric(accelerator=accelerator, devices=world, strategy="ddp_spawn", plugins=[LightningEnvironment()])
-    model_cpu = model.to("cpu")  # spawned ranks get a CPU copy and move it to their own device
-    classifier = guide.classifier.to("cpu") if guide is not None else None  # the same, for the guiding classifier
-    try:
-        return fabric.launch(_fabric_worker, cfg, info, model_cpu, cell_dir, pending, batch_size, classifier)
+    try:  # spawned ranks get a CPU copy and move it to their own device
+        return fabric.launch(_fabric_worker, _Job(subject.to("cpu"), call, scorer_cfg, info, sampling_cfg, cell_dir,
+                                                  pending, progress))
     finally:
-        model.to(device)
-        if classifier is not None:
-            classifier.to(device)
+        subject.to(call.device)
 
 
 def _raise_rank_errors(per_rank: list[dict]) -> None:
@@ -187,43 +200,43 @@ def _total_cost(shards: list[dict], per_rank: list[dict], device: str) -> dict:
     }
 
 
-def sample_and_score(cfg, info, model, scheduler, cell_dir: Path, device: str, batch_size: int, guide=None):
-    """The sharded path of ``pipeline._sample_and_score``: (metrics, cost, grid tensors, kept sample tensors).
-    ``guide``: classifier guidance, carried to every shard and rank."""
+def sample_and_score(subject: Subject, call: SamplingCall, scorer: Scorer, scorer_cfg, info, cell_dir: Path,
+                     sampling_cfg, progress: bool) -> tuple[dict, dict, torch.Tensor]:
+    """The sharded path of ``bench.cell``: (metrics, cost, the samples kept: all with sampling.save_samples, else the
+    grid's). ``scorer`` folds every shard in index order; ``scorer_cfg`` and ``info`` build each rank's own scorer.
+    A shard on disk is reused only when it holds every sample this run keeps of it (else it is sampled again), so a
+    resumed cell's samples.npz is always complete."""
 
     cell_dir = Path(cell_dir)
     cell = cell_dir.name
-    shards = plan(cfg)
-    scorer = Scorer(cfg, info, cell_dir)  # also caches the reference statistics before any rank needs them
-    pending = [(a, b) for a, b in shards if _load_shard(shard_path(cell_dir, a, b), cell) is None]
-    world = int(cfg.sampling.devices)
+    shards = plan(sampling_cfg, call.num_samples)
+    pending = [(a, b) for a, b in shards
+               if _load_shard(shard_path(cell_dir, a, b), cell, samples_needed(a, b, sampling_cfg)) is None]
+    world = int(sampling_cfg.devices)
     resumed = len(shards) - len(pending)
     if resumed:
         log.info("cell %s: %d of %d shards already on disk (resume)", cell, resumed, len(shards))
     t0 = time.perf_counter()
     per_rank: list[dict] = []
     if pending and world > 1:
-        per_rank = _launch(cfg, info, model, cell_dir, pending, device, batch_size, guide)
+        per_rank = _launch(subject, call, scorer_cfg, info, sampling_cfg, cell_dir, pending, progress)
     elif pending:
-        per_rank = [_errors(_sample_shards, cfg, info, model, scheduler, scorer, cell_dir, pending, device,
-                            batch_size, 0, 1, bool(cfg.trainer.enable_progress_bar), guide)]
+        per_rank = [_errors(_sample_shards, subject, call, scorer, sampling_cfg, cell_dir, pending, 0, 1, progress)]
     _raise_rank_errors(per_rank)
     log.info("cell %s: %d shards on %d process(es) in %.1fs", cell, len(pending), world, time.perf_counter() - t0)
-    loaded, grid, keep = [], [], []
+    loaded, kept = [], []
     for a, b in shards:  # index order: the same folds as one process makes
-        d = _load_shard(shard_path(cell_dir, a, b), cell)
+        need = samples_needed(a, b, sampling_cfg)
+        d = _load_shard(shard_path(cell_dir, a, b), cell, need)
         if d is None:
             raise RuntimeError(f"shard {shard_path(cell_dir, a, b)} missing after sampling")
         scorer.add(d["index"], **{k: d[k] for k in ("feats", "logits", "clip", "points") if k in d})
-        if "x" in d:
-            x = torch.from_numpy(d["x"])
-            (keep if cfg.sampling.save_samples else grid).append(x)
+        if need:
+            kept.append(torch.from_numpy(d["x"][:need]))
         loaded.append(d)
-    if cfg.sampling.save_samples:
-        grid = [torch.cat(keep)[: cfg.sampling.grid_size]] if keep else []
     metrics = scorer.compute()
-    cost = _total_cost(loaded, per_rank, device)
+    cost = _total_cost(loaded, per_rank, call.device)
     cost.update(world_size=world, shard_size=shards[0][1] - shards[0][0], shards=len(shards), shards_resumed=resumed,
                 cost_per_rank=per_rank)
     shutil.rmtree(cell_dir / SHARDS, ignore_errors=True)  # scores and gen_stats.npz hold what the cell needs now
-    return metrics, cost, grid, keep
+    return metrics, cost, torch.cat(kept)

@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bench.data import data_key
-from bench.models.pipelines import resolve as resolve_pipeline
+from bench.models.diffusers_checkpoint import resolve as resolve_pipeline
 from bench.schema import ConfigError, elide_defaults
 from bench.utils import config_hash, path_fingerprint, to_plain
 

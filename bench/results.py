@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from filelock import FileLock
 
@@ -23,6 +23,72 @@ SCHEMA_VERSION = 1
 RESULTS_NAME = "results.jsonl"
 REQUIRED = ("schema_version", "cell_key", "status")  # every row bench writes has these
 STATUSES = ("ok", "failed")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A typed group of row columns that what a cell sampled reports about itself (its family's text tower or VAE,
+    the classifier that guided it, a loaded checkpoint's provenance). In the row its fields are flat columns under
+    their own names; a field left None is absent from the row."""
+
+    def columns(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class TextTowerColumns(Columns):
+    text_encoder: str  # a text-conditioned family's frozen text tower: label#weights hash
+
+
+@dataclass(frozen=True)
+class LatentColumns(Columns):
+    """A latent family's first stage: its VAE (key, size, training steps, scaling factor, held-out PSNR) and, with FID
+    on, the FID of its held-out reconstructions beside that of the held-out images themselves (the floor at N)."""
+
+    latent_shape: list
+    vae_key: str
+    vae_psnr: float
+    vae_scaling_factor: float
+    vae_num_params: int
+    vae_train_steps: int
+    vae_rfid: Optional[float] = None
+    real_fid: Optional[float] = None
+    vae_rfid_n: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ClassifierColumns(Columns):
+    """Classifier guidance: every row of the harness's own models has its scale (0: unguided, no classifier calls
+    and no classifier parameters); a guided row names the classifier (its calls per image are a cost column)."""
+
+    classifier_scale: float = 0.0
+    classifier_key: Optional[str] = None
+    classifier_train_steps: Optional[int] = None
+    classifier_num_params: int = 0
+    nfe_classifier: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class PipelineColumns(Columns):
+    """A loaded diffusers pipeline: what its checkpoint decided, the options it was loaded with, the scheduler it
+    was sampled with and its prompt set (text-to-image pipelines)."""
+
+    pipeline_class: str
+    checkpoint_objective: str
+    checkpoint_scheduler: Optional[str]
+    checkpoint_path: str
+    model_dtype: str
+    compile_s: float
+    attention_slicing: bool
+    vae_tiling: bool
+    cpu_offload: bool
+    compile: bool
+    scheduler_class: str
+    prompts_id: Optional[str] = None
+    prompts_sha256: Optional[str] = None
+    num_prompts: Optional[int] = None
+    images_per_prompt: Optional[int] = None
+    negative_prompt: Optional[str] = None
 
 
 @dataclass
@@ -67,22 +133,27 @@ class Row:
     wall_s: Optional[float] = None  # sampling + scoring wall time of the cell
     # cost (bench.metrics.cost: nfe, latency_p50/p95 in s per image, images_per_s, peak_mem_mb, mem_kind)
     cost: dict = field(default_factory=dict)
+    # what the sampled model reports about itself (typed column groups: :class:`Columns`)
+    sampled: Tuple[Columns, ...] = ()
     # scores and their provenance (bench.metrics.scorer: fid, fid_std, kid, kid_std, is, is_std, clip_score, swd,
     # mmd, feature_net, feature_net_hash, resize, quantize, ref_id, ref_hash, n_ref, ...)
     scores: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """The JSON object of the row: fixed columns, then cost and score columns (which win on a shared name, except
-        the cell's wall_s); error/failed_step only when set."""
+        """The JSON object of the row: fixed columns, then cost, sampled-model and score columns (which win on a shared
+        name, except the cell's wall_s); error/failed_step only when set."""
         out = {"schema_version": SCHEMA_VERSION}
         for f in dataclasses.fields(self):
-            if f.name in ("cost", "scores"):
+            if f.name in ("cost", "sampled", "scores"):
                 continue
             v = getattr(self, f.name)
             if v is None and f.name in ("error", "failed_step"):
                 continue
             out[f.name] = v
-        out = {**out, **self.cost, **self.scores}
+        out = {**out, **self.cost}
+        for group in self.sampled:
+            out.update(group.columns())
+        out.update(self.scores)
         if self.wall_s is not None:
             out["wall_s"] = self.wall_s  # the cell's wall time wins over the sampling loop's own (cost's wall_s)
         return out

@@ -18,14 +18,14 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from bench import pipeline, preflight, summary
+from bench import cell, preflight, summary
 from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
 from bench.schema import ConfigError, register
 from bench.training.cache import ModelCacheError, TrainingStopped
 from bench import keys
-from bench.keys import cell_config, cell_key
+from bench.keys import cell_key
 
 log = logging.getLogger("bench")
 register()
@@ -55,13 +55,13 @@ def fail(msg: str, root: Path | None = None, code: int = 2):
 # Errors that stop the run with one `bench: error:` line (bad input found at run time: a corrupt cache file, missing
 # evaluator weights, reference statistics that do not match, a results file bench cannot read). NaN/Inf and
 # out-of-memory are not among them: those fail only their cell (a failed row) and the sweep goes on.
-FATAL_ERRORS = (ConfigError, EvaluatorError, RefStatsError, ResultsError, ModelCacheError, pipeline.CellFailed)
+FATAL_ERRORS = (ConfigError, EvaluatorError, RefStatsError, ResultsError, ModelCacheError, cell.CellFailed)
 
 
 def _drop_unfinished_cell(root: Path, key: str) -> None:
     """A cell stopped by a fatal error leaves no artifacts behind: its ``cells/<key>.partial`` work directory goes
     (a finished cell's directory, ``cells/<key>``, is only ever created complete, by a rename)."""
-    work = pipeline.work_dir(root / "cells" / key)
+    work = cell.work_dir(root / "cells" / key)
     if work.is_dir():
         shutil.rmtree(work, ignore_errors=True)
     try:
@@ -83,11 +83,10 @@ def _write_error(e: OSError) -> str:
 
 
 def run_job(cfg: DictConfig) -> dict | None:
-    """One Hydra job: validate, then :func:`bench.pipeline.run_cell`; a fatal error is one line and exit 2."""
-    root, key = keys.results_root(cfg), cell_key(cfg)
+    """One Hydra job: :func:`bench.cell.run_cell` (which validates first); a fatal error is one line and exit 2."""
+    root, key = keys.results_root(cfg), cell_key(cfg)  # what a fatal error cleans up
     try:
-        info = pipeline.prepare(cfg)
-        return pipeline.run_cell(cfg, info, root, key, cell_config(cfg))
+        return cell.run_cell(cfg)
     except FATAL_ERRORS as e:
         _drop_unfinished_cell(root, key)
         fail(str(e), root)

@@ -20,7 +20,7 @@ from bench.metrics.scorer import METRICS
 from bench.models import MODELS
 from bench.schedule import SCHEDULES
 from bench.sampling import SAMPLERS
-from bench.sampling import pipelines
+from bench.sampling import diffusers_pipeline as pipelines
 from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
 from bench.training.cache import processes

@@ -15,8 +15,8 @@ def main(work: Path) -> None:
     import torch
     from reliability_helpers import compose
 
-    from bench import pipeline
-    from bench.keys import cell_config, cell_key, results_root
+    from bench import cell
+    from bench.keys import results_root
     from bench.training import load_or_train
 
     base = ["experiment=smoke", "tracker=none", "device=cpu", "trainer.accelerator=cpu", "train.max_steps=300",
@@ -38,9 +38,8 @@ def main(work: Path) -> None:
         for sample_n in (1, 2):
             cfg = compose(*base, f"sampling.devices={sample_n}", f"out_dir={work / f'runs{train_n}{sample_n}'}",
                           cache=str(work / f"cache{train_n}"))
-            info = pipeline.prepare(cfg)
             t0 = time.perf_counter()
-            row = pipeline.run_cell(cfg, info, results_root(cfg), cell_key(cfg), cell_config(cfg))
+            row = cell.run_cell(cfg)
             wall = time.perf_counter() - t0
             x = np.load(results_root(cfg) / row["cell_dir"] / "samples.npz")["images"]
             ref = x if ref is None else ref

@@ -43,7 +43,7 @@ def trained(base: list[str]):
     """Train (once per machine) the model that `base` describes into CACHE; the evaluator/refstats too (digits)."""
     import torch
 
-    from bench.pipeline import prepare
+    from bench.cell import prepare
     from bench.training import load_or_train
 
     n = torch.get_num_threads()

@@ -18,8 +18,8 @@ FLOORS = {
     "bench.artifacts": 1, "bench.keys": 1,
     "bench.training": 2, "bench.sampling": 2, "bench.metrics": 2,
     "bench.distill": 3,
-    "bench.validate": 4, "bench.distributed": 4,
-    "bench.pipeline": 5, "bench.preflight": 5, "bench.summary": 5,
+    "bench.validate": 4, "bench.distributed": 4, "bench.subjects": 4,
+    "bench.cell": 5, "bench.preflight": 5, "bench.summary": 5,
     "bench.run": 6,
     "bench.report": 6,
     "bench.evaluators.cli": 6,  # the bench-evaluator console entry: lives with its package, sits on the entry floor

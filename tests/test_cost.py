@@ -12,12 +12,10 @@ CELL = [*DIGITS, "sampling.num_samples=96", "sampling.batch_size=8", "cost.repea
 
 
 def _row(root, name):
-    from bench import pipeline
-    from bench.run import cell_config, cell_key
+    from bench import cell
 
     cfg = compose(*CELL, f"out_dir={root}", f"name={name}")
-    info = pipeline.prepare(cfg)
-    return pipeline.run_cell(cfg, info, root / name, cell_key(cfg), cell_config(cfg))
+    return cell.run_cell(cfg)
 
 
 def test_identical_cells_agree_on_latency(tmp_path):

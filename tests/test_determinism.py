@@ -21,13 +21,11 @@ def digits_model():
 
 
 def _cell(root, *overrides):
-    """One cell through pipeline.run_cell (what `bench` runs per Hydra job); returns (row, samples array)."""
-    from bench import pipeline
-    from bench.run import cell_config, cell_key
+    """One cell through cell.run_cell (what `bench` runs per Hydra job); returns (row, samples array)."""
+    from bench import cell
 
     cfg = compose(*overrides, "hydra.mode=RUN", "sampling.save_samples=true", f"out_dir={root}")
-    info = pipeline.prepare(cfg)
-    row = pipeline.run_cell(cfg, info, root / cfg.name, cell_key(cfg), cell_config(cfg))
+    row = cell.run_cell(cfg)
     with np.load(root / cfg.name / row["cell_dir"] / "samples.npz") as z:
         return row, z[z.files[0]]
 

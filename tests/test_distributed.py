@@ -18,16 +18,15 @@ def cache(tmp_path_factory):
 
 
 def run(compose_cfg, out, *overrides):
-    """One cell through pipeline.run_cell (what `bench` runs per Hydra job), in this process."""
+    """One cell through cell.run_cell (what `bench` runs per Hydra job), in this process."""
     import time
 
-    from bench import pipeline
-    from bench.keys import cell_config, cell_key, results_root
+    from bench import cell
+    from bench.keys import results_root
 
     cfg = compose_cfg(*SHRINK, f"out_dir={out}", *overrides)
-    info = pipeline.prepare(cfg)
     t0 = time.perf_counter()
-    row = pipeline.run_cell(cfg, info, results_root(cfg), cell_key(cfg), cell_config(cfg))
+    row = cell.run_cell(cfg)
     row["_wall"] = time.perf_counter() - t0
     samples = np.load(results_root(cfg) / row["cell_dir"] / "samples.npz")["images"]
     return row, samples
@@ -92,11 +91,11 @@ def test_toy2d_points_two_processes_match_one(cache, compose_cfg, tmp_path, one_
            "sampling.num_inference_steps=5"]
     rows = {}
     for n, extra in (("plain", []), ("two", ["sampling.devices=2", "sampling.shard_size=50"])):
-        from bench import pipeline
-        from bench.keys import cell_config, cell_key, results_root
+        from bench import cell
+        from bench.keys import results_root
 
         cfg = compose_cfg(*SHRINK[:1], f"out_dir={tmp_path / n}", *toy, "sampling.save_samples=true", *extra)
-        row = pipeline.run_cell(cfg, pipeline.prepare(cfg), results_root(cfg), cell_key(cfg), cell_config(cfg))
+        row = cell.run_cell(cfg)
         rows[n] = (row, np.load(results_root(cfg) / row["cell_dir"] / "samples.npz")["points"])
     (plain, p1), (two, p2) = rows["plain"], rows["two"]
     assert p1.shape == (200, 2) and np.array_equal(p1, p2)
@@ -154,9 +153,9 @@ def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tm
     pipeline on 2 processes: the same model key as 1 process, the model published to the cache, and a cell on it."""
     import torch
 
-    from bench import pipeline
+    from bench import cell
     from bench.data import get_data_info
-    from bench.keys import cell_config, cell_key, results_root
+    from bench.keys import results_root
     from bench.training import load_or_train
     from bench.training.cache import fit, model_key
     from bench.training.module import DiffusionModule
@@ -184,7 +183,7 @@ def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tm
     assert info["cached"] is False and info["train_steps"] == 30
     sm, se = model.state_dict(), one.ema.state_dict()
     assert max(float((sm[k] - se[k].to(sm[k].device)).abs().max()) for k in sm) <= 1e-5  # the EMA weights, published
-    row = pipeline.run_cell(cfg2, pipeline.prepare(cfg2), results_root(cfg2), cell_key(cfg2), cell_config(cfg2))
+    row = cell.run_cell(cfg2)
     assert row["status"] == "ok" and np.isfinite(row["swd"])
     _, again = load_or_train(compose_cfg(*args))  # one process now: a cache hit on the model 2 processes trained
     assert again["cached"] is True and again["model_key"] == info["model_key"] and torch.is_tensor(next(iter(sm.values())))
@@ -207,3 +206,53 @@ def test_classifier_guided_cell_is_guided_on_every_path(cache, compose_cfg, tmp_
         assert r["cell_key"] == plain["cell_key"] and r["fid"] == pytest.approx(plain["fid"], rel=1e-6)
         assert r["nfe"] == plain["nfe"] == 5 and r["nfe_classifier"] == plain["nfe_classifier"] == 5
         assert r["classifier_key"] == plain["classifier_key"]
+
+
+def test_resumed_shards_that_lack_samples_are_sampled_again(cache, compose_cfg, tmp_path, monkeypatch, one_thread):
+    """Shards written without sampling.save_samples keep only the grid's samples (here shard 0 of 4); resumed with
+    save_samples, the cell must not take them as they are: before, samples.npz held 48 of the 64 images (16-31
+    missing) under an ok row. A shard that lacks samples the run keeps is sampled again."""
+    from bench.distributed import FAULT_ENV
+
+    ref, x_ref = run(compose_cfg, tmp_path / "ref")  # one process, unsharded, every sample saved
+    monkeypatch.setenv(FAULT_ENV, "2")  # killed after its first two shards
+    with pytest.raises(RuntimeError, match="fault injection"):
+        run(compose_cfg, tmp_path / "resume", "sampling.shard_size=16", "sampling.save_samples=false",
+            "sampling.grid_size=16")
+    monkeypatch.delenv(FAULT_ENV)
+    row, x = run(compose_cfg, tmp_path / "resume", "sampling.shard_size=16")  # resumed with save_samples=true
+    assert x.shape == (64, 8, 8, 1) and np.array_equal(x, x_ref)
+    assert row["shards_resumed"] == 1  # shard 0 held its 16 samples (the grid's); shard 1 none: sampled again
+    assert sum(c["images"] for c in row["cost_per_rank"]) == 48
+    assert row["fid"] == pytest.approx(ref["fid"], rel=1e-6) and row["nfe"] == ref["nfe"] == 5
+
+
+def test_tiny_sd_pipeline_on_two_processes_gives_the_images_and_scores_of_one(compose_cfg, tmp_path, one_thread):
+    """A loaded diffusers pipeline (the tiny Stable Diffusion built offline) sampled on 2 processes (ddp_spawn, gloo)
+    and in one: the same images, FID/KID/IS/CLIP score, NFE, per-prompt table and provenance."""
+    from bench import cell
+    from bench.keys import results_root
+    from bench.models import tiny
+
+    sd = tiny.save("sd", tmp_path / "sd")
+    base = ["data=shapes", "model=pipeline", f"model.path={sd}", "prompts=shapes", "sampler=ddim",
+            "sampling.num_inference_steps=2", "sampling.guidance_scale=2", "sampling.num_samples=8",
+            "sampling.batch_size=2", "sampling.save_samples=true", "metric.kid_subset_size=4", "metric.kid_subsets=2",
+            "metric.is_splits=1", "device=cpu", f"cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"]
+    runs = {}
+    for name, extra in (("one", []), ("two", ["sampling.devices=2", "sampling.shard_size=2"])):
+        cfg = compose_cfg(*base, f"out_dir={tmp_path / name}", *extra)
+        row = cell.run_cell(cfg)
+        d = results_root(cfg) / row["cell_dir"]
+        runs[name] = (row, np.load(d / "samples.npz")["images"], (d / "prompts.csv").read_text())
+    (one, x1, p1), (two, x2, p2) = runs["one"], runs["two"]
+    scores = ("fid", "kid", "is", "clip_score")
+    print(json.dumps({"max_abs_uint8_diff": int(np.abs(x1.astype(int) - x2).max()),
+                      **{f"{k}_{n}": r[k] for n, r in (("one", one), ("two", two)) for k in scores}}))
+    assert one["cell_key"] == two["cell_key"] and x1.shape == (8, 16, 16, 3) and np.array_equal(x1, x2)
+    for k in scores:
+        assert np.isfinite(one[k]) and two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-12), k
+    assert one["nfe"] == two["nfe"] == 4 and p1 == p2 and len(p1.splitlines()) == 1 + 8
+    assert two["world_size"] == 2 and [c["images"] for c in two["cost_per_rank"]] == [4, 4]
+    for k in ("pipeline_class", "scheduler_class", "prompts_sha256", "objective", "schedule", "classifier_scale"):
+        assert one[k] == two[k], k

@@ -1,4 +1,4 @@
-"""model=pipeline: local diffusers pipelines benchmarked as saved (bench/sampling/pipelines.py), tested with tiny
+"""model=pipeline: local diffusers pipelines benchmarked as saved (bench/sampling/diffusers_pipeline.py), tested with tiny
 random-weight pipelines built offline (bench/models/tiny.py): DDPM (linear/eps and cosine/v), Stable Diffusion
 (UNet2DConditionModel + CLIPTextModel + AutoencoderKL + a CLIP tokenizer from local vocabulary files) and SD3 (flow
 matching, FlowMatchEulerDiscreteScheduler)."""
@@ -13,7 +13,7 @@ from bench.data import get_data_info
 from bench.data.prompts import load_prompts
 from bench.metrics.cost import CostMeter
 from bench.models import tiny
-from bench.sampling import pipelines
+from bench.sampling import diffusers_pipeline as pipelines
 from bench.schema import ConfigError
 from bench.validate import validate
 
@@ -37,12 +37,12 @@ def _load(compose_cfg, path, *overrides):
     cfg = _cfg(compose_cfg, path, *overrides)
     info = validate(cfg)
     loaded, _ = pipelines.load(cfg, info, "cpu")
-    return cfg, loaded, pipelines.build_scheduler(cfg, loaded.checkpoint)
+    return cfg, loaded, loaded.scheduler
 
 
-def _harness(loaded, scheduler, cfg, n, batch_size, guidance=1.0):
+def _harness(loaded, cfg, n, batch_size, guidance=1.0):
     meter = CostMeter("cpu")
-    x = torch.cat([b.x for b in pipelines.sample(loaded, scheduler, num_samples=n, batch_size=batch_size, seed=7,
+    x = torch.cat([b.x for b in pipelines.sample(loaded, num_samples=n, batch_size=batch_size, seed=7,
                                                  num_inference_steps=cfg.sampling.num_inference_steps,
                                                  guidance_scale=guidance, size=SIZE, cost=meter, progress=False)])
     return x, meter
@@ -75,7 +75,7 @@ def test_harness_equals_the_pipelines_own_call(kind, sampler, guidance, tiny_dir
     <= 1e-4); NFE = the denoiser's counted rows per image (CFG's batched pass counts 2)."""
     cfg, loaded, scheduler = _load(compose_cfg, tiny_dirs[kind], f"sampler={sampler}",
                                    f"sampling.guidance_scale={guidance}", "sampling.num_inference_steps=4")
-    got, meter = _harness(loaded, scheduler, cfg, 4, 3, guidance)
+    got, meter = _harness(loaded, cfg, 4, 3, guidance)
     want, calls = _own_call(loaded, scheduler, cfg, 4, guidance)
     assert got.shape == (4, 3, SIZE, SIZE) and float((got - want).abs().max()) <= 1e-4
     assert float(got.std()) > 0.01  # not a constant image
@@ -96,7 +96,7 @@ def test_ddpm_pipeline_through_the_harness_loop_equals_its_own_call(tiny_dirs, c
     ours = torch.cat([b.x for b in sample(model, scheduler, shape=(3, SIZE, SIZE), num_samples=4, batch_size=2,
                                           seed=7, num_inference_steps=5, guidance_scale=1.0, num_classes=0,
                                           device="cpu", cost=CostMeter("cpu"), progress=False)])
-    theirs, _ = _harness(loaded, scheduler, cfg, 4, 4)
+    theirs, _ = _harness(loaded, cfg, 4, 4)
     assert float((ours.clamp(-1, 1) - theirs).abs().max()) <= 1e-4
 
 
@@ -126,7 +126,6 @@ def test_scheduler_comes_from_the_checkpoint(tiny_dirs, compose_cfg):
     ("ddpm", ["prompts=shapes"], "none for DDPMPipeline"),
     ("ddpm", ["data.image_size=8"], "16 (the checkpoint's sample_size)"),
     ("ddpm", ["model.cpu_offload=true"], "model.cpu_offload=True is not allowed: false without a CUDA"),
-    ("ddpm", ["sampling.devices=2"], "sharded pipeline sampling is not supported yet"),
 ])
 def test_contradicting_config_is_refused_in_one_line(kind, overrides, fragment, tiny_dirs, compose_cfg):
     cfg = _cfg(compose_cfg, tiny_dirs[kind], *overrides)
@@ -165,7 +164,7 @@ def test_guidance_follows_the_models_conditioning(tiny_dirs, compose_cfg):
                                                   device="cpu", cost=meter, progress=False)]), meter.summary()["nfe"])
     a, b = runs[1.0][0], runs[2.0][0]  # the silent no-op: the same samples (up to batch-shape GEMM rounding)
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max()) and (runs[1.0][1], runs[2.0][1]) == (10, 20)
-    assert model.num_classes == 0  # what the run now samples with (bench.pipeline passes the model's classes)
+    assert model.num_classes == 0  # what the run now samples with (the cell samples with the model's classes)
     with pytest.raises(ConfigError, match=r"sampling.guidance_scale=2.0 is not allowed: 1 for model.pretrained="):
         validate(cfg)
 

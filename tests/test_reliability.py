@@ -75,7 +75,7 @@ def _check_results(path: Path) -> dict:
 
 def _sweep_driver(spec: dict) -> dict:
     import bench.run  # noqa: F401  (warm imports: the children inherit them)
-    import bench.pipeline  # noqa: F401
+    import bench.cell  # noqa: F401
     import bench.metrics.scorer  # noqa: F401
     import bench.training  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
@@ -242,12 +242,10 @@ def test_two_sweeps_append_to_one_results_file(toy_model, tmp_path):
 # ---------------------------------------------------------------------------------------------- tracker faults
 
 def _toy_cell(tmp_path, *overrides):
-    from bench import pipeline
-    from bench.run import cell_config, cell_key
+    from bench import cell
 
     cfg = compose(*TOY, "hydra.mode=RUN", f"out_dir={tmp_path}", *overrides)
-    info = pipeline.prepare(cfg)
-    return pipeline.run_cell(cfg, info, tmp_path / cfg.name, cell_key(cfg), cell_config(cfg))
+    return cell.run_cell(cfg)
 
 
 @pytest.mark.usefixtures("one_thread")

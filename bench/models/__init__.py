@@ -73,22 +73,28 @@ def _needs(kind: str, other: str, then=None):
 @dataclass(frozen=True)
 class Family(Entry):
     """A model family; ``latent``: it diffuses in the latent space of an AutoencoderKL the harness trains first;
-    ``text``: it is conditioned on captions through the frozen text tower (whose weights hash enters its key)."""
+    ``text``: it is conditioned on captions through the frozen text tower (whose weights hash enters its key);
+    ``channels_last``: a convolutional network that ``cost.channels_last`` puts in that memory format;
+    ``sampled_as``: the kind of subject a cell samples it as (``bench.subjects.LOADERS``): ``denoiser``, the
+    harness's own model (trained here, or distilled) in its own loop; ``diffusers_pipeline``, a saved pipeline
+    loaded as is and sampled through its own ``__call__``."""
 
     latent: bool = False
     text: bool = False
+    channels_last: bool = False
+    sampled_as: str = "denoiser"
 
 
 MODELS = Registry("model", "model.name", {
     "mlp": Family(_mlp, _needs("points", "unet")),
-    "unet": Family(_image_family(UNetDenoiser), _needs("images", "mlp")),
+    "unet": Family(_image_family(UNetDenoiser), _needs("images", "mlp"), channels_last=True),
     "dit": Family(_image_family(DiTDenoiser), _needs("images", "mlp", check_dit)),
     "latent_unet": Family(_image_family(UNetDenoiser, latent=True), _latent(check_unet), latent=True),
     "latent_dit": Family(_image_family(DiTDenoiser, latent=True), _latent(check_dit), latent=True),
     "text_unet": Family(_image_family(TextUNetDenoiser), _needs("images", "mlp", check_text_unet), text=True),
-    # a local diffusers pipeline, loaded as saved and sampled through its own __call__ (bench.sampling.pipelines,
-    # which also checks it against the checkpoint); never built from config or trained here
-    "pipeline": Family(None, _needs("images", "mlp")),
+    # a local diffusers pipeline, loaded as saved and sampled through its own __call__ (bench.sampling.
+    # diffusers_pipeline, which also checks it against the checkpoint); never built from config or trained here
+    "pipeline": Family(None, _needs("images", "mlp"), sampled_as="diffusers_pipeline"),
 })
 
 

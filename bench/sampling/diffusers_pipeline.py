@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,50 +27,16 @@ from tqdm.auto import tqdm
 
 from bench.data.prompts import PromptSet, load_prompts
 from bench.metrics.cost import CostMeter, counting
-from bench.models import pipelines as ckpt
+from bench.models import diffusers_checkpoint as ckpt
+from bench.models.diffusers_checkpoint import Checkpoint, read_checkpoint
+from bench.results import ClassifierColumns, PipelineColumns
 from bench.sampling.loop import Batch, NonFiniteError
 from bench.sampling.rng import image_generators
 from bench.sampling.samplers import SAMPLERS, _err, lcm_grid
+from bench.sampling.subject import Provenance, SamplingCall
 from bench.schedule import SCHEDULES
 from bench.schema import ConfigError
-from bench.utils import atomic_write_text, config_hash, path_fingerprint
-
-
-@dataclass
-class Checkpoint:
-    """What a pipeline directory says about itself, read from its JSON files (no weights loaded)."""
-
-    root: str
-    pipeline_class: str
-    scheduler: dict  # its scheduler_config.json
-    objective: str  # eps | v | x0 | flow
-    denoiser: str  # unet | transformer | prior
-    call_params: tuple  # the parameters of the pipeline class's __call__
-    sample_size: Optional[int]  # unconditional pipelines: the denoiser's sample_size (image size)
-
-    @property
-    def takes_prompt(self) -> bool:
-        return "prompt" in self.call_params
-
-
-def read_checkpoint(model_cfg) -> Checkpoint:
-    import diffusers  # lazy: the pipeline class by name
-
-    root = ckpt.resolve(model_cfg.path)
-    index = ckpt.read_index(root)
-    name = index.get("_class_name", "")
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        raise ConfigError("model.path", model_cfg.path, "a pipeline class of this diffusers "
-                          f"({diffusers.__version__})", f"model_index.json names {name!r}")
-    sched = ckpt.scheduler_config(root)
-    den = ckpt.denoiser_name(index)
-    params = tuple(inspect.signature(cls.__call__).parameters)
-    size = None
-    if "prompt" not in params:
-        conf = root / den / "config.json"
-        size = json.loads(conf.read_text()).get("sample_size") if conf.is_file() else None
-    return Checkpoint(str(root), name, sched, ckpt.checkpoint_objective(sched), den, params, size)
+from bench.utils import config_hash, path_fingerprint
 
 
 # --------------------------------------------------------------------------------------------------- the scheduler
@@ -94,11 +59,11 @@ def _algorithm_kwargs(smp, objective: str, sched: dict, grid: int) -> dict:
     return kw
 
 
-def build_scheduler(cfg, checkpoint: Checkpoint):
-    """``SAMPLERS[sampler.name].cls.from_config(checkpoint scheduler config, **algorithm knobs)``."""
-    smp = cfg.sampler
-    kw = _algorithm_kwargs(smp, checkpoint.objective, checkpoint.scheduler, lcm_grid(cfg))
-    return SAMPLERS[smp.name].cls.from_config(checkpoint.scheduler, **kw)
+def build_scheduler(sampler_cfg, checkpoint: Checkpoint, grid: int):
+    """``SAMPLERS[sampler.name].cls.from_config(checkpoint scheduler config, **algorithm knobs)``; ``grid``: the LCM
+    skip-step grid (:func:`bench.sampling.lcm_grid`)."""
+    kw = _algorithm_kwargs(sampler_cfg, checkpoint.objective, checkpoint.scheduler, grid)
+    return SAMPLERS[sampler_cfg.name].cls.from_config(checkpoint.scheduler, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------- checks
@@ -165,9 +130,6 @@ def check(cfg, info) -> None:
         _err("model.cpu_offload", True, "false without a CUDA device", "offload moves components to the GPU in turn")
     if m.dtype == "fp16" and not (cfg.device != "cpu" and torch.cuda.is_available()):
         _err("model.dtype", "fp16", "fp32 or bf16 on the CPU", "half-precision kernels are GPU kernels")
-    if int(s.devices) != 1 or int(s.shard_size) != 0:
-        _err("sampling.devices", s.devices, "1 and sampling.shard_size=0 with model=pipeline",
-             "sharded pipeline sampling is not supported yet")
     if cfg.distill.method != "none":
         _err("distill", cfg.distill.method, "none with model=pipeline", "the harness distils its own models")
     if float(cfg.sampling.get("classifier_scale", 0.0) or 0.0) != 0:
@@ -208,24 +170,50 @@ def check_pretrained(cfg, info) -> None:
 
 @dataclass
 class LoadedPipeline:
-    """A loaded pipeline, its checkpoint description and prompt set (what ``bench.pipeline`` samples)."""
+    """A loaded pipeline with its checkpoint description, prompt set and the scheduler it samples with: a subject of
+    a cell (:class:`bench.sampling.subject.Subject`), sampled through the pipeline's own ``__call__``."""
 
     pipe: object
     checkpoint: Checkpoint
     prompts: Optional[PromptSet]
+    scheduler: object
     compile_s: float = 0.0
     options: dict = field(default_factory=dict)  # the GPU options it was loaded with (model.*), recorded in the row
 
-    def provenance(self) -> dict:
-        c, p = self.checkpoint, self.prompts
-        out = {"pipeline_class": c.pipeline_class, "checkpoint_objective": c.objective,
-               "checkpoint_scheduler": c.scheduler.get("_class_name"), "checkpoint_path": c.root,
-               "model_dtype": str(self.pipe.dtype).replace("torch.", ""), "compile_s": self.compile_s,
-               **{k: bool(self.options.get(k)) for k in ("attention_slicing", "vae_tiling", "cpu_offload", "compile")}}
-        if p is not None:
-            out.update(prompts_id=p.id, prompts_sha256=p.sha256, num_prompts=len(p.texts),
-                       images_per_prompt=p.images_per_prompt, negative_prompt=p.negative_prompt)
-        return out
+    def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: Optional[int] = None,
+                progress: bool = False) -> Iterator[Batch]:
+        stop = call.num_samples if stop is None else stop
+        return sample(self, num_samples=stop - start, batch_size=call.batch_size, seed=call.seed,
+                      num_inference_steps=call.num_inference_steps, guidance_scale=call.guidance_scale,
+                      size=call.shape[-1], cost=cost, eta=call.eta, progress=progress, start=start)
+
+    def columns(self) -> Provenance:
+        """What the checkpoint decided (objective, schedule, spacing) and :class:`PipelineColumns`. Every row of a
+        cell has the classifier-guidance columns; a pipeline is never classifier-guided (checked)."""
+        c, p, sc = self.checkpoint, self.prompts, self.scheduler.config
+        prompts = {} if p is None else dict(prompts_id=p.id, prompts_sha256=p.sha256, num_prompts=len(p.texts),
+                                            images_per_prompt=p.images_per_prompt, negative_prompt=p.negative_prompt)
+        columns = PipelineColumns(
+            pipeline_class=c.pipeline_class, checkpoint_objective=c.objective,
+            checkpoint_scheduler=c.scheduler.get("_class_name"), checkpoint_path=c.root,
+            model_dtype=str(self.pipe.dtype).replace("torch.", ""), compile_s=self.compile_s,
+            **{k: bool(self.options.get(k)) for k in ("attention_slicing", "vae_tiling", "cpu_offload", "compile")},
+            scheduler_class=type(self.scheduler).__name__, **prompts)
+        return Provenance(c.objective, sc.get("beta_schedule", "flow"), sc.get("timestep_spacing", ""),
+                          (ClassifierColumns(nfe_classifier=0.0), columns))
+
+    def prompts_of(self, call: SamplingCall) -> Optional[list]:
+        """Each image's prompt when the images are scored against their prompts (not when sampled unconditionally,
+        at guidance 0, or by a pipeline without prompts)."""
+        p = self.prompts
+        if p is None or call.guidance_scale == 0:
+            return None
+        return [p.texts[p.of(i)] for i in range(call.num_samples)]
+
+    def to(self, device) -> "LoadedPipeline":
+        if not self.options.get("cpu_offload"):  # offloaded components are moved by diffusers as they run
+            self.pipe.to(device)
+        return self
 
 
 def model_key(cfg) -> str:
@@ -236,14 +224,17 @@ def model_key(cfg) -> str:
 
 
 def load(cfg, info, device: str) -> tuple[LoadedPipeline, dict]:
-    """(LoadedPipeline, train_info) for ``model=pipeline``: loaded, never trained."""
+    """(LoadedPipeline, train_info) for ``model=pipeline``: loaded, never trained, on the checkpoint's own scheduler
+    config with the configured sampler; with ``model.compile``, warmed up by one untimed image."""
     pipe = ckpt.load(cfg.model, device)
     c = read_checkpoint(cfg.model)
     options = {k: cfg.model[k] for k in ("attention_slicing", "vae_tiling", "cpu_offload", "compile")}
-    loaded = LoadedPipeline(pipe, c, load_prompts(cfg.prompts, cfg.data), options=options)
+    scheduler = build_scheduler(cfg.sampler, c, lcm_grid(cfg))
+    loaded = LoadedPipeline(pipe, c, load_prompts(cfg.prompts, cfg.data), scheduler, options=options)
     if cfg.model.compile:
         den = getattr(pipe, c.denoiser)
         den.forward = torch.compile(den.forward)
+        loaded.compile_s = warm_up(loaded, cfg.sampling, info.shape[-1])
     return loaded, {"model_key": model_key(cfg), "path": c.root, "train_steps": 0, "train_seconds": 0.0,
                     "cached": True, "num_params": ckpt.num_params(pipe)}
 
@@ -270,13 +261,14 @@ def call_kwargs(loaded: LoadedPipeline, idx: range, *, num_inference_steps: int,
     return kw
 
 
-def sample(loaded: LoadedPipeline, scheduler, *, num_samples: int, batch_size: int, seed: int,
-           num_inference_steps: int, guidance_scale: float, size: int, cost: CostMeter, eta: float = 0.0,
-           progress: bool = True, start: int = 0) -> Iterator[Batch]:
-    """Images i = start .. start + num_samples - 1 through ``pipe.__call__``, one :class:`Batch` per batch, in model
-    space [-1, 1] (the pipeline's own [0, 1] output, rescaled). Raises NonFiniteError on NaN/Inf latents."""
+def sample(loaded: LoadedPipeline, *, num_samples: int, batch_size: int, seed: int, num_inference_steps: int,
+           guidance_scale: float, size: int, cost: CostMeter, eta: float = 0.0, progress: bool = True,
+           start: int = 0) -> Iterator[Batch]:
+    """Images i = start .. start + num_samples - 1 through ``pipe.__call__`` with ``loaded.scheduler``, one
+    :class:`Batch` per batch, in model space [-1, 1] (the pipeline's own [0, 1] output, rescaled). Raises
+    NonFiniteError on NaN/Inf latents."""
     pipe, c, p = loaded.pipe, loaded.checkpoint, loaded.prompts
-    pipe.scheduler = scheduler
+    pipe.scheduler = loaded.scheduler
     den = getattr(pipe, c.denoiser)
     own_forward = den.forward
     den.forward = counting(own_forward, cost)
@@ -323,33 +315,11 @@ def _finite_check(num_steps: int):
     return callback
 
 
-def warm_up(loaded: LoadedPipeline, scheduler, cfg, size: int) -> float:
+def warm_up(loaded: LoadedPipeline, sampling_cfg, size: int) -> float:
     """model.compile: one untimed image through the pipeline so compilation is not in the latency; its seconds."""
     t0 = time.perf_counter()
-    for _ in sample(loaded, scheduler, num_samples=1, batch_size=1, seed=cfg.sampling.seed, size=size,
-                    num_inference_steps=cfg.sampling.num_inference_steps, guidance_scale=cfg.sampling.guidance_scale,
-                    cost=CostMeter("cpu"), progress=False):
+    for _ in sample(loaded, num_samples=1, batch_size=1, seed=sampling_cfg.seed, size=size,
+                    num_inference_steps=sampling_cfg.num_inference_steps,
+                    guidance_scale=sampling_cfg.guidance_scale, cost=CostMeter("cpu"), progress=False):
         pass
     return time.perf_counter() - t0
-
-
-def batch_prompts(loaded, batch: Batch) -> list:
-    """(image index, prompt) of a batch that is scored against its prompt (none when sampled unconditionally)."""
-    p = getattr(loaded, "prompts", None)
-    if p is None or (batch.labels is None and batch.prompts is None):
-        return []
-    return [(int(i), p.texts[p.of(int(i))]) for i in batch.index]
-
-
-def write_prompt_scores(path, prompt_log: list, clip_scores: list) -> None:
-    """The cell's per-prompt CLIP scores (``prompts.csv``: prompt, images, mean and std of the image scores); nothing
-    when the cell computed no CLIP score."""
-    import pandas as pd  # lazy: only text-to-image cells write this table
-
-    scores = torch.cat([torch.as_tensor(s).reshape(-1) for s in clip_scores]) if clip_scores else torch.empty(0)
-    if len(scores) != len(prompt_log):
-        return
-    df = pd.DataFrame({"index": [i for i, _ in prompt_log], "prompt": [t for _, t in prompt_log],
-                       "clip_score": scores.double().numpy()})
-    table = df.groupby("prompt", sort=False)["clip_score"].agg(images="count", clip_score="mean", clip_score_std="std")
-    atomic_write_text(path, table.reset_index().to_csv(index=False))

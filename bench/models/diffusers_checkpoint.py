@@ -7,9 +7,12 @@ only (``local_files_only``: this harness never downloads).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -71,6 +74,44 @@ def denoiser_name(index: dict) -> str:
         if isinstance(index.get(name), list) and index[name][0]:
             return name
     raise ConfigError("model.path", index.get("_class_name"), f"a pipeline with one of {', '.join(DENOISERS)}")
+
+
+@dataclass
+class Checkpoint:
+    """What a pipeline directory says about itself, read from its JSON files (no weights loaded)."""
+
+    root: str
+    pipeline_class: str
+    scheduler: dict  # its scheduler_config.json
+    objective: str  # eps | v | x0 | flow
+    denoiser: str  # unet | transformer | prior
+    call_params: tuple  # the parameters of the pipeline class's __call__
+    sample_size: Optional[int]  # unconditional pipelines: the denoiser's sample_size (image size)
+
+    @property
+    def takes_prompt(self) -> bool:
+        return "prompt" in self.call_params
+
+
+def read_checkpoint(model_cfg) -> Checkpoint:
+    """What ``model.path``'s pipeline directory says about itself (no weights loaded)."""
+    import diffusers  # lazy: the pipeline class by name
+
+    root = resolve(model_cfg.path)
+    index = read_index(root)
+    name = index.get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ConfigError("model.path", model_cfg.path, "a pipeline class of this diffusers "
+                          f"({diffusers.__version__})", f"model_index.json names {name!r}")
+    sched = scheduler_config(root)
+    den = denoiser_name(index)
+    params = tuple(inspect.signature(cls.__call__).parameters)
+    size = None
+    if "prompt" not in params:
+        conf = root / den / "config.json"
+        size = json.loads(conf.read_text()).get("sample_size") if conf.is_file() else None
+    return Checkpoint(str(root), name, sched, checkpoint_objective(sched), den, params, size)
 
 
 def load(model_cfg, device: str):

@@ -1,0 +1,3 @@
+from bench.perf import main
+
+main()

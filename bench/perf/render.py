@@ -1,0 +1,160 @@
+"""``reports/perf.md`` from one run's :class:`~bench.perf.experiments.Measurements` (the only place with prose)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.perf.experiments import Measurements, Ratio
+from bench.perf.profilers import Profile
+
+
+@dataclass
+class Run:
+    """Where and how a ``bench-perf`` run went (the report's header)."""
+
+    argv: list
+    mode: str
+    sizes: dict
+    seconds: float
+    load_before: float
+    load_after: float
+    machine: str
+    versions: str
+    torch_threads: int
+    omp_threads: str
+    cores: int
+
+
+def _shape(f: dict) -> str:
+    return (f"batch {f['batch']}, DDIM {f['steps']} steps, {'x'.join(map(str, f['image_shape']))} UNet "
+            f"{f['block_out_channels']}")
+
+
+def ratio_name(r: Ratio) -> str:
+    f = r.facts
+    return {
+        "floor": lambda: f"harness sampling wall ÷ (NFE × bare denoiser forward), {_shape(f)}",
+        "diffusers": lambda: f"harness sampling (its defaults) ÷ diffusers `DDIMPipeline` (same UNet, steps, batch, "
+                             f"per-image generators), {_shape(f)}",
+        "fid": lambda: f"harness feature extraction + FID ÷ clean-fid `compute_fid` (digits CNN in both, "
+                       f"{f['fid_n']} generated vs {f['n_ref']} reference images; clean-fid reads them as PNG folders)",
+        "memory": lambda: f"peak memory (process RSS) of scoring at N = {f['hi']['n']} ÷ at N = {f['lo']['n']} "
+                          f"(FID + KID + IS, streamed)",
+        "lightning": lambda: f"Lightning training step ÷ plain PyTorch loop (same module, loss, optimiser, clipping, "
+                             f"EMA; batch {f['train_batch']}, median step)",
+        "sweep": lambda: f"total time of a {f['cells']}-cell sweep ÷ Σ (per-cell sampling + scoring) (one process; "
+                         f"model, evaluator and reference statistics cached before)",
+    }[r.key]()
+
+
+def ratio_detail(r: Ratio) -> str:
+    f = r.facts
+    return {
+        "floor": lambda: f"{f['harness_s'] * 1e3:.1f} ms vs {f['steps']} × {f['bare_s'] / f['steps'] * 1e3:.2f} ms = "
+                         f"{f['bare_s'] * 1e3:.1f} ms; medians {f['median_ratio']:.3f}",
+        "diffusers": lambda: f"{f['harness_s'] * 1e3:.1f} ms vs {f['diffusers_s'] * 1e3:.1f} ms; medians "
+                             f"{f['median_ratio']:.3f}; samples agree to {f['pipe_diff']:.1e} (same memory layout)",
+        "fid": lambda: f"{f['harness_s'] * 1e3:.0f} ms vs {f['clean_s'] * 1e3:.0f} ms; medians "
+                       f"{f['median_ratio']:.3f}; FID {f['fid_harness']:.6f} vs {f['fid_clean']:.6f}",
+        "memory": lambda: f"{f['hi']['peak_mb']:.0f} MB vs {f['lo']['peak_mb']:.0f} MB; scoring's own growth "
+                          f"{f['hi']['delta_mb']:.1f} vs {f['lo']['delta_mb']:.1f} MB",
+        "lightning": lambda: f"{f['lightning_s'] * 1e3:.1f} ms vs {f['plain_s'] * 1e3:.1f} ms per step",
+        "sweep": lambda: f"{f['total']:.1f} s vs {f['inner']:.1f} s (cells' own wall {f['cell_wall']:.1f} s)",
+    }[r.key]()
+
+
+def profile_table(p: Profile) -> str:
+    if p.kind == "ops":
+        lines = ["| op | calls | self CPU (ms) | share |", "|---|---:|---:|---:|"]
+        lines += [f"| `{name}` | {calls} | {ms:.1f} | {share:.1f} % |" for name, _, calls, ms, share in p.rows]
+    else:
+        lines = [f"| function | calls | {p.kind} time (ms) | share |", "|---|---:|---:|---:|"]
+        lines += [f"| `{name}` ({where}) | {calls} | {ms:.1f} | {share:.1f} % |" for name, where, calls, ms, share
+                  in p.rows]
+    return "\n".join(lines)
+
+
+def explain(key: str, m: Measurements) -> str:
+    """Why a missed goal was missed: its profiles, in words."""
+    t, s = {k: profile_table(p) for k, p in m.profiles.items()}, m.sweep
+    return {
+        "floor": lambda: "Harness sampling, one batch (torch.profiler, top ops by self CPU time):\n\n"
+        + t["harness"] + "\n\nWhat is not the UNet forward: the scheduler's elementwise step, the per-image noise "
+        "generators, the finite check and call counting.",
+        "diffusers": lambda: "Both loops run the same UNet calls and the same `DDIMScheduler.step`; the harness adds "
+        "per-image generators, the finite check and call counting, and gains only what its speed options give (table "
+        "above), so it lands where those options put it. Harness, one batch (torch.profiler, top ops by self CPU "
+        "time):\n\n" + t["harness"] + "\n\n`DDIMPipeline`, one batch:\n\n" + t["diffusers"],
+        "fid": lambda: "clean-fid, one `compute_fid` call (cProfile, top functions by own time):\n\n" + t["cleanfid"],
+        "memory": lambda: "Scoring keeps per-image features for KID and logits for IS (the growth column of the "
+        "memory table); the images are streamed.",
+        "lightning": lambda: "Lightning's `fit` for the same steps (cProfile, top functions by own time):\n\n"
+        + t["lightning"],
+        "sweep": lambda: f"{s['cells']} cells: {s['total']:.1f} s in all, {s['cell_wall']:.1f} s inside the cells, "
+        f"{s['inner']:.1f} s sampling + scoring. Per cell, outside sampling and scoring:\n\n" + t["sweep"],
+    }[key]()
+
+
+def render(run: Run, m: Measurements) -> str:
+    P, mode, s = run.sizes, run.mode, m.sampling
+    L = ["# bench-perf: the harness against its floors and peers", "",
+         f"Command: `{' '.join(['bench-perf', *run.argv])}`", "",
+         f"Machine: {run.machine} (torch threads {run.torch_threads}, OMP_NUM_THREADS={run.omp_threads}); "
+         f"versions: {run.versions}.",
+         f"Mode: {mode}; run time {run.seconds:.0f} s; 1-min load average {run.load_before:.2f} at the start, "
+         f"{run.load_after:.2f} at the end ({run.cores} cores, shared: other processes ran beside this one).",
+         f"Sizes ({mode}, chosen so the whole run stays under 10 minutes on a shared 2-core CPU): "
+         + ", ".join(f"{k}={v}" for k, v in P.items() if k != "arch") + ".", "",
+         "Models: every sampling timing uses an *untrained* UNet of the digits architecture "
+         f"({'smoke UNet [16, 32]' if mode == 'quick' else 'conf/model/unet.yaml: [32, 64], attention in the 2nd block'}"
+         ", 1×8×8, seeded): weights do not change the arithmetic, so training is irrelevant to these timings; "
+         "ratios 1–2 use it unconditional because `DDIMPipeline` is. The 12-cell sweep samples a model trained by the "
+         "harness (cached) and scores with the harness's digits CNN, as a real sweep does.", "",
+         "## Ratios", "", "| # | ratio | measured | goal | | timings |", "|---|---|---:|---:|---|---|"]
+    for i, r in enumerate(m.ratios, 1):
+        L.append(f"| {i} | {ratio_name(r)} | {r.value:.3f} | ≤ {r.goal} | {'pass' if r.passed else '**miss**'} | "
+                 f"{ratio_detail(r)} |")
+    d = s["defaults"]
+    L += ["", f"Each ratio alternates its sides for {P['rounds']} timed rounds (order rotating, after one uncounted "
+          "warm-up round) and divides the *minimum* times (other processes on a shared machine only ever add time); "
+          "the ratio of medians is shown beside it. Ratio 4 runs one fresh process per N and reads its resident set "
+          "size after every batch; ratio 5 compares median step times.", "",
+          "## Optimisations, each on/off (harness sampling, same batch as ratio 1)", "",
+          f"Harness defaults: `cost.inference_mode={str(d['inference_mode']).lower()}`, "
+          f"`cost.channels_last={str(d['channels_last']).lower()}`, one finite check (host sync) per batch.", "",
+          "| setting | min batch time (ms) | median (ms) | vs defaults (min) | max abs Δ sample vs defaults |",
+          "|---|---:|---:|---:|---:|"]
+    base = s["min"]["defaults"]
+    for k in s["diffs"]:
+        L.append(f"| {k} | {s['min'][k] * 1e3:.1f} | {s['med'][k] * 1e3:.1f} | {s['min'][k] / base:.3f}× | "
+                 f"{s['diffs'][k]:.1e} |")
+    L += ["", "A flipped option slower than the defaults (> 1×) is one the defaults gain from. `inference_mode` and one "
+          "finite check per batch give bit-identical samples; `channels_last` changes float rounding only (Δ above, "
+          "below one uint8 level of 1/127.5), so it is a default that every row records (`channels_last`), like "
+          "`inference_mode`. Not tried on this CPU: preallocated buffers (diffusers' `scheduler.step` allocates its "
+          "outputs; the CPU caching allocator already reuses them) and the GPU-only options (bf16/fp16 autocast, "
+          "`torch.compile`, TF32): no GPU in this run. Evaluator reuse across cells: ratio 6 bounds what it could "
+          "gain — everything in a cell besides sampling and scoring (model, evaluator and reference loads, artifacts).",
+          "",
+          "## Scaling", "", f"Harness sampling + scoring (FID, IS), DDIM, batch 250, time vs N "
+          f"({P['time_n_steps']} steps):", "", "| N | seconds | ms / image | × of the smallest N, per image |",
+          "|---:|---:|---:|---:|"]
+    n0 = m.time_vs_n[0]
+    for n, t, _ in m.time_vs_n:
+        L.append(f"| {n} | {t:.2f} | {t / n * 1e3:.3f} | {(t / n) / (n0[1] / n0[0]):.3f} |")
+    L += ["", f"Time vs NFE (N = {P['nfe_n']}):", "", "| steps | NFE | seconds | ms / (image · NFE) |",
+          "|---:|---:|---:|---:|"]
+    for st, t, nfe in m.time_vs_nfe:
+        L.append(f"| {st} | {nfe:g} | {t:.2f} | {t / (P['nfe_n'] * nfe) * 1e3:.4f} |")
+    L += ["", "Scoring memory vs N (a fresh process per N; FID + KID + IS on the digits CNN):", "",
+          "| N | RSS before scoring (MB) | peak RSS (MB) | growth (MB) | seconds |", "|---:|---:|---:|---:|---:|"]
+    for r in m.memory:
+        L.append(f"| {r['n']} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['delta_mb']:.1f} | {r['seconds']:.2f} |")
+    L += ["", "Growth with N comes from what KID and IS need per image (64 float32 features and 10 float64 logits: "
+          "~0.3 kB each); the images themselves are streamed.", ""]
+    misses = [r for r in m.ratios if not r.passed]
+    L += ["## Where the misses come from (profiles)", ""]
+    if not misses:
+        L += ["Every ratio meets its goal in this run.", ""]
+    for r in misses:
+        L += [f"### {ratio_name(r).split(' (')[0]}", "", explain(r.key, m), ""]
+    return "\n".join(L).rstrip() + "\n"
