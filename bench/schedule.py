@@ -34,7 +34,7 @@ def _check_auto(cfg, info) -> None:
 
 
 # name -> diffusers ``beta_schedule`` (Ho et al. 2020 linear; LDM's scaled_linear; Nichol & Dhariwal 2021 cosine);
-# auto: a pipeline checkpoint's own (bench.sampling.pipelines reads and checks it)
+# auto: a pipeline checkpoint's own (bench.sampling.diffusers_pipeline reads and checks it)
 SCHEDULES = Registry("schedule", "schedule.name", {
     "auto": Entry(None, _check_auto),
     "linear": Entry("linear", _check),

@@ -1,6 +1,6 @@
 """Local diffusers pipelines (``model=pipeline``): found offline, read without loading weights, loaded with the GPU
 options the row records. Sampling them (their own ``__call__``, the configured sampler swapped in) is
-``bench.sampling.pipelines``.
+``bench.sampling.diffusers_pipeline``.
 
 ``model.path`` is a directory written by ``save_pretrained`` or a hub id resolved from the local Hugging Face cache
 only (``local_files_only``: this harness never downloads).

@@ -48,7 +48,7 @@ def _check_auto(cfg, info) -> None:
 
 
 # Ho et al. 2020 (eps), Salimans & Ho 2022 (v), x0, rectified flow (Liu et al. 2023; velocity = noise - x0);
-# auto: a pipeline checkpoint's own (bench.sampling.pipelines reads and checks it)
+# auto: a pipeline checkpoint's own (bench.sampling.diffusers_pipeline reads and checks it)
 OBJECTIVES = Registry("objective", "objective.name", {
     "auto": Objective(check=_check_auto, prediction_type="auto"),
     "eps": Objective(check=_check, prediction_type="epsilon"),
