@@ -155,7 +155,6 @@ def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tm
 
     from bench import cell
     from bench.data import get_data_info
-    from bench.keys import results_root
     from bench.training import load_or_train
     from bench.training.cache import fit, model_key
     from bench.training.module import DiffusionModule

@@ -35,7 +35,6 @@ from bench.sampling.rng import image_generators
 from bench.sampling.samplers import SAMPLERS, _err, lcm_grid
 from bench.sampling.subject import Provenance, SamplingCall
 from bench.schedule import SCHEDULES
-from bench.schema import ConfigError
 from bench.utils import config_hash, path_fingerprint
 
 
