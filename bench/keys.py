@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bench.data import data_key
-from bench.models.diffusers_checkpoint import resolve as resolve_pipeline
+from bench.models import diffusers_checkpoint as checkpoints
 from bench.schema import ConfigError, elide_defaults
 from bench.utils import config_hash, path_fingerprint, to_plain
 
@@ -36,7 +36,7 @@ def cell_config(cfg: DictConfig) -> dict:
             c[group][f"{key}_content"] = path_fingerprint(c[group][key])
     if c["model"].get("path"):  # model=pipeline: every file of the checkpoint (weights, configs, its scheduler)
         try:
-            c["model"]["path_content"] = path_fingerprint(resolve_pipeline(c["model"]["path"]))
+            c["model"]["path_content"] = path_fingerprint(checkpoints.resolve(c["model"]["path"]))
         except ConfigError:
             pass  # a path that does not resolve never runs: validation refuses it with this same error
     return elide_defaults(c)
@@ -46,3 +46,28 @@ def cell_key(cfg: DictConfig) -> str:
     return config_hash(cell_config(cfg))
 
 
+
+
+# --- temporary adapters (replaced by the key builders moving here) ---
+def model_key(cfg) -> str:
+    from bench import training
+    from bench.distill import progressive_rounds, student_key_config
+    from bench.sampling import diffusers_pipeline
+
+    if cfg.model.name == "pipeline":
+        return diffusers_pipeline.model_key(cfg)
+    key = training.model_key(cfg)
+    if cfg.distill.method != "none":
+        for n in progressive_rounds(cfg) if cfg.distill.method == "progressive" else [None]:
+            key = config_hash(student_key_config(cfg, key, n))
+    return key
+
+
+def classifier_key(cfg) -> str:
+    from bench import training
+    return training.classifier_key(cfg)
+
+
+def vae_key(cfg) -> str:
+    from bench.training.cache import vae_key_config
+    return config_hash(vae_key_config(cfg))
