@@ -24,7 +24,7 @@ from bench.data import DataInfo, sample_true
 from bench.env import hardware, resolve_device, set_determinism, versions
 from bench.evaluators import load_feature_net
 from bench.images import to_uint8_nhwc
-from bench.keys import cell_config, cell_key, results_root
+from bench.keys import cell_config, cell_key, key_settings, normalise, results_root
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
 from bench.results import ResultsError, Row, append_row, is_finished, read_rows
@@ -114,6 +114,7 @@ def base_row(cfg: DictConfig, info: DataInfo, key: str, train_info: dict, sample
     s = cfg.sampling
     return Row(
         cell_key=key,
+        key_settings=key_settings(cfg),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         name=cfg.name,
         data=info.id,
@@ -172,6 +173,7 @@ def check_same_evaluator(cfg: DictConfig, info: DataInfo, row: dict, results: Pa
 def run_cell(cfg: DictConfig) -> dict | None:
     """Sample and score the cell of ``cfg``, append its row to ``<out_dir>/<name>/results.jsonl`` (skipped when the
     cell is already finished there: resume); its row, or None when skipped. Raises ConfigError before any work."""
+    cfg = normalise(cfg)  # settings without effect at their defaults: what the keys hash, the run uses, the row records
     info = prepare(cfg)
     root, key = results_root(cfg), cell_key(cfg)
     results = root / "results.jsonl"

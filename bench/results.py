@@ -131,6 +131,9 @@ class Row:
     error: Optional[str] = None  # failed rows: why (one line)
     failed_step: Optional[int] = None  # failed rows: the sampling step where NaN/Inf appeared
     wall_s: Optional[float] = None  # sampling + scoring wall time of the cell
+    # {dotted key: value} of every setting the cell key holds, after normalisation (bench.keys.key_settings): two rows
+    # that differ in any of them are two configurations, never seed blocks of one
+    key_settings: dict = field(default_factory=dict)
     # cost (bench.metrics.cost: nfe, latency_p50/p95 in s per image, images_per_s, peak_mem_mb, mem_kind)
     cost: dict = field(default_factory=dict)
     # what the sampled model reports about itself (typed column groups: :class:`Columns`)

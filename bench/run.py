@@ -23,7 +23,7 @@ from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
 from bench.schema import ConfigError, register
-from bench.training.cache import ModelCacheError, TrainingStopped
+from bench.training import ModelCacheError, TrainingStopped
 from bench import keys
 from bench.keys import cell_key
 

@@ -357,34 +357,6 @@ def numeric_fields(cls: type = None, prefix: str = ""):
             yield f"{prefix}{f.name}", args[0]
 
 
-# Keys added after results were published: at their default value they are left out of every hash (cell key, model
-# key), so adding them did not change the keys of existing results; any other value is hashed like every key.
-# A group added later (``classifier``) with every key at its default is left out as a whole.
-ELIDED_AT_DEFAULT = {("train", "accumulate_grad_batches"): 1,
-                     ("model", "patch_size"): 2, ("model", "num_layers"): 4, ("model", "num_attention_heads"): 4,
-                     ("model", "vae"): None, ("model", "latent_channels"): 4,
-                     ("model", "vae_block_out_channels"): [32, 64], ("model", "vae_max_steps"): 1000,
-                     ("model", "vae_kl_weight"): 1e-4, ("model", "text_encoder"): None,
-                     ("sampling", "classifier_scale"): 0.0,
-                     **{("model", k): getattr(ModelConfig, k) for k in ("path", "dtype", "attention_slicing",
-                                                                       "vae_tiling", "cpu_offload", "compile")},
-                     **{("prompts", k): v for k, v in dataclasses.asdict(PromptsConfig()).items()},
-                     **{("classifier", k): v for k, v in dataclasses.asdict(ClassifierConfig()).items()}}
-ELIDED_GROUPS = ("classifier", "prompts")
-
-
-def elide_defaults(c: dict) -> dict:
-    """``c`` (a plain config dict, changed in place and returned) without the ELIDED_AT_DEFAULT keys at default (and
-    without an ELIDED_GROUPS group left empty)."""
-    for (group, key), default in ELIDED_AT_DEFAULT.items():
-        if isinstance(c.get(group), dict) and key in c[group] and c[group][key] == default:
-            del c[group][key]
-    for group in ELIDED_GROUPS:
-        if c.get(group) == {}:
-            del c[group]
-    return c
-
-
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="bench_schema", node=BenchConfig)

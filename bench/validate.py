@@ -23,7 +23,7 @@ from bench.sampling import SAMPLERS
 from bench.sampling import diffusers_pipeline as pipelines
 from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
-from bench.training.cache import processes
+from bench.training.fit import check_trainer, processes
 from bench.training.objectives import OBJECTIVES
 
 # one registry per config group, checked in this order (data first: the others need its DataInfo)
@@ -113,13 +113,14 @@ def _check_plain_keys(cfg) -> None:
     _unit(cfg, "train.ema_decay")
     _unit(cfg, "train.cond_drop_prob")
     _check_training_processes(cfg)
+    check_trainer(cfg.trainer)
     check_bounds(cfg, finite_only=True)
     _check_max_time(cfg.trainer.max_time)
     check_output_dir(Path(cfg.out_dir) / cfg.name, "out_dir")  # out_dir/<name> a file: refused here, not after work
 
 
 def _check_training_processes(cfg) -> None:
-    """trainer.devices = N > 1 trains with ddp_spawn (bench.training.cache.strategy): every rank reads the global
+    """trainer.devices = N > 1 trains with ddp_spawn (bench.training.fit.strategy): every rank reads the global
     batch and trains on an equal share of its rows, so N must divide train.batch_size; ``ddp`` would re-launch the
     whole job per rank (its ranks would wait on the model-cache lock of the first)."""
     n, tr = processes(cfg.trainer), cfg.trainer

@@ -48,8 +48,7 @@ model.unet.save_pretrained("{dest}")
 
 
 print("## 1. model.pretrained replaced at the same path (digits, smoke UNet 200 steps, DDIM 20, N = 500)")
-pre_old = ("import bench.run as r, bench.training.cache as c; r.path_fingerprint = lambda p: 'path-only'; "
-           "c.path_fingerprint = lambda p: 'path-only'; ")
+pre_old = "import bench.keys as k; k.path_fingerprint = lambda p: 'path-only'; "
 P = work / "pretrained"
 DIG = ["experiment=smoke", f"model.pretrained={P}", "sampling.num_samples=500", "sampling.batch_size=250",
        "sampling.num_inference_steps=20", "metric.kid_subset_size=100"]

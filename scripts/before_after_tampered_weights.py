@@ -15,5 +15,5 @@ def run(tag, pre=""):
 print("clean  ", run("clean"))
 w = next((cache / "models").glob("*/model.safetensors"))
 data = bytearray(w.read_bytes()); s = len(data) // 2; data[s:s + 40000] = bytes(40000); w.write_bytes(bytes(data))
-print("before ", run("before", "import bench.training.cache as c; c._verify_weights = lambda *a: None; "))
+print("before ", run("before", "import bench.training.store as c; c._verify_weights = lambda *a: None; "))
 print("after  ", run("after"))

@@ -196,7 +196,7 @@ def test_missing_pretrained_weights(toy_model, tmp_path, capsys, monkeypatch):
 def test_corrupt_cached_safetensors(damage, toy_model, tmp_path, capsys, monkeypatch):
     cache = private_cache(tmp_path / "cache", ("models",))
     from reliability_helpers import compose
-    from bench.training import model_key
+    from bench.keys import model_key
 
     weights = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "model.safetensors"
     data = weights.read_bytes()
@@ -418,7 +418,7 @@ def test_cached_weights_changed_in_place_are_refused_not_used(toy_model, tmp_pat
     from safetensors.torch import load_file
 
     from reliability_helpers import compose
-    from bench.training import model_key
+    from bench.keys import model_key
 
     cache = private_cache(tmp_path / "cache", ("models",))
     weights = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "model.safetensors"
@@ -436,7 +436,7 @@ def test_cached_weights_changed_in_place_are_refused_not_used(toy_model, tmp_pat
 
 def test_garbage_meta_json_in_the_model_cache(toy_model, tmp_path, capsys, monkeypatch):
     from reliability_helpers import compose
-    from bench.training import model_key
+    from bench.keys import model_key
 
     cache = private_cache(tmp_path / "cache", ("models",))
     meta = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "meta.json"
@@ -449,7 +449,7 @@ def test_model_cached_without_a_checksum_gets_one_recorded(toy_model, tmp_path, 
     """A cache written before checksums existed is trusted once: its sha256 is recorded (a warning says so) and
     verified on every later load."""
     from reliability_helpers import compose
-    from bench.training import model_key
+    from bench.keys import model_key
     from bench.utils import file_sha256
 
     cache = private_cache(tmp_path / "cache", ("models",))
@@ -469,7 +469,7 @@ def test_folder_replaced_under_the_same_path_makes_new_keys(tmp_path):
     from reliability_helpers import compose
     from bench.data import get_data_info
     from bench.run import cell_key
-    from bench.training import model_key
+    from bench.keys import model_key
     from bench.utils import config_hash
 
     root = tmp_path / "imgs"
@@ -501,7 +501,7 @@ def test_pretrained_weights_and_imported_stats_are_keyed_by_content(tmp_path):
     statistics) at the same path skipped the cell as "resume" and gave a fresh run the same keys with another FID."""
     from reliability_helpers import compose
     from bench.run import cell_key
-    from bench.training import model_key
+    from bench.keys import model_key
 
     weights, stats = tmp_path / "pipe", tmp_path / "ref.npz"
     weights.mkdir()

@@ -156,7 +156,8 @@ def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tm
     from bench import cell
     from bench.data import get_data_info
     from bench.training import load_or_train
-    from bench.training.cache import fit, model_key
+    from bench.keys import model_key
+    from bench.training import fit
     from bench.training.module import DiffusionModule
 
     def train(devices, steps, work):

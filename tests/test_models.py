@@ -15,7 +15,8 @@ from bench.models import (DiTDenoiser, LatentDenoiser, MLPDenoiser, TextUNetDeno
 from bench.sampling import build_sampler, sample
 from bench.keys import cell_key
 from bench.schema import ConfigError
-from bench.training import key_config, load_or_train, load_or_train_vae, model_key
+from bench.keys import model_key, model_key_config
+from bench.training import load_or_train, load_or_train_vae
 from bench.validate import validate
 from test_run import bench, rows
 
@@ -157,7 +158,7 @@ def test_dit_bad_config_is_one_line_before_any_work(compose_cfg, overrides, matc
 
 def test_dit_keys_and_unet_keys_unchanged(compose_cfg):
     """dit is its own model key; its keys at their defaults leave every UNet key as it was before they existed."""
-    unet = key_config(compose_cfg())["model"]
+    unet = model_key_config(compose_cfg())["model"]
     assert not {"patch_size", "num_layers", "num_attention_heads"} & set(unet)
     base = model_key(compose_cfg("model=dit"))
     assert base != model_key(compose_cfg())
@@ -335,7 +336,7 @@ def test_text_unet_conditions_on_caption_tokens_with_the_empty_prompt_as_null(co
         null = model(x, t, torch.full((3,), 48))
         assert torch.equal(model(x, t), null) and null.shape == x.shape
         assert not torch.allclose(model(x, t, torch.tensor([0, 1, 2])), null)  # the caption reaches the output
-    assert key_config(cfg)["model"]["text_encoder"] == clip.weights_hash  # the tower's weights are in the key
+    assert model_key_config(cfg)["model"]["text_encoder"] == clip.weights_hash  # the tower's weights are in the key
 
 
 @pytest.mark.parametrize("overrides, match", [

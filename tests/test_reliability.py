@@ -315,7 +315,8 @@ class _Payload:
 def test_pickle_bearing_checkpoints_are_refused(tmp_path):
     import torch
 
-    from bench.training.cache import ModelCacheError, _check_resumable
+    from bench.training import ModelCacheError
+    from bench.training.fit import _check_resumable
 
     marker = Path("/tmp/bench-pickle-pwned")
     marker.unlink(missing_ok=True)

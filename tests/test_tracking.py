@@ -138,7 +138,8 @@ def test_training_curves_go_to_a_wandb_train_run(tmp_path, monkeypatch):
 
     sys.path.insert(0, str(Path(__file__).parent))
     from reliability_helpers import compose
-    from bench.training import load_or_train, model_key
+    from bench.keys import model_key
+    from bench.training import load_or_train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     logged, inits = [], []

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from bench.data import get_data_info
 from bench.schedule import ddpm_scheduler
 from bench.schema import ConfigError
-from bench.training import DiffusionModule, fit, load_or_train, model_key, objectives as obj, partial_dir
+from bench.keys import model_key
+from bench.training import DiffusionModule, fit, load_or_train, objectives as obj, partial_dir
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,8 +130,8 @@ def test_model_key_covers_training_config_only(compose_cfg):
 def test_keys_added_later_are_elided_at_their_default(compose_cfg):
     """train.accumulate_grad_batches=1 (the default) leaves model and cell keys as they were before the key existed;
     any other value is a new model and a new cell."""
-    from bench.run import cell_config, cell_key
-    from bench.training import key_config
+    from bench.keys import cell_config, cell_key
+    from bench.keys import model_key_config as key_config
 
     cfg = compose_cfg()
     assert "accumulate_grad_batches" not in key_config(cfg)["train"]
@@ -216,7 +217,7 @@ def test_another_process_finishing_first_wins(compose_cfg, bench_cache, monkeypa
     """If the final dir appears while we train (a process that bypassed the lock), keep theirs, drop ours."""
     import shutil
 
-    import bench.training.cache as cache
+    import bench.training.denoiser as cache
 
     cfg = compose_cfg(*CPU, "data=toy2d", "model=mlp", "train.max_steps=5", "data.num_train=256",
                       "train.batch_size=64")
@@ -333,12 +334,13 @@ def test_max_time_stops_short_and_the_next_run_resumes(compose_cfg, tmp_path):
 
 
 def test_training_stopped_exits_3_without_a_row(tmp_path, capsys, monkeypatch):
-    import bench.training.cache as cache
+    import bench.training.denoiser as cache
+    from bench.training import TrainingStopped
     from reliability_helpers import TOY
     from test_bad_inputs import cli
 
     def stopped(*a, **k):
-        raise cache.TrainingStopped("training stopped at step 7 of train.max_steps=3000 (trainer.max_time=00:00:01:00)")
+        raise TrainingStopped("training stopped at step 7 of train.max_steps=3000 (trainer.max_time=00:00:01:00)")
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "fit", stopped)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,47 @@ def _shapes(p, data_cfg):
     return [shapes_caption(k) for k in labels], labels.tolist()
 
 
+def _read_text(path: Path, key_value) -> str:
+    """The file's text, decoded strictly as UTF-8 (a byte that is not UTF-8 is one line naming where it is)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a BOM (spreadsheet exports) is not part of the first prompt
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError("prompts.path", key_value, "a UTF-8 text file",
+                          f"byte 0x{data[e.start]:02x} at line {line} (offset {e.start}) is not UTF-8: re-save the "
+                          f"file as UTF-8") from None
+
+
+def _table(path: Path, p) -> list[str]:
+    """The prompts of a .csv/.tsv: one column (``prompts.column``, else the first of COLUMNS present), every row."""
+    text = _read_text(path, p.path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        cols = list(reader.fieldnames or [])
+        rows = list(reader)
+    except csv.Error as e:
+        raise ConfigError("prompts.path", p.path, "a .csv/.tsv file with a header row", f"{path.name}: {e}") from None
+    if not cols:
+        raise ConfigError("prompts.path", p.path, "a .csv/.tsv file with a header row and one prompt per row",
+                          "it is empty")
+    col = p.column or next((c for c in COLUMNS if c in cols), None)
+    if col not in cols:
+        key, value = ("prompts.column", p.column) if p.column else ("prompts.path", p.path)
+        raise ConfigError(key, value, f"a column of {path.name}: {', '.join(cols)}" if p.column else
+                          f"a header with one of {', '.join(COLUMNS)} (or prompts.column=NAME)",
+                          f"its header is {', '.join(cols)}" if not p.column else "")
+    if not rows:
+        raise ConfigError("prompts.path", p.path, "a file with at least one prompt",
+                          f"{path.name} has a header ({', '.join(cols)}) and no rows")
+    for n, r in enumerate(rows, 2):  # line 1 is the header
+        if r.get(col) is None:
+            raise ConfigError("prompts.path", p.path, f"a {col!r} field in every row",
+                              f"row {n} of {path.name} has {len([v for v in r.values() if v is not None])} fields and "
+                              f"no {col!r}")
+    return [r[col].strip() for r in rows]
+
+
 def _file(p, data_cfg):
     if not p.path:
         raise ConfigError("prompts.path", None, "a .txt (one prompt per line), .csv or .tsv file", "prompts=file")
@@ -60,22 +102,17 @@ def _file(p, data_cfg):
     if not path.is_file():
         raise ConfigError("prompts.path", p.path, "an existing .txt, .csv or .tsv file", "no such file")
     if path.suffix.lower() == ".json":  # COCO's captions_*.json: {"annotations": [{"caption": ...}, ...]}
+        text = _read_text(path, p.path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
             texts = [a["caption"].strip() for a in data["annotations"]]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ConfigError("prompts.path", p.path, "a COCO captions file ({\"annotations\": [{\"caption\": "
                               "...}]}) when .json") from None
     elif path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-        cols = list(rows[0]) if rows else []
-        col = p.column or next((c for c in COLUMNS if c in cols), None)
-        if col not in cols:
-            raise ConfigError("prompts.column", p.column, f"a column of {path.name}: {', '.join(cols)}")
-        texts = [r[col].strip() for r in rows]
+        texts = _table(path, p)
     else:
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        texts = [line.strip() for line in _read_text(path, p.path).splitlines()]
     texts = [t for t in texts if t]
     if not texts:
         raise ConfigError("prompts.path", p.path, "a file with at least one prompt", "it has none")
@@ -101,6 +138,23 @@ def _check(cfg, info) -> None:
         raise ConfigError("prompts", cfg.prompts.name, "none unless model=pipeline",
                           "the harness's own models take classes, not prompts")
     load_prompts(cfg.prompts, cfg.data)
+    _check_clip_score(cfg, info)
+
+
+def _check_clip_score(cfg, info) -> None:
+    """A prompt file's CLIP score needs an open_clip model: the offline CLIP only knows the shapes captions. Refused
+    here, before any pipeline loads; metric=auto scores CLIP on data=shapes whatever metric.clip_score says."""
+    m = cfg.metric
+    if cfg.prompts.name != "file" or m.name == "none" or m.clip_model != "offline":
+        return
+    if m.clip_score:
+        raise ConfigError("metric.clip_model", "offline", "an open_clip model name with metric.clip_pretrained=FILE "
+                          "for metric.clip_score=true with prompts=file", "the offline CLIP only knows the shapes captions")
+    if m.name == "auto" and cfg.data.name == "shapes" and info is not None and info.num_classes:
+        raise ConfigError("metric", "auto", "metric=inception (no CLIP score), or metric.clip_model=NAME "
+                          "metric.clip_pretrained=FILE, with prompts=file on data=shapes",
+                          "metric=auto scores CLIP on data=shapes (metric.clip_score=false does not turn it off) and "
+                          "the offline CLIP only knows the shapes captions, not the file's prompts")
 
 
 PROMPTS = Registry("prompts", "prompts.name", {

@@ -12,10 +12,11 @@ the method's distill settings and its step count, so a sweep over step counts tr
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from bench import training
+from bench import keys, training
 from bench.data import get_data_info
 from bench.registry import Entry, Registry
 from bench.sampling import check_guidance
@@ -27,12 +28,6 @@ from .consistency import ConsistencyDistillation
 from .progressive import ProgressiveDistillation
 
 SAMPLER = {"progressive": "ddim", "consistency": "lcm"}
-# distill.* keys that change each method's student (its cache key); the rest do not apply to the method
-KEY_FIELDS = {
-    "progressive": ("max_steps", "batch_size", "lr", "warmup_steps", "ema_decay", "guidance_scale"),
-    "consistency": ("max_steps", "batch_size", "lr", "warmup_steps", "ema_decay", "guidance_scale",
-                    "num_ddim_timesteps", "loss", "huber_c"),
-}
 LOSSES = ("l2", "huber")
 
 
@@ -85,10 +80,21 @@ def _check_consistency(cfg, info) -> None:
         raise ConfigError("distill.loss", d.loss, " | ".join(LOSSES))
 
 
+@dataclass(frozen=True)
+class Method(Entry):
+    """A distillation method: ``key_fields``, the ``distill.*`` settings that change its student (its key; the rest
+    do not apply to it); ``timestep_spacing``: its student is trained on the sampler's DDIM grid (also keyed)."""
+
+    key_fields: tuple = ()
+    timestep_spacing: bool = False
+
+
+_COMMON = ("max_steps", "batch_size", "lr", "warmup_steps", "ema_decay", "guidance_scale")
 METHODS = Registry("distill", "distill.method", {
-    "none": Entry(),  # sample the trained model itself
-    "progressive": Entry(ProgressiveDistillation, _check_progressive),
-    "consistency": Entry(ConsistencyDistillation, _check_consistency),
+    "none": Method(),  # sample the trained model itself
+    "progressive": Method(ProgressiveDistillation, _check_progressive, key_fields=_COMMON, timestep_spacing=True),
+    "consistency": Method(ConsistencyDistillation, _check_consistency,
+                          key_fields=(*_COMMON, "num_ddim_timesteps", "loss", "huber_c")),
 })
 
 
@@ -110,15 +116,16 @@ def progressive_rounds(cfg) -> list[int]:
     return out
 
 
-def student_key_config(cfg, parent_key: str, steps: int | None) -> dict:
-    """What a student's weights depend on: its parent (teacher or previous round), the method's settings, steps."""
-    method = cfg.distill.method
-    d = to_plain(cfg.distill)
-    out = {"parent": parent_key, "method": method, "steps": steps,
-           "distill": {k: d[k] for k in KEY_FIELDS[method]},
-           "train": {k: to_plain(cfg.train[k]) for k in ("seed", "cond_drop_prob", "grad_clip", "weight_decay")}}
-    if method == "progressive":
-        out["timestep_spacing"] = cfg.sampler.timestep_spacing  # the DDIM grid the student is trained on
+def student_keys(cfg, teacher_key: str) -> list[tuple[int | None, dict, str]]:
+    """(step count, key config, key) of each student the config's method trains from the teacher ``teacher_key``, in
+    order (progressive: one per round; consistency: one); the last is the model a cell samples."""
+    entry = METHODS[cfg.distill.method]
+    plan = progressive_rounds(cfg) if cfg.distill.method == "progressive" else [None]
+    out, parent = [], teacher_key
+    for n in plan:
+        key_cfg = keys.student_key_config(cfg, parent, n, entry.key_fields, entry.timestep_spacing)
+        parent = config_hash(key_cfg)
+        out.append((n, key_cfg, parent))
     return out
 
 
@@ -131,12 +138,10 @@ def load_or_distill(cfg):
     info = get_data_info(cfg.data)
     device = resolve_device(cfg.device)
     teacher, teacher_info = training.load_or_train(cfg)  # the teacher's key ignores distill.*
-    plan = progressive_rounds(cfg) if method == "progressive" else [None]
+    plan = student_keys(cfg, teacher_info["model_key"])
     model, key, path, cached = teacher, teacher_info["model_key"], teacher_info["path"], teacher_info["cached"]
     seconds, steps = 0.0, 0
-    for n in plan:
-        key_cfg = student_key_config(cfg, key, n)
-        student_key = config_hash(key_cfg)
+    for n, key_cfg, student_key in plan:
 
         def train(work, parent=model, n=n, key_cfg=key_cfg, student_key=student_key):
             settings = round_train(cfg, seed_offset=n or 0)
@@ -161,4 +166,4 @@ def load_or_distill(cfg):
                    else 1}
 
 
-__all__ = ["METHODS", "load_or_distill", "progressive_rounds", "round_train", "student_key_config"]
+__all__ = ["METHODS", "load_or_distill", "progressive_rounds", "round_train", "student_keys"]

@@ -39,7 +39,7 @@ from bench.sampling import Batch, build_scheduler
 from bench.sampling.subject import Denoiser, Provenance, sampling_call
 from bench.schema import CostConfig
 from bench.training import load_or_train, objectives as obj
-from bench.training.cache import fit
+from bench.training import fit
 from bench.training.module import DiffusionModule
 
 # Real config, shrunk per mode. "arch" overrides pick the UNet: full = the default digits UNet (conf/model/unet.yaml),

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bench import keys
 from bench.data.prompts import PromptSet, load_prompts
 from bench.metrics.cost import CostMeter, counting
 from bench.models import diffusers_checkpoint as ckpt
@@ -35,7 +36,6 @@ from bench.sampling.rng import image_generators
 from bench.sampling.samplers import SAMPLERS, _err, lcm_grid
 from bench.sampling.subject import Provenance, SamplingCall
 from bench.schedule import SCHEDULES
-from bench.utils import config_hash, path_fingerprint
 
 
 # --------------------------------------------------------------------------------------------------- the scheduler
@@ -76,6 +76,7 @@ def _check_schedule(cfg, c: Checkpoint) -> None:
     else:
         want = {"num_train_timesteps": s.num_train_timesteps, "beta_schedule": SCHEDULES[s.name].build,
                 "beta_start": s.beta_start, "beta_end": s.beta_end}
+    want = {k: v for k, v in want.items() if f"schedule.{k}" not in keys.without_effect(cfg)}  # cosine: no betas
     have = {k: c.scheduler.get(k) for k in want}
     diff = [f"{k}={have[k]}" for k in want if have[k] is not None and have[k] != want[k]]
     if diff:
@@ -157,7 +158,9 @@ def check_pretrained(cfg, info) -> None:
               "beta_end": sched.get("beta_end"), "num_train_timesteps": sched.get("num_train_timesteps")}
     ours = {"objective": cfg.objective.name, "beta_schedule": SCHEDULES[s.name].build if s.name != "auto" else None,
             "beta_start": s.beta_start, "beta_end": s.beta_end, "num_train_timesteps": s.num_train_timesteps}
-    diff = [f"{k}={theirs[k]} (run: {ours[k]})" for k in theirs if theirs[k] is not None and theirs[k] != ours[k]]
+    moot = keys.without_effect(cfg)  # cosine: no betas
+    diff = [f"{k}={theirs[k]} (run: {ours[k]})" for k in theirs
+            if theirs[k] is not None and theirs[k] != ours[k] and f"schedule.{k}" not in moot]
     if sched.get("clip_sample"):  # DDPMScheduler()'s default: the checkpoint's samples are clipped, the loop's not
         diff.append("clip_sample=True (run: the harness's samplers do not clip)")
     if diff:
@@ -217,9 +220,7 @@ class LoadedPipeline:
 
 def model_key(cfg) -> str:
     """The checkpoint's identity by content (every file: weights, configs, tokenizer) and its load options."""
-    m = cfg.model
-    return config_hash({"path_content": path_fingerprint(ckpt.resolve(m.path)), "dtype": m.dtype,
-                        "attention_slicing": m.attention_slicing, "vae_tiling": m.vae_tiling, "compile": m.compile})
+    return keys.model_key(cfg)
 
 
 def load(cfg, info, device: str) -> tuple[LoadedPipeline, dict]:

@@ -1,22 +1,24 @@
 """The noise-aware classifier of classifier guidance (Dhariwal & Nichol 2021, §4), trained by the harness on noised
 training images (a latent family's: on their latents, z = scaling · z_q, z_q ~ q(z | x) of its cached VAE) and cached
-like a model: same Lightning runner (:func:`cache.fit`), same cache directory, key, lock,
-resume and sha256-checked weights (:func:`cache.cached_model_dir`, :func:`cache.load_model_dir`)."""
+like a model: same Lightning runner (:func:`fit.fit`), same store, lock, resume and sha256-checked weights
+(:func:`store.cached_model_dir`, :func:`store.load_model_dir`), under its own key (:func:`bench.keys.classifier_key`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from bench.data import data_key, get_data_info
+from bench import keys
+from bench.data import get_data_info
 from bench.env import resolve_device
 from bench.models import MODELS, num_params
 from bench.models.classifier import NoisyClassifier
 from bench.models.latent import encode_latent, latent_info
-from bench.utils import config_hash, to_plain
+from bench.utils import config_hash
 
 from . import objectives as obj
-from .cache import (NOT_IN_KEY, cached_model_dir, fit, load_model_dir, load_or_train_vae, models_root,
-                    vae_key_config, write_model_dir)
+from .fit import fit
+from .store import cached_model_dir, load_model_dir, models_root, write_model_dir
+from .vae import load_or_train_vae
 from .module import DiffusionModule
 
 
@@ -61,28 +63,12 @@ def input_info(cfg, info):
     return latent_info(cfg.model, info) if MODELS[cfg.model.name].latent else info
 
 
-def classifier_key_config(cfg) -> dict:
-    """What changes the classifier's weights: the data (folders by content), the forward process it is noised with
-    (schedule; the diffusion or the flow path) and ``classifier.*``. Not the denoiser: one classifier guides them
-    all. A latent family's classifier sees its VAE's latents: that VAE's key too (pixel classifiers keep theirs)."""
-    data = {k: v for k, v in to_plain(cfg.data).items() if k not in NOT_IN_KEY["data"]}
-    data.update(data_key(cfg.data))
-    out = {"network": "noisy_classifier", "data": data, "schedule": to_plain(cfg.schedule),
-           "path": "flow" if cfg.objective.name == "flow" else "diffusion", "classifier": to_plain(cfg.classifier)}
-    if MODELS[cfg.model.name].latent:
-        out["first_stage"] = config_hash(vae_key_config(cfg))
-    return out
-
-
-def classifier_key(cfg) -> str:
-    return config_hash(classifier_key_config(cfg))
-
-
 def load_or_train_classifier(cfg) -> tuple[torch.nn.Module, dict]:
     """(classifier in eval mode on ``cfg.device``, info: classifier_key, path, train_steps, train_seconds, cached,
     num_params) — from the model cache, or trained on ``cfg.data``'s train split and cached there."""
     info = get_data_info(cfg.data)
-    key, key_cfg = classifier_key(cfg), classifier_key_config(cfg)
+    key_cfg = keys.classifier_key_config(cfg)
+    key = config_hash(key_cfg)
 
     def train(work) -> dict:
         first_stage = None
