@@ -347,3 +347,24 @@ def test_training_stopped_exits_3_without_a_row(tmp_path, capsys, monkeypatch):
     code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "trainer.max_time=00:00:01:00")
     assert code == 3 and "training stopped at step 7" in err[-1]
     assert not (out / "toy2d" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("trainer.precision=foo", "trainer.precision='foo' is not allowed: transformer-engine | "),
+    ("trainer.accelerator=abacus", "trainer.accelerator='abacus' is not allowed: auto | gpu | "),
+    ("trainer.strategy=bogus", "trainer.strategy='bogus' is not allowed: auto or a Lightning strategy name"),
+    ("trainer.precision=16-mixed", "trainer.precision='16-mixed' is not allowed: bf16-mixed on this accelerator"),
+])
+def test_lightning_knobs_are_checked_before_any_work(tmp_path, capsys, monkeypatch, override, fragment):
+    """Before: trainer.precision=foo was Lightning's ValueError (a traceback) after run.log was in the output folder
+    and a .partial directory and a lock in the model cache. Now: one line, exit 2, nothing written anywhere."""
+    from reliability_helpers import TOY
+    from test_bad_inputs import cli
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BENCH_CACHE", str(cache))
+    code, err, out = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "device=cpu", "trainer.accelerator=cpu"
+                         if "accelerator" not in override else "device=cpu", override)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"bench: error: {fragment}"), err
+    assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+    assert not cache.exists() or not any(cache.rglob("*")), list(cache.rglob("*"))
