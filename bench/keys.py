@@ -107,7 +107,8 @@ def _cosine(cfg) -> Optional[str]:
 def _no_cfg_pass(cfg) -> Optional[str]:
     g = float(cfg.sampling.guidance_scale)
     if g <= 1:
-        return f"sampling.guidance_scale={g:g} makes no classifier-free guidance pass, the only one a negative prompt enters"
+        return (f"sampling.guidance_scale={g:g} makes no classifier-free guidance pass, the only one a negative "
+                f"prompt enters")
     return None
 
 
@@ -134,7 +135,8 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "model": {
         "name": _m(REQUIRED), "hidden": _m(128), "layers": _m(3), "time_embed_dim": _m(64),
         "block_out_channels": _m([32, 64]), "layers_per_block": _m(1),
-        "down_block_types": _m(["DownBlock2D", "AttnDownBlock2D"]), "up_block_types": _m(["AttnUpBlock2D", "UpBlock2D"]),
+        "down_block_types": _m(["DownBlock2D", "AttnDownBlock2D"]),
+        "up_block_types": _m(["AttnUpBlock2D", "UpBlock2D"]),
         "norm_num_groups": _m(8), "attention_head_dim": _m(8),
         "pretrained": _m(None, content=Content(_files, "pretrained_content")),
         "patch_size": _m(2, 2), "num_layers": _m(4, 2), "num_attention_heads": _m(4, 2),
@@ -157,7 +159,8 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "metric": {
         "name": _c(REQUIRED), "fid": _c(True), "kid": _c(True), "inception_score": _c(True), "clip_score": _c(False),
         "feature_net": _c("auto"), "inception_weights": _c(None, content=Content(_files, "inception_weights_content")),
-        "clip_model": _c("offline"), "clip_pretrained": _c(None, content=Content(_local_files, "clip_pretrained_content")),
+        "clip_model": _c("offline"),
+        "clip_pretrained": _c(None, content=Content(_local_files, "clip_pretrained_content")),
         "reference_split": _c("train"), "reference_stats": _c(None, content=Content(_files, "reference_stats_content")),
         "kid_subsets": _c(50), "kid_subset_size": _c(100), "repeats": _c(1), "bootstrap": _c(0),
         "toy_num_reference": _c(10000), "swd_projections": _c(256), "num_reference": _c(0), "is_splits": _c(10),

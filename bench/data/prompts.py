@@ -149,7 +149,8 @@ def _check_clip_score(cfg, info) -> None:
         return
     if m.clip_score:
         raise ConfigError("metric.clip_model", "offline", "an open_clip model name with metric.clip_pretrained=FILE "
-                          "for metric.clip_score=true with prompts=file", "the offline CLIP only knows the shapes captions")
+                          "for metric.clip_score=true with prompts=file",
+                          "the offline CLIP only knows the shapes captions")
     if m.name == "auto" and cfg.data.name == "shapes" and info is not None and info.num_classes:
         raise ConfigError("metric", "auto", "metric=inception (no CLIP score), or metric.clip_model=NAME "
                           "metric.clip_pretrained=FILE, with prompts=file on data=shapes",

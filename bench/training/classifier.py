@@ -1,7 +1,8 @@
 """The noise-aware classifier of classifier guidance (Dhariwal & Nichol 2021, §4), trained by the harness on noised
 training images (a latent family's: on their latents, z = scaling · z_q, z_q ~ q(z | x) of its cached VAE) and cached
 like a model: same Lightning runner (:func:`fit.fit`), same store, lock, resume and sha256-checked weights
-(:func:`store.cached_model_dir`, :func:`store.load_model_dir`), under its own key (:func:`bench.keys.classifier_key`)."""
+(:func:`store.cached_model_dir`, :func:`store.load_model_dir`), under its own key
+(:func:`bench.keys.classifier_key`)."""
 from __future__ import annotations
 
 import torch

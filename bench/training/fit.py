@@ -106,7 +106,8 @@ def _check_resumable(last: Path) -> None:
     try:
         torch.load(last, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelCacheError(f"{last}: cannot resume training from this checkpoint ({type(e).__name__}: {first_line(e)}); "
+        raise ModelCacheError(f"{last}: cannot resume training from this checkpoint "
+                              f"({type(e).__name__}: {first_line(e)}); "
                               f"delete it to train from step 0") from None
 
 

@@ -81,7 +81,8 @@ def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str,
         data = file.read_bytes()  # read once: loaded and checksummed from the same bytes
         state = load_safetensors(data)
     except Exception as e:  # truncated / not safetensors / missing
-        raise ModelCacheError(f"{file}: cached model weights cannot be read ({type(e).__name__}: {first_line(e)}); delete "
+        raise ModelCacheError(f"{file}: cached model weights cannot be read "
+                              f"({type(e).__name__}: {first_line(e)}); delete "
                               f"{Path(path)} to train it again") from None
     _verify_weights(Path(path), file, hashlib.sha256(data).hexdigest())
     model.load_state_dict(state, strict=True)
@@ -118,8 +119,8 @@ def read_meta(path: Path) -> dict:
 
 def write_model_dir(module: L.LightningModule, cfg, info, workdir: Path, key: str | None = None,
                     config: dict | None = None, **extra) -> dict:
-    """model.safetensors (EMA weights), config.yaml (``config``, default :func:`bench.keys.model_key_config`) and meta.json (``extra``
-    added) of a trained module in ``workdir``; returns the meta."""
+    """model.safetensors (EMA weights), config.yaml (``config``, default :func:`bench.keys.model_key_config`) and
+    meta.json (``extra`` added) of a trained module in ``workdir``; returns the meta."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.ema.state_dict().items()}
     save_file(state, str(workdir / WEIGHTS))
     extra = {"weights_sha256": file_sha256(workdir / WEIGHTS), **extra}  # verified on every load
@@ -128,7 +129,8 @@ def write_model_dir(module: L.LightningModule, cfg, info, workdir: Path, key: st
     losses = module.losses()
     chunk = max(1, len(losses) // 200)  # at most ~200 points of the curve in meta.json
     curve = [sum(losses[i:i + chunk]) / len(losses[i:i + chunk]) for i in range(0, len(losses), chunk)]
-    meta = {"model_key": key or keys.model_key(cfg), "train_steps": module.trained_steps, "train_seconds": module.elapsed(),
+    meta = {"model_key": key or keys.model_key(cfg), "train_steps": module.trained_steps,
+            "train_seconds": module.elapsed(),
             "num_params": num_params(module.model), "data_id": info.id, "final_loss": curve[-1] if curve else None,
             "loss_curve": curve, "loss_curve_chunk": chunk, "created_at": datetime.now(timezone.utc).isoformat(),
             "versions": {**versions(), "lightning": L.__version__}, **extra}
