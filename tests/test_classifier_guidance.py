@@ -58,7 +58,8 @@ def test_loop_samples_the_class_at_scale_1_and_sharpens_it_beyond(compose_cfg, o
     """The unconditional exact model + the exact classifier through the loop: at scale 1 the samples of class y are
     those of the exact class-conditional model, sample for sample (p(x_t) p(y|x_t) = p(x_t|y) p(y) at every t), near
     N(μ_y, τ²), and their mean posterior p(y|x0) is that of true class-y points; scale 0 gives the mixture (mean
-    posterior of the class 1/2); scale 4 sharpens the class posterior beyond scale 1, as the p(y|x)^s tilt predicts. nfe_classifier: one classifier call per model call."""
+    posterior of the class 1/2); scale 4 sharpens the class posterior beyond scale 1, as the p(y|x)^s tilt predicts.
+    nfe_classifier: one classifier call per model call."""
     cfg = compose_cfg("data=toy2d", "model=mlp", f"objective={objective}", f"sampler={sampler}")
     oracle = GMMOracle(cfg, MEANS, STD)
     n, steps = 2000, 40

@@ -5,9 +5,20 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import (SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, BenchDataModule, MirroredDataset,
-                        StepBatchSampler, build_dataset, get_data_info, render_shape, sample_true, shapes_caption,
-                        shapes_class)
+from bench.data import (
+    SHAPES_COLOURS,
+    SHAPES_KINDS,
+    SHAPES_POSITIONS,
+    BenchDataModule,
+    MirroredDataset,
+    StepBatchSampler,
+    build_dataset,
+    get_data_info,
+    render_shape,
+    sample_true,
+    shapes_caption,
+    shapes_class,
+)
 from bench.schema import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

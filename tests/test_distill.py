@@ -11,8 +11,8 @@ import torch
 from bench.data import get_data_info
 from bench.distill import load_or_distill, progressive_rounds, round_train
 from bench.distill.progressive import ddim_grid, ddim_target
-from bench.report.speedup import matched_latency, pareto_front, speedup_at_matched_fid
 from bench.metrics.cost import CostMeter
+from bench.report.speedup import matched_latency, pareto_front, speedup_at_matched_fid
 from bench.sampling import build_scheduler, sample
 from bench.schema import ConfigError
 from bench.training import load_or_train

@@ -4,7 +4,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -192,7 +191,8 @@ def test_shipped_reference_statistics_are_used_for_builtin_digits(monkeypatch, t
     from bench.evaluators.digits_cnn import load_digits_cnn
     from bench.schema import DataConfig, MetricConfig
 
-    monkeypatch.setattr(refstats, "compute_reference", lambda *a, **k: (_ for _ in ()).throw(AssertionError("computed")))
+    monkeypatch.setattr(refstats, "compute_reference",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("computed")))
     cfg = OmegaConf.create({"cache_dir": str(tmp_path), "data": OmegaConf.structured(DataConfig(name="digits")),
                             "metric": OmegaConf.structured(MetricConfig(name="auto"))})
     info = get_data_info(cfg.data)

@@ -14,7 +14,7 @@ from bench.metrics.refstats import RefStatsError, load_reference, ref_key
 from bench.metrics.scorer import Scorer
 from bench.metrics.stats import FeatureStats
 from bench.schema import ConfigError
-from metrics_helpers import CACHE, batches, compose
+from metrics_helpers import batches, compose
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +154,8 @@ def test_repeats_and_bootstrap_give_spread(digits):
     per_block_is = [distances.inception_score(Scorer(cfg, info).net(quantize_uint8(x[i * 120:(i + 1) * 120]))[1],
                                               splits=1)[0] for i in range(3)]
     assert row["is"] == pytest.approx(np.mean(per_block_is), rel=1e-9) and row["is_splits"] == 1
-    boot = score(compose("data=digits", "sampling.num_samples=360", "metric.bootstrap=20", "metric.kid_subset_size=100"),
-                 info, x)
+    boot = score(compose("data=digits", "sampling.num_samples=360", "metric.bootstrap=20",
+                         "metric.kid_subset_size=100"), info, x)
     assert boot["fid_bootstrap"] == 20 and boot["fid_std"] > 0
     assert boot["fid_ci_low"] < boot["fid_ci_high"] and boot["fid_std_over"] == "bootstrap"
     assert boot["kid_std_over"] == "subsets"  # one seed block: KID's std is torchmetrics' subset spread

@@ -7,13 +7,21 @@ import torch
 from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from bench.data import build_dataset, get_data_info
+from bench.keys import cell_key
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import images_fid
-from bench.models import tiny
-from bench.models import (DiTDenoiser, LatentDenoiser, MLPDenoiser, TextUNetDenoiser, UNetDenoiser, build_model,
-                          num_params, text_encoder)
+from bench.models import (
+    DiTDenoiser,
+    LatentDenoiser,
+    MLPDenoiser,
+    TextUNetDenoiser,
+    UNetDenoiser,
+    build_model,
+    num_params,
+    text_encoder,
+    tiny,
+)
 from bench.sampling import build_sampler, sample
-from bench.keys import cell_key
 from bench.schema import ConfigError
 from bench.keys import model_key, model_key_config
 from bench.training import load_or_train, load_or_train_vae
@@ -232,9 +240,11 @@ def test_latent_family_interface(compose_cfg, family):
      r"^model\.vae_block_out_channels=\[8, 8, 8, 8, 8\] is not allowed: at most the levels that halve the image "
      r"size 8 evenly \(a 16x downsampling VAE\)$"),
     (["model=latent_unet", "model.vae_block_out_channels=[8,8,8]", "model.block_out_channels=[8,16,32]",
-      "model.down_block_types=[DownBlock2D,DownBlock2D,DownBlock2D]", "model.up_block_types=[UpBlock2D,UpBlock2D,UpBlock2D]"],
+      "model.down_block_types=[DownBlock2D,DownBlock2D,DownBlock2D]",
+      "model.up_block_types=[UpBlock2D,UpBlock2D,UpBlock2D]"],
      r"^model\.block_out_channels=\[8, 16, 32\] is not allowed: levels that halve the 2x2 latent evenly$"),
-    (["model=latent_dit", "model.patch_size=8"], r"^model\.patch_size=8 is not allowed: a divisor of the image size 4 "),
+    (["model=latent_dit", "model.patch_size=8"],
+     r"^model\.patch_size=8 is not allowed: a divisor of the image size 4 "),
     (["model=latent_unet", "model.vae_block_out_channels=[12,16]"],
      r"^model\.vae_block_out_channels=\[12, 16\] is not allowed: a non-empty list of multiples of "
      r"model\.norm_num_groups=8$"),
@@ -269,7 +279,8 @@ def test_latent_family_trains_vae_then_denoiser_and_reloads_bit_exactly(compose_
     assert vinfo["vae_train_steps"] == 40 and len(vinfo["vae_key"]) == 16
     test_x = torch.stack([x for x, _ in build_dataset(cfg.data, "test")])
     blank_psnr = 10 * np.log10(4 / test_x.double().pow(2).mean().item())
-    print(f"{family}: vae psnr {vinfo['vae_psnr']:.2f} dB (blank {blank_psnr:.2f}), scale {vinfo['vae_scaling_factor']:.3f}")
+    print(f"{family}: vae psnr {vinfo['vae_psnr']:.2f} dB (blank {blank_psnr:.2f}), "
+          f"scale {vinfo['vae_scaling_factor']:.3f}")
     assert vinfo["vae_psnr"] > blank_psnr + 1
     model, info = load_or_train(cfg)
     assert info["cached"] is False and isinstance(model, LatentDenoiser)

@@ -30,7 +30,8 @@ def test_wheel_ships_every_config_and_runs_outside_the_repo(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(target))  # the wheel's bench, not the editable checkout
     run = tmp_path / "elsewhere"
     run.mkdir()
-    where = subprocess.run([sys.executable, "-c", "import bench, bench.preflight as p; print(bench.__file__, p.CONF_DIR)"],
+    where = subprocess.run([sys.executable, "-c",
+                            "import bench, bench.preflight as p; print(bench.__file__, p.CONF_DIR)"],
                            cwd=run, env=env, capture_output=True, text=True, timeout=120)
     assert where.returncode == 0, where.stderr
     assert where.stdout.split() == [str(target / "bench" / "__init__.py"), str(target / "bench" / "conf")]

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_helpers import CACHE, ROOT, TOY, TOY_SWEEP, METRICS, bench, compose, rows, trained
-
+from reliability_helpers import CACHE, METRICS, ROOT, TOY, TOY_SWEEP, compose, trained
 
 # ------------------------------------------------------------------------------------------------ driver (child side)
 
@@ -74,11 +73,13 @@ def _check_results(path: Path) -> dict:
 
 
 def _sweep_driver(spec: dict) -> dict:
-    import bench.run  # noqa: F401  (warm imports: the children inherit them)
-    import bench.cell  # noqa: F401
-    import bench.metrics.scorer  # noqa: F401
-    import bench.training  # noqa: F401
+    # warm imports: the children inherit them
     import matplotlib.pyplot  # noqa: F401
+
+    import bench.cell
+    import bench.metrics.scorer
+    import bench.run
+    import bench.training  # noqa: F401
     from bench.run import main
 
     work = Path(spec["work"])
@@ -119,7 +120,8 @@ def _sweep_driver(spec: dict) -> dict:
         after = _check_results(results)
         for k, r in before.items():  # a finished cell is never lost or rewritten
             assert after.get(k) == r, f"cell {k} lost or changed by a killed re-run"
-        runs.append({"delay_s": round(delay, 3), "status": status, "rows_before": len(before), "rows_after": len(after)})
+        runs.append({"delay_s": round(delay, 3), "status": status, "rows_before": len(before),
+                     "rows_after": len(after)})
         if status == "killed":
             kills.append(runs[-1])
         assert status in ("killed", "exit 0"), (work / f"run{len(runs) - 1}.log").read_text()[-3000:]
@@ -130,7 +132,8 @@ def _sweep_driver(spec: dict) -> dict:
     final = _check_results(results)
     text = log.read_text()
     computed = text.count("][bench][INFO] - cell ") - text.count("skipped (resume)")
-    return {"full_s": round(full, 2), "startup_s": round(startup, 2), "per_cell_s": round(per_cell, 2), "kills": kills, "runs": runs, "rounds": rounds + 1,
+    return {"full_s": round(full, 2), "startup_s": round(startup, 2), "per_cell_s": round(per_cell, 2),
+            "kills": kills, "runs": runs, "rounds": rounds + 1,
             "skipped_on_rerun": text.count("skipped (resume)"), "computed_on_rerun": computed,
             "rows_before_rerun": len(before), "ref": ref, "final": final}
 
@@ -167,9 +170,10 @@ def _train_driver(spec: dict) -> dict:
     assert _run_for(_launch(train("killed"), log), None) == "exit 0", log.read_text()[-3000:]
     (ref_dir,) = [d for d in (work / "ref" / "models").glob("[!.]*") if d.is_dir()]
     (got_dir,) = [d for d in (work / "killed" / "models").glob("[!.]*") if d.is_dir()]
-    return {"full_s": round(full, 2), "kills": kills, "resumed": "Restoring states from the checkpoint" in log.read_text()
-            or any(k["ckpt_step"] for k in kills),
-            "ref_sha": file_sha256(ref_dir / "model.safetensors"), "got_sha": file_sha256(got_dir / "model.safetensors"),
+    resumed = "Restoring states from the checkpoint" in log.read_text() or any(k["ckpt_step"] for k in kills)
+    return {"full_s": round(full, 2), "kills": kills, "resumed": resumed,
+            "ref_sha": file_sha256(ref_dir / "model.safetensors"),
+            "got_sha": file_sha256(got_dir / "model.safetensors"),
             "ref_meta": json.loads((ref_dir / "meta.json").read_text()),
             "got_meta": json.loads((got_dir / "meta.json").read_text())}
 
@@ -329,8 +333,8 @@ def test_pickle_bearing_checkpoints_are_refused(tmp_path):
 
 
 def test_pickle_bearing_inception_weights_are_refused(tmp_path):
-    """Custom Inception weights (metric.inception_sha256 set to their digest) are loaded weights-only too: torch-fidelity
-    itself would unpickle them."""
+    """Custom Inception weights (metric.inception_sha256 set to their digest) are loaded weights-only too:
+    torch-fidelity itself would unpickle them."""
     import torch
 
     from bench.evaluators import EvaluatorError

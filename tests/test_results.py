@@ -3,7 +3,7 @@ import multiprocessing as mp
 
 import pytest
 
-from bench.results import ResultsError, SCHEMA_VERSION, append_row, done_keys, read_rows
+from bench.results import SCHEMA_VERSION, ResultsError, append_row, done_keys, read_rows
 
 
 def test_append_is_idempotent_per_key(tmp_path):

@@ -14,8 +14,15 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from bench.metrics.cost import CostMeter
-from bench.sampling import (SAMPLERS, build_scheduler, check_combination, check_guidance, image_generators,
-                            initial_noise, sample)
+from bench.sampling import (
+    SAMPLERS,
+    build_scheduler,
+    check_combination,
+    check_guidance,
+    image_generators,
+    initial_noise,
+    sample,
+)
 from bench.sampling.oracles import GaussianOracle
 from bench.schedule import train_sigmas
 from bench.schema import ConfigError, register
@@ -49,8 +56,8 @@ class SchedulerFamily:
     sampler: str
     nfe_10: int = 10  # real model calls per image for 10 steps
     analytic_steps: int = 20
-    # relative error allowed on the std (discretisation; + sampling error for stochastic samplers). Measured with the exact
-    # predictor on the linear schedule (uniform t puts few steps where sigma ~ std): dpmpp/unipc 20 steps 0.478,
+    # relative error allowed on the std (discretisation; + sampling error for stochastic samplers). Measured with the
+    # exact predictor on the linear schedule (uniform t puts few steps where sigma ~ std): dpmpp/unipc 20 steps 0.478,
     # heun 20 steps 0.484; all converge to 0.500 with more steps (dpmpp 100: 0.501, ddim 1000: 0.498).
     analytic_tol: float = 0.06
     analytic_n: int = 256  # deterministic: sample_std has no sampling error
@@ -79,7 +86,7 @@ class SchedulerFamily:
 
     def test_rejects_other_objectives(self):
         for objective in set(PREDICTION_TYPE) - set(SAMPLERS[self.sampler].objectives):
-            with pytest.raises(ConfigError, match=r"objective\.name='%s'" % objective):
+            with pytest.raises(ConfigError, match=rf"objective\.name='{objective}'"):
                 check_combination(self.cfg(objective=objective))
 
     def test_nfe_counts_real_calls(self):
@@ -112,7 +119,9 @@ class SchedulerFamily:
     @pytest.mark.parametrize("schedule", ["linear", "cosine"])
     def test_analytic_gaussian(self, schedule):
         # every objective on linear; the first one on cosine (the conventions do not depend on the schedule)
-        objectives = SAMPLERS[self.sampler].objectives if schedule == "linear" else SAMPLERS[self.sampler].objectives[:1]
+        objectives = SAMPLERS[self.sampler].objectives
+        if schedule != "linear":
+            objectives = objectives[:1]
         for objective in objectives:
             if objective == "flow" and schedule != "linear":
                 continue

@@ -14,7 +14,6 @@ from bench.schema import ConfigError
 from bench.keys import model_key
 from bench.training import DiffusionModule, fit, load_or_train, objectives as obj, partial_dir
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -144,8 +143,9 @@ def test_keys_added_later_are_elided_at_their_default(compose_cfg):
 # ---------------------------------------------------------------- training (tiny, CPU)
 
 CPU = ("trainer.accelerator=cpu", "device=cpu")
-TINY_UNET = ("model.block_out_channels=[8,16]", "model.norm_num_groups=4", "model.down_block_types=[DownBlock2D,DownBlock2D]",
-             "model.up_block_types=[UpBlock2D,UpBlock2D]")  # no attention: 3 short trainings stay fast
+# no attention: 3 short trainings stay fast
+TINY_UNET = ("model.block_out_channels=[8,16]", "model.norm_num_groups=4",
+             "model.down_block_types=[DownBlock2D,DownBlock2D]", "model.up_block_types=[UpBlock2D,UpBlock2D]")
 
 
 def test_digits_smoke_trains_then_hits_cache(compose_cfg, bench_cache):
@@ -200,8 +200,8 @@ def test_interrupted_training_resumes_exactly(compose_cfg, bench_cache, tmp_path
     monkeypatch.setenv("BENCH_CACHE", str(bench_cache))
     cfg = compose_cfg(*overrides)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        fit(lambda: DiffusionModule.from_config(cfg, get_data_info(cfg.data)), cfg.data, cfg.train, cfg.trainer, partial_dir(cfg),
-            callbacks=[_Interrupt(at_step=10)])
+        fit(lambda: DiffusionModule.from_config(cfg, get_data_info(cfg.data)), cfg.data, cfg.train, cfg.trainer,
+            partial_dir(cfg), callbacks=[_Interrupt(at_step=10)])
     ckpt = torch.load(partial_dir(cfg) / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10
     model, info = load_or_train(cfg)
@@ -284,7 +284,8 @@ def test_toy2d_default_training_budget(compose_cfg, bench_cache):
 
 class _Seen(L.Callback):
     def on_train_start(self, trainer, pl_module):
-        self.accumulate, self.max_time = trainer.accumulate_grad_batches, trainer._max_time if hasattr(trainer, "_max_time") else None
+        self.accumulate = trainer.accumulate_grad_batches
+        self.max_time = trainer._max_time if hasattr(trainer, "_max_time") else None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.batches = batch_idx + 1

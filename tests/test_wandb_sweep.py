@@ -3,13 +3,12 @@ way `wandb agent` runs it lands in the same results file and logs into the agent
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from bench.preflight import compose_cfg, expand
 from bench.keys import cell_key
+from bench.preflight import compose_cfg, expand
 from bench.wandb_sweep import main, sweep_spec
 from test_run import ROOT, rows
 
