@@ -1,9 +1,11 @@
 """Where a run executes: device choice, determinism switches, hardware and library versions (recorded in rows)."""
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 
 import diffusers
@@ -58,3 +60,40 @@ def git_sha(default: str = "unknown") -> str:
 def versions() -> dict:
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "bench": bench.__version__,
             "git_sha": git_sha()}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# Lightning logs its info lines through the rank-zero logger of the package that imported it last
+_LIGHTNING_RANK_ZERO = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                        "lightning_utilities.core.rank_zero")
+
+
+def quiet_console() -> None:
+    """Third-party noise off the console of a run, in one place (called by the console entry points, not on import):
+    Lightning's advertising tip, a deprecation inside Lightning that its users cannot act on, and W&B's own console
+    lines (the tracker asks W&B for silent runs anyway; ``WANDB_SILENT=false`` brings them back). Lightning's device
+    lines, its other warnings and every warning of the harness stay. Idempotent."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    for name in _LIGHTNING_RANK_ZERO:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages("\N{ELECTRIC LIGHT BULB} Tip:"))
+
+
+def quiet_wandb() -> None:
+    """Before Lightning starts a W&B run: Lightning always passes ``anonymous`` (None by default), and W&B warns that
+    the setting is obsolete before the run's own ``silent`` setting applies. W&B's console is silent until its
+    process-wide setup, which then follows ``WANDB_SILENT``."""
+    import wandb  # lazy: only an enabled tracker imports it
+
+    wandb.termsetup(wandb.Settings(silent=True), None)

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from bench import cell, preflight, summary
+from bench.env import quiet_console
 from bench.evaluators import EvaluatorError
 from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
@@ -102,6 +103,7 @@ def run_job(cfg: DictConfig) -> dict | None:
 
 @hydra.main(config_path=preflight.CONF_DIR, config_name="bench", version_base="1.3")
 def app(cfg: DictConfig) -> Any:
+    quiet_console()  # here, not in main(): a launcher's worker process starts at this function
     return run_job(cfg)
 
 

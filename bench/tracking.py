@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from bench.env import quiet_wandb
 from bench.metric_spec import is_measured
 from bench.registry import Entry, Registry
 
@@ -176,6 +177,7 @@ def training_logger(tracker_cfg: Any, root: str | os.PathLike, name: str, group:
         # under `wandb agent` the agent's run belongs to the cell: start this run now, without the agent's variables
         hidden = {k: os.environ.pop(k) for k in AGENT_ENV if k in os.environ}
         try:
+            quiet_wandb()
             logger = WandbLogger(project=tracker_cfg.project, entity=tracker_cfg.entity, save_dir=str(save_dir),
                                  name=name, group=group, job_type="train", mode=wandb_mode(tracker_cfg.mode),
                                  config=config or {}, reinit="finish_previous",

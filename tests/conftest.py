@@ -44,6 +44,14 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _quiet_console():
+    """The tests see the console a user sees: third-party noise off (bench.env.quiet_console)."""
+    from bench.env import quiet_console
+
+    quiet_console()
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _default_cache_outside_the_repo(tmp_path_factory):
     """Tests that do not pick a cache never write the user's default `.cache/bench`: one session-wide tmp cache."""
     import os

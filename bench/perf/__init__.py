@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.env import hardware
+from bench.env import hardware, quiet_console
 from bench.metrics.cost import load_average
 from bench.perf.experiments import SIZES, Measurements, _cfg, measure, score_memory
 from bench.perf.render import Run, render
@@ -55,6 +55,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable on a shared CPU)")
     ap.add_argument("--score-memory", type=int, default=None, help=argparse.SUPPRESS)  # internal: one fresh process
     a = ap.parse_args(argv)
+    quiet_console()
     if a.threads < 1:
         print(f"bench: error: --threads={a.threads} is not allowed: an integer >= 1", file=sys.stderr)
         sys.exit(2)
