@@ -1,10 +1,17 @@
 import logging
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# pytest-xdist runs the suite in one worker per core (pyproject.toml): one intra-op thread per worker, and in the
+# processes the tests start, so n workers run n threads on n cores (tiny models stall when oversubscribed)
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture
@@ -53,11 +60,13 @@ def _quiet_console():
 
 @pytest.fixture(autouse=True, scope="session")
 def _default_cache_outside_the_repo(tmp_path_factory):
-    """Tests that do not pick a cache never write the user's default `.cache/bench`: one session-wide tmp cache."""
-    import os
-
+    """Tests that do not pick a cache never write the user's default `.cache/bench`: one tmp cache for the whole run,
+    shared by the xdist workers (the model store locks each key, so a model is trained once however many ask)."""
     if "BENCH_CACHE" not in os.environ:
-        os.environ["BENCH_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))
+        base = tmp_path_factory.getbasetemp()
+        path = (base.parent if WORKER else base) / "bench-cache"  # a worker's basetemp is <run>/popen-gwN
+        path.mkdir(exist_ok=True)
+        os.environ["BENCH_CACHE"] = str(path)
     yield
 
 
@@ -71,3 +80,16 @@ def _no_log_handler_on_a_closed_stream():
             if isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False):
                 h.stream = sys.stderr
     yield
+
+
+def pytest_collection_modifyitems(items):
+    """Under `--dist loadgroup` each test goes to any worker, except a group's tests, which go to one: the tests that
+    use a module- or class-scoped fixture are grouped by their module or class, so the fixture is built once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        scopes = {d.scope for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs}
+        if "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        elif "class" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.rsplit("::", 1)[0]))

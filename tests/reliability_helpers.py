@@ -4,6 +4,7 @@ Models, the digits evaluator and reference statistics live in the persistent tes
 ``$BENCH_TEST_CACHE``): trained once per machine, read-only for these tests. A test that corrupts a cache file
 copies what it needs into a private cache first (:func:`private_cache`).
 """
+import hashlib
 import json
 import os
 import shutil
@@ -40,23 +41,28 @@ def compose(*overrides: str, cache=CACHE):
 
 
 def trained(base: list[str]):
-    """Train (once per machine) the model that `base` describes into CACHE; the evaluator/refstats too (digits)."""
+    """Train (once per machine) the model that `base` describes into CACHE; the evaluator/refstats too (digits).
+    Locked: parallel test workers asking for the same `base` wait for one of them instead of computing it twice."""
     import torch
+    from filelock import FileLock
 
     from bench.cell import prepare
     from bench.training import load_or_train
 
+    CACHE.mkdir(parents=True, exist_ok=True)
+    lock = CACHE / f".trained-{hashlib.sha256(json.dumps(base).encode()).hexdigest()[:16]}.lock"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = compose(*base, "hydra.mode=RUN")
-        info = prepare(cfg)
-        load_or_train(cfg)
-        if info.kind == "images":
-            from bench.evaluators import load_feature_net
-            from bench.metrics.refstats import get_reference
+        with FileLock(str(lock)):
+            cfg = compose(*base, "hydra.mode=RUN")
+            info = prepare(cfg)
+            load_or_train(cfg)
+            if info.kind == "images":
+                from bench.evaluators import load_feature_net
+                from bench.metrics.refstats import get_reference
 
-            get_reference(cfg, info, load_feature_net(cfg, info))
+                get_reference(cfg, info, load_feature_net(cfg, info))
     finally:
         torch.set_num_threads(n)
     return CACHE
