@@ -18,8 +18,8 @@ from bench.metrics.scorer import images_fid
 from bench.models import MODELS
 from bench.registry import Entry, Registry
 from bench.results import ClassifierColumns, LatentColumns, TextTowerColumns
-from bench.sampling import ClassifierGuidance, build_sampler, diffusers_pipeline
-from bench.sampling.subject import Denoiser, Provenance, Subject, uses_channels_last
+from bench.sampling import ClassifierGuidance, build_sampler, compiled, diffusers_pipeline
+from bench.sampling.subject import Denoiser, Provenance, Subject, sampling_call, uses_channels_last
 
 
 def classifier_guidance(cfg, device: str) -> tuple[ClassifierGuidance | None, ClassifierColumns]:
@@ -51,7 +51,8 @@ def latent_columns(cfg, info: DataInfo) -> LatentColumns:
 
 
 def load_denoiser(cfg, info: DataInfo, device: str) -> tuple[Denoiser, dict]:
-    """The trained model, or its distilled student when ``distill.method`` is set, on the configured sampler."""
+    """The trained model, or its distilled student when ``distill.method`` is set, on the configured sampler;
+    compiled with ``cost.compile`` (:func:`bench.sampling.compiled.compile_denoiser`: warmed up, checked)."""
     model, train_info = (distill.load_or_distill(cfg) if cfg.distill.method != "none"
                          else training.load_or_train(cfg))
     if uses_channels_last(cfg.cost, cfg.model):
@@ -65,7 +66,9 @@ def load_denoiser(cfg, info: DataInfo, device: str) -> tuple[Denoiser, dict]:
     scheduler = build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name, lcm_grid=cfg.distill.num_ddim_timesteps)
     provenance = Provenance(cfg.objective.name, cfg.schedule.name, cfg.sampler.timestep_spacing, tuple(groups))
     num_classes = getattr(model, "num_classes", info.num_classes)  # the model's own conditioning
-    return Denoiser(model, scheduler, num_classes, provenance, guide), train_info
+    eager = Denoiser(model, scheduler, num_classes, provenance, guide)
+    call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, device)
+    return compiled.compile_denoiser(eager, cfg.cost.compile, train_info["model_key"], call), train_info
 
 
 LOADERS = Registry("subject", "model.name", {

@@ -19,7 +19,7 @@ from bench.distill import METHODS
 from bench.metrics.scorer import METRICS
 from bench.models import MODELS
 from bench.schedule import SCHEDULES
-from bench.sampling import SAMPLERS
+from bench.sampling import SAMPLERS, compiled
 from bench.sampling import diffusers_pipeline as pipelines
 from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
@@ -110,6 +110,7 @@ def _check_plain_keys(cfg) -> None:
                 "cost.warmup_batches", "cost.min_timed_batches", "cost.num_threads"):
         _positive(cfg, key, strict=False)
     _check_sharding(cfg)
+    compiled.check(cfg)
     _unit(cfg, "train.ema_decay")
     _unit(cfg, "train.cond_drop_prob")
     _check_training_processes(cfg)

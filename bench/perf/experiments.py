@@ -34,8 +34,8 @@ from bench.metrics.refstats import get_reference
 from bench.metrics.scorer import Scorer
 from bench.models import build_model
 from bench.perf.profilers import py_profile, torch_profile
-from bench.preflight import compose_cfg
-from bench.sampling import Batch, build_scheduler
+from bench.preflight import compose_cfg, expand
+from bench.sampling import Batch, build_sampler, build_scheduler, compiled
 from bench.sampling.subject import Denoiser, Provenance, sampling_call
 from bench.schema import CostConfig
 from bench.training import load_or_train, objectives as obj
@@ -43,16 +43,19 @@ from bench.training import fit
 from bench.training.module import DiffusionModule
 
 # Real config, shrunk per mode. "arch" overrides pick the UNet: full = the default digits UNet (conf/model/unet.yaml),
-# quick = the smoke UNet. `train` = the (tiny) training of the model the 12-cell sweep samples.
+# quick = the smoke UNet. `train` = the (tiny) training of the model the 12-cell sweep samples. `compile`: the
+# image sizes (digits resized) at which eager, compiled and bf16-autocast sampling are timed beside DDIMPipeline.
 SIZES = {
     "full": dict(arch=[], batch=64, steps=50, rounds=3, fid_n=2000, mem_n=[1000, 4000, 10000],
                  time_n=[1000, 2000, 4000, 8000], time_n_steps=2, nfe_n=128, nfe_steps=[5, 10, 20, 50, 100],
                  train_steps=20, train_batch=128, sweep_n=100, sweep_steps=[5, 10, 20, 50],
-                 sweep_train=["train.max_steps=50"]),
+                 sweep_train=["train.max_steps=50"],
+                 compile=[dict(size=8, batch=64, steps=50), dict(size=28, batch=16, steps=10)], feat_n=2000),
     "quick": dict(arch=["model.block_out_channels=[16,32]"], batch=8, steps=4, rounds=2, fid_n=200,
                   mem_n=[200, 400], time_n=[64, 128], time_n_steps=2, nfe_n=16, nfe_steps=[2, 4],
                   train_steps=4, train_batch=16, sweep_n=16, sweep_steps=[1, 2],
-                  sweep_train=["train.max_steps=2", "train.batch_size=16", "train.warmup_steps=1"]),
+                  sweep_train=["train.max_steps=2", "train.batch_size=16", "train.warmup_steps=1"],
+                  compile=[dict(size=8, batch=4, steps=2)], feat_n=100),
 }
 SWEEP_SAMPLERS = ["ddim", "dpmpp", "euler"]  # x sweep_steps = 12 cells (full)
 BASE = ["tracker=none", "device=cpu", "trainer.enable_progress_bar=false", "hydra.mode=RUN"]
@@ -63,7 +66,7 @@ BASE = ["tracker=none", "device=cpu", "trainer.enable_progress_bar=false", "hydr
 class Ratio:
     """One goal: ``value`` = the measured ratio, met when <= ``goal``; ``facts``: the numbers stated beside it."""
 
-    key: str  # floor | diffusers | fid | memory | lightning | sweep
+    key: str  # floor | diffusers | compiled (one per image size) | fid | memory | lightning | sweep
     value: float
     goal: float
     facts: dict
@@ -84,9 +87,12 @@ class Measurements:
     memory: list = field(default_factory=list)  # score_memory() per N
     profiles: dict = field(default_factory=dict)  # name -> Profile
     sweep: dict = field(default_factory=dict)
+    compiled: list = field(default_factory=list)  # per image size: eager / compiled / bf16 / DDIMPipeline timings
+    features: dict = field(default_factory=dict)  # the evaluator's feature extraction, eager vs compiled
+    default_job: dict = field(default_factory=dict)  # what the default `bench` job samples (image-forwards)
 
 
-ORDER = ["floor", "diffusers", "fid", "memory", "lightning", "sweep"]
+ORDER = ["floor", "diffusers", "compiled", "fid", "memory", "lightning", "sweep"]
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
@@ -203,6 +209,105 @@ def sampling_ratios(P, m: Measurements) -> list[Ratio]:
                                                           median_ratio=med["defaults"] / med["diffusers"],
                                                           pipe_diff=pipe_diff)),
     ]
+
+
+# ---- 2 compiled: eager vs torch.compile vs bf16 autocast sampling, per image size, beside DDIMPipeline --------------
+def compiled_sampling(P, m: Measurements) -> list[Ratio]:
+    """Per ``P["compile"]`` size: the digits UNet (unconditional, as DDIMPipeline) sampled eagerly, compiled
+    (``cost.compile=default``: compiled once, warmed up and checked as a cell does) and under bf16 autocast, beside
+    DDIMPipeline on the eager UNet, sides interleaved; ratio 2 with compile on = compiled ÷ DDIMPipeline."""
+    from diffusers import DDIMPipeline, DDIMScheduler  # lazy: the peer pipeline is only built for these ratios
+
+    out = []
+    for c in P["compile"]:
+        B, S, size = c["batch"], c["steps"], c["size"]
+        cfg = _cfg(*P["arch"], f"data.image_size={size}", f"sampling.num_samples={B}", f"sampling.batch_size={B}",
+                   "sampling.seed=0", f"sampling.num_inference_steps={S}", "sampling.guidance_scale=1",
+                   "metric.repeats=1")
+        info = dataclasses.replace(get_data_info(cfg.data), num_classes=0)
+        eager = _untrained(cfg, info)
+        if CostConfig().channels_last:
+            eager = dataclasses.replace(eager, model=eager.model.to(memory_format=torch.channels_last))
+        call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
+        compiled._COMPILED.clear()  # a compile of its own, timed
+        fast = compiled.compile_denoiser(eager, "default", f"bench-perf-{size}", call)
+        cols = fast.columns().groups[-1]
+        unet = _untrained(cfg, info).model.unet  # the same seeded weights, default memory format
+        pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(eager.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+
+        def harness(subject, bf16=False):
+            meter = CostMeter("cpu")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                (batch,) = list(subject.batches(call, meter))
+            return meter.batch_seconds[0], batch.x
+
+        def diffusers_pipe():
+            gens = [torch.Generator().manual_seed(i) for i in range(B)]
+            t0 = time.perf_counter()
+            img = pipe(batch_size=B, generator=gens, eta=0.0, num_inference_steps=S, output_type="pt").images
+            return time.perf_counter() - t0, img * 2 - 1
+
+        sides = {"eager": lambda: harness(eager), "compiled": lambda: harness(fast),
+                 "bf16 autocast": lambda: harness(eager, bf16=True), "diffusers": diffusers_pipe}
+        times, samples = interleaved(sides, P["rounds"])
+        mn, med = ({k: f(v) for k, v in times.items()} for f in (min, _median))
+        rec = dict(size=size, batch=B, steps=S, image_shape=list(info.shape),
+                   block_out_channels=list(cfg.model.block_out_channels), min=mn, med=med,
+                   diffs={k: float((samples[k] - samples["eager"]).abs().max()) for k in sides},
+                   compile_s=cols.compile_s, check_diff=cols.compile_max_abs_diff, check_s=cols.compile_check_s,
+                   forwards=B * S)
+        m.compiled.append(rec)
+        m.profiles[f"compiled{size}"] = torch_profile(lambda: harness(fast))
+        out.append(Ratio("compiled", mn["compiled"] / mn["diffusers"], 0.9,
+                         dict(rec, harness_s=mn["compiled"], diffusers_s=mn["diffusers"],
+                              median_ratio=med["compiled"] / med["diffusers"])))
+    m.default_job = default_job()
+    return out
+
+
+def default_job() -> dict:
+    """What ``bench`` with no arguments (conf/experiment/default.yaml's grid) and the scheduler study sample: per job,
+    its cells, images and image-forwards (images x repeats x model calls per image)."""
+    out = {}
+    for name, argv in (("bench", []), ("bench -m sweep=scheduler_steps", ["-m", "sweep=scheduler_steps"])):
+        cells = [compose_cfg(o) for o in expand(argv)]
+        images = [int(c.sampling.num_samples) * int(c.metric.repeats) for c in cells]
+        out[name] = dict(cells=len(cells), images=sum(images),
+                         image_forwards=sum(n * _model_calls(c) for n, c in zip(images, cells)))
+    return out
+
+
+def _model_calls(cfg) -> int:
+    """Model rows per image of a cell: one per scheduler timestep (Heun's second evaluations included), two with
+    batched classifier-free guidance."""
+    sched = build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name, lcm_grid=cfg.distill.num_ddim_timesteps)
+    sched.set_timesteps(int(cfg.sampling.num_inference_steps))
+    return len(sched.timesteps) * (2 if cfg.sampling.guidance_scale not in (0, 1) else 1)
+
+
+# ---- the evaluator's feature extraction, eager vs compiled -------------------------------------------------------
+def compiled_features(P, m: Measurements, cache: Path) -> None:
+    """The digits CNN's features of ``feat_n`` images (batches of 250, as the scorer streams them), eager vs a
+    compiled copy (compiled on the batch sizes first, timed apart), interleaved."""
+    cfg = _cfg(f"cache_dir={cache}")
+    net = load_feature_net(cfg, get_data_info(cfg.data))
+    fast = copy.copy(net)
+    fast.model = copy.deepcopy(net.model)
+    fast.model.compile()
+    imgs = digits_images(P["feat_n"], seed=2)
+    chunks = [imgs[s:s + 250] for s in range(0, len(imgs), 250)]
+
+    def features(n):
+        t0 = time.perf_counter()
+        f = torch.cat([n(x)[0] for x in chunks])
+        return time.perf_counter() - t0, f
+
+    compile_s, _ = features(fast)
+    times, feats = interleaved({"eager": lambda: features(net), "compiled": lambda: features(fast)}, P["rounds"])
+    m.features = dict(n=len(imgs), feature_net=net.name, compile_s=compile_s, eager_s=min(times["eager"]),
+                      compiled_s=min(times["compiled"]),
+                      diff=float((feats["compiled"] - feats["eager"]).abs().max()))
 
 
 # ---- 3: feature extraction + FID vs clean-fid's compute_fid on a PNG folder ----------------------------------------
@@ -403,7 +508,10 @@ def measure(P, cache: Path, log=None) -> Measurements:
     m = Measurements()
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as work:
         steps = [("sweep", lambda: sweep_ratio(P, m, Path(work))), ("sampling", lambda: sampling_ratios(P, m)),
-                 ("fid", lambda: fid_ratio(P, m, cache)), ("memory", lambda: memory_ratio(P, m)),
+                 ("compiled", lambda: compiled_sampling(P, m)),
+                 ("fid", lambda: fid_ratio(P, m, cache)),
+                 ("compiled features", lambda: compiled_features(P, m, cache) or []),
+                 ("memory", lambda: memory_ratio(P, m)),
                  ("training", lambda: training_ratio(P, m)), ("scaling", lambda: scaling(P, m) or [])]
         for name, fn in steps:
             t = time.perf_counter()

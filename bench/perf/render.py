@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from bench.perf.experiments import Measurements, Ratio
 from bench.perf.profilers import Profile
+from bench.sampling.compiled import ONE_UINT8_LEVEL
+from bench.schema import CostConfig
 
 
 @dataclass
@@ -35,6 +37,8 @@ def ratio_name(r: Ratio) -> str:
         "floor": lambda: f"harness sampling wall ÷ (NFE × bare denoiser forward), {_shape(f)}",
         "diffusers": lambda: f"harness sampling (its defaults) ÷ diffusers `DDIMPipeline` (same UNet, steps, batch, "
                              f"per-image generators), {_shape(f)}",
+        "compiled": lambda: f"harness sampling compiled (`cost.compile=default`) ÷ diffusers `DDIMPipeline` (eager), "
+                            f"{_shape(f)}",
         "fid": lambda: f"harness feature extraction + FID ÷ clean-fid `compute_fid` (digits CNN in both, "
                        f"{f['fid_n']} generated vs {f['n_ref']} reference images; clean-fid reads them as PNG folders)",
         "memory": lambda: f"peak memory (process RSS) of scoring at N = {f['hi']['n']} ÷ at N = {f['lo']['n']} "
@@ -53,6 +57,9 @@ def ratio_detail(r: Ratio) -> str:
                          f"{f['bare_s'] * 1e3:.1f} ms; medians {f['median_ratio']:.3f}",
         "diffusers": lambda: f"{f['harness_s'] * 1e3:.1f} ms vs {f['diffusers_s'] * 1e3:.1f} ms; medians "
                              f"{f['median_ratio']:.3f}; samples agree to {f['pipe_diff']:.1e} (same memory layout)",
+        "compiled": lambda: f"{f['harness_s'] * 1e3:.1f} ms vs {f['diffusers_s'] * 1e3:.1f} ms; medians "
+                            f"{f['median_ratio']:.3f}; compiled once in {f['compile_s']:.1f} s (not in the time); "
+                            f"samples agree to {f['diffs']['diffusers']:.1e}",
         "fid": lambda: f"{f['harness_s'] * 1e3:.0f} ms vs {f['clean_s'] * 1e3:.0f} ms; medians "
                        f"{f['median_ratio']:.3f}; FID {f['fid_harness']:.6f} vs {f['fid_clean']:.6f}",
         "memory": lambda: f"{f['hi']['peak_mb']:.0f} MB vs {f['lo']['peak_mb']:.0f} MB; scoring's own growth "
@@ -84,7 +91,10 @@ def explain(key: str, m: Measurements) -> str:
         "per-image generators, the finite check and call counting, and gains only what its speed options give (table "
         "above), so it lands where those options put it. Harness, one batch (torch.profiler, top ops by self CPU "
         "time):\n\n" + t["harness"] + "\n\n`DDIMPipeline`, one batch:\n\n" + t["diffusers"],
-        "fid": lambda: "clean-fid, one `compute_fid` call (cProfile, top functions by own time):\n\n" + t["cleanfid"],
+        "compiled": lambda: "Compiled, every UNet forward is one inductor kernel graph; what is left beside it is the "
+        "scheduler's step, the per-image generators and the loop's bookkeeping. Harness compiled, one batch per size "
+        "(torch.profiler, top ops by self CPU time):\n\n" + "\n\n".join(
+            f"{c['size']}×{c['size']}:\n\n" + t[f"compiled{c['size']}"] for c in m.compiled if f"compiled{c['size']}" in t),
         "memory": lambda: "Scoring keeps per-image features for KID and logits for IS (the growth column of the "
         "memory table); the images are streamed.",
         "lightning": lambda: "Lightning's `fit` for the same steps (cProfile, top functions by own time):\n\n"
@@ -92,6 +102,73 @@ def explain(key: str, m: Measurements) -> str:
         "sweep": lambda: f"{s['cells']} cells: {s['total']:.1f} s in all, {s['cell_wall']:.1f} s inside the cells, "
         f"{s['inner']:.1f} s sampling + scoring. Per cell, outside sampling and scoring:\n\n" + t["sweep"],
     }[key]()
+
+
+def _per_forward(c: dict, side: str) -> float:
+    return c["min"][side] / c["forwards"]
+
+
+def compiled_section(m: Measurements) -> list[str]:
+    """Eager vs compiled vs bf16 autocast per image size, what compiling costs and when it pays, the default it
+    supports; the evaluator's feature extraction compiled."""
+    if not m.compiled:
+        return []
+    level = f"one uint8 level ({ONE_UINT8_LEVEL:.4f})"
+    L = ["## Compiled sampling and bf16 autocast, per image size", "",
+         "The digits UNet architecture (unconditional, untrained, seeded), one DDIM batch per round, sides "
+         "interleaved: eager (the harness defaults); compiled (`cost.compile=default`: `torch.compile` with inductor, "
+         "compiled once, warmed up on the batch's shape and checked against eager before timing, as a cell does); "
+         "eager under `torch.autocast('cpu', bfloat16)`; diffusers' `DDIMPipeline` on the eager UNet.", "",
+         "| image | batch × steps | setting | min batch time (ms) | median (ms) | vs eager (min) | max abs Δ sample vs "
+         "eager |", "|---|---|---|---:|---:|---:|---:|"]
+    for c in m.compiled:
+        for k in ("eager", "compiled", "bf16 autocast", "diffusers"):
+            L.append(f"| {c['size']}×{c['size']} | {c['batch']} × {c['steps']} | "
+                     f"{'`DDIMPipeline`' if k == 'diffusers' else k} | {c['min'][k] * 1e3:.1f} | "
+                     f"{c['med'][k] * 1e3:.1f} | {c['min'][k] / c['min']['eager']:.3f}× | {c['diffs'][k]:.1e} |")
+    L += ["", "What compiling costs, once per model and process (a sweep's cells reuse it; the row records `compile_s`, "
+          "`compile_reused` and the check), and after how many image-forwards (images × NFE) it has paid for itself:",
+          "", "| image | compile + warm-up (s) | saved per image-forward (ms) | break-even (image-forwards) | check on "
+          "the first images: max abs Δ vs eager |", "|---|---:|---:|---:|---:|"]
+    for c in m.compiled:
+        saved = _per_forward(c, "eager") - _per_forward(c, "compiled")
+        even = f"{c['compile_s'] / saved:,.0f}" if saved > 0 else "never (not faster)"
+        L.append(f"| {c['size']}×{c['size']} | {c['compile_s']:.1f} | {saved * 1e3:.3f} | {even} | "
+                 f"{c['check_diff']:.1e} |")
+    L.append("")
+    eight = next((c for c in m.compiled if c["size"] == 8), m.compiled[0])
+    saved = _per_forward(eight, "eager") - _per_forward(eight, "compiled")
+    default = CostConfig().compile
+    for name, job in m.default_job.items():
+        net = job["image_forwards"] * saved - eight["compile_s"]
+        L.append(f"`{name}` ({job['cells']} cells, {job['image_forwards']:,} image-forwards of the "
+                 f"{eight['size']}×{eight['size']} UNet, at this batch's per-forward times): compiling saves "
+                 f"{job['image_forwards'] * saved:.0f} s of {job['image_forwards'] * _per_forward(eight, 'eager'):.0f} s "
+                 f"and costs {eight['compile_s']:.0f} s once: {abs(net):.0f} s {'faster' if net > 0 else 'slower'} in all.")
+    job = m.default_job.get("bench")
+    if job is not None:
+        wins = job["image_forwards"] * saved > eight["compile_s"]
+        favoured = "default" if wins else "none"
+        verdict = ("as this run's numbers favour" if favoured == default
+                   else f"while this run's numbers favour `cost.compile={favoured}`: re-decide it")
+        L += ["", f"So the default job {'gains' if wins else 'loses'} by compiling: `cost.compile={default}` is the "
+              f"default, {verdict}. A job past the break-even (more cells, steps or images per model, e.g. the "
+              "studies under sweeps/) gains from `cost.compile=default`."]
+    bf, d = eight["min"]["bf16 autocast"] / eight["min"]["eager"], eight["diffs"]["bf16 autocast"]
+    L += ["", f"bf16 autocast ({eight['size']}×{eight['size']}): {bf:.2f}× the eager time, samples within {d:.1e} of "
+          f"eager: {'beyond' if d > ONE_UINT8_LEVEL else 'within'} {level}"
+          + (", so it would move the scores: not a speed option." if d > ONE_UINT8_LEVEL else
+             ", and faster: a candidate speed option." if bf < 1 else ", and not faster: not a speed option.")]
+    f = m.features
+    if f:
+        saved_img = (f["eager_s"] - f["compiled_s"]) / f["n"]
+        pays = (f"pays for its compile after {f['compile_s'] / saved_img:,.0f} images" if saved_img > 0
+                else "is not faster")
+        scored = f" (the default job scores {job['images']:,})" if job else ""
+        L += ["", f"The evaluator's feature extraction ({f['feature_net']}, {f['n']} images in batches of 250): eager "
+              f"{f['eager_s'] * 1e3:.1f} ms, compiled {f['compiled_s'] * 1e3:.1f} ms (compiled in {f['compile_s']:.1f} s "
+              f"apart; features within {f['diff']:.1e}): compiling it {pays}{scored}, so the evaluator runs eager."]
+    return [*L, ""]
 
 
 def render(run: Run, m: Measurements) -> str:
@@ -106,7 +183,10 @@ def render(run: Run, m: Measurements) -> str:
          + ", ".join(f"{k}={v}" for k, v in P.items() if k != "arch") + ".", "",
          "Models: every sampling timing uses an *untrained* UNet of the digits architecture "
          f"({'smoke UNet [16, 32]' if mode == 'quick' else 'conf/model/unet.yaml: [32, 64], attention in the 2nd block'}"
-         ", 1×8×8, seeded): weights do not change the arithmetic, so training is irrelevant to these timings; "
+         ", 1×8×8, seeded"
+         + "".join(f"; also {c['size']}×{c['size']} (digits resized) for compiled sampling" for c in m.compiled
+                   if c["size"] != 8)
+         + "): weights do not change the arithmetic, so training is irrelevant to these timings; "
          "ratios 1–2 use it unconditional because `DDIMPipeline` is. The 12-cell sweep samples a model trained by the "
          "harness (cached) and scores with the harness's digits CNN, as a real sweep does.", "",
          "## Ratios", "", "| # | ratio | measured | goal | | timings |", "|---|---|---:|---:|---|---|"]
@@ -130,12 +210,13 @@ def render(run: Run, m: Measurements) -> str:
     L += ["", "A flipped option slower than the defaults (> 1×) is one the defaults gain from. `inference_mode` and one "
           "finite check per batch give bit-identical samples; `channels_last` changes float rounding only (Δ above, "
           "below one uint8 level of 1/127.5), so it is a default that every row records (`channels_last`), like "
-          "`inference_mode`. Not tried on this CPU: preallocated buffers (diffusers' `scheduler.step` allocates its "
-          "outputs; the CPU caching allocator already reuses them) and the GPU-only options (bf16/fp16 autocast, "
-          "`torch.compile`, TF32): no GPU in this run. Evaluator reuse across cells: ratio 6 bounds what it could "
+          "`inference_mode`. `torch.compile` and bf16 autocast: next section. Not tried on this CPU: preallocated "
+          "buffers (diffusers' `scheduler.step` allocates its outputs; the CPU caching allocator already reuses them) "
+          "and the GPU-only options (fp16 autocast, CUDA graphs: `cost.compile=reduce-overhead`, TF32): no GPU in this "
+          "run. Evaluator reuse across cells: ratio 6 bounds what it could "
           "gain — everything in a cell besides sampling and scoring (model, evaluator and reference loads, artifacts).",
           "",
-          "## Scaling", "", f"Harness sampling + scoring (FID, IS), DDIM, batch 250, time vs N "
+          *compiled_section(m), "## Scaling", "", f"Harness sampling + scoring (FID, IS), DDIM, batch 250, time vs N "
           f"({P['time_n_steps']} steps):", "", "| N | seconds | ms / image | × of the smallest N, per image |",
           "|---:|---:|---:|---:|"]
     n0 = m.time_vs_n[0]
@@ -156,5 +237,7 @@ def render(run: Run, m: Measurements) -> str:
     if not misses:
         L += ["Every ratio meets its goal in this run.", ""]
     for r in misses:
+        if r.key == "compiled" and any(x.key == "compiled" for x in misses[:misses.index(r)]):
+            continue  # one section for every size
         L += [f"### {ratio_name(r).split(' (')[0]}", "", explain(r.key, m), ""]
     return "\n".join(L).rstrip() + "\n"
