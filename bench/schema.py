@@ -189,8 +189,8 @@ class CostConfig:
     # UNet in channels_last memory format: ~12 % faster sampling on this CPU (bench-perf); float rounding differs
     # (samples agree to ~1e-3 after 50 steps, as with another batch size), so it is recorded in the row
     channels_last: bool = True
-    # torch.compile the harness's own denoiser: none | default (inductor) | reduce-overhead (CUDA graphs); compiled
-    # once per model and process, warm-up apart (compile_s), first images checked against eager (bench.sampling.compiled)
+    # torch.compile the harness's own denoiser: none | default (inductor) | reduce-overhead (CUDA graphs); once per
+    # model and process, warm-up apart (compile_s), first images checked against eager (bench.sampling.compiled)
     compile: str = "none"
 
 

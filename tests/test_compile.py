@@ -1,24 +1,26 @@
 """cost.compile: compiled sampling of the harness's own models matches the eager samples within one uint8 level
 (the measured difference is in the row), is compiled once per model and process (the second cell reuses it), and its
 compile time is kept out of the latency; a compiled model that drifts is refused; bad values are one ConfigError."""
-import dataclasses
 
 import pytest
 import torch
 
+from bench.perf.experiments import TINY_UNET
 from reliability_helpers import DIGITS, compose, trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CELL = [*DIGITS, "metric=none", "sampling.num_samples=16", "hydra.mode=RUN", "cost.compile=default"]
+TINY = [*DIGITS, *TINY_UNET]  # the smallest UNet graph: the compile takes seconds, not minutes
+CELL = [*TINY, "metric=none", "sampling.num_samples=16", "hydra.mode=RUN", "cost.compile=default"]
 
 
 def test_compiled_cells_match_eager_reuse_the_compile_and_time_it_apart(tmp_path):
     from bench import cell
     from bench.sampling.compiled import ONE_UINT8_LEVEL, _COMPILED
 
-    trained(DIGITS)
-    _COMPILED.clear()  # this test's first cell compiles
+    trained(TINY)
+    _COMPILED.clear()  # this test's first cell compiles (nothing compiled earlier in the session is reused)
+    torch._dynamo.reset()
     first = cell.run_cell(compose(*CELL, f"out_dir={tmp_path}", "name=compiled"))
     second = cell.run_cell(compose(*CELL, f"out_dir={tmp_path}", "name=compiled", "sampler=euler"))
     eager = cell.run_cell(compose(*CELL, f"out_dir={tmp_path}", "name=eager", "cost.compile=none"))
@@ -61,7 +63,7 @@ def test_a_compiled_model_that_drifts_is_refused(compose_cfg, monkeypatch):
                      Provenance("eps", "linear", "leading"))
     call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
     drifted = _Drifted(model)
-    monkeypatch.setattr(compiled, "compiled_model", lambda m, key, mode: (drifted, False))
+    monkeypatch.setattr(compiled, "compiled_model", lambda *a: (drifted, False))
     monkeypatch.setitem(compiled._COMPILED, ("k",), drifted)
     with pytest.raises(ConfigError, match=r"cost.compile='default' is not allowed: none for this model \(its "
                                           r"compiled samples differ from the eager ones by [0-9.]+ > one uint8 "

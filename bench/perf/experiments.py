@@ -42,20 +42,25 @@ from bench.training import load_or_train, objectives as obj
 from bench.training import fit
 from bench.training.module import DiffusionModule
 
+# one resolution level, no attention: the smallest UNet graph, so a test's compile stays short
+TINY_UNET = ["model.block_out_channels=[16]", "model.down_block_types=[DownBlock2D]",
+             "model.up_block_types=[UpBlock2D]"]
 # Real config, shrunk per mode. "arch" overrides pick the UNet: full = the default digits UNet (conf/model/unet.yaml),
 # quick = the smoke UNet. `train` = the (tiny) training of the model the 12-cell sweep samples. `compile`: the
-# image sizes (digits resized) at which eager, compiled and bf16-autocast sampling are timed beside DDIMPipeline.
+# image sizes (digits resized) at which eager, compiled and bf16-autocast sampling are timed beside DDIMPipeline, on
+# the "arch" UNet with "compile_arch" overrides (quick: the tiny UNet).
 SIZES = {
     "full": dict(arch=[], batch=64, steps=50, rounds=3, fid_n=2000, mem_n=[1000, 4000, 10000],
                  time_n=[1000, 2000, 4000, 8000], time_n_steps=2, nfe_n=128, nfe_steps=[5, 10, 20, 50, 100],
                  train_steps=20, train_batch=128, sweep_n=100, sweep_steps=[5, 10, 20, 50],
                  sweep_train=["train.max_steps=50"],
-                 compile=[dict(size=8, batch=64, steps=50), dict(size=28, batch=16, steps=10)], feat_n=2000),
+                 compile=[dict(size=8, batch=64, steps=50), dict(size=28, batch=16, steps=10)], compile_arch=[],
+                 feat_n=2000),
     "quick": dict(arch=["model.block_out_channels=[16,32]"], batch=8, steps=4, rounds=2, fid_n=200,
                   mem_n=[200, 400], time_n=[64, 128], time_n_steps=2, nfe_n=16, nfe_steps=[2, 4],
                   train_steps=4, train_batch=16, sweep_n=16, sweep_steps=[1, 2],
                   sweep_train=["train.max_steps=2", "train.batch_size=16", "train.warmup_steps=1"],
-                  compile=[dict(size=8, batch=4, steps=2)], feat_n=100),
+                  compile=[dict(size=8, batch=4, steps=2)], compile_arch=TINY_UNET, feat_n=100),
 }
 SWEEP_SAMPLERS = ["ddim", "dpmpp", "euler"]  # x sweep_steps = 12 cells (full)
 BASE = ["tracker=none", "device=cpu", "trainer.enable_progress_bar=false", "hydra.mode=RUN"]
@@ -221,15 +226,16 @@ def compiled_sampling(P, m: Measurements) -> list[Ratio]:
     out = []
     for c in P["compile"]:
         B, S, size = c["batch"], c["steps"], c["size"]
-        cfg = _cfg(*P["arch"], f"data.image_size={size}", f"sampling.num_samples={B}", f"sampling.batch_size={B}",
-                   "sampling.seed=0", f"sampling.num_inference_steps={S}", "sampling.guidance_scale=1",
-                   "metric.repeats=1")
+        cfg = _cfg(*P["arch"], *P["compile_arch"], f"data.image_size={size}", f"sampling.num_samples={B}",
+                   f"sampling.batch_size={B}", "sampling.seed=0", f"sampling.num_inference_steps={S}",
+                   "sampling.guidance_scale=1", "metric.repeats=1")
         info = dataclasses.replace(get_data_info(cfg.data), num_classes=0)
         eager = _untrained(cfg, info)
         if CostConfig().channels_last:
             eager = dataclasses.replace(eager, model=eager.model.to(memory_format=torch.channels_last))
         call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
-        compiled._COMPILED.clear()  # a compile of its own, timed
+        compiled._COMPILED.clear()  # a compile of its own, timed (inductor's on-disk cache as found)
+        torch._dynamo.reset()
         fast = compiled.compile_denoiser(eager, "default", f"bench-perf-{size}", call)
         cols = fast.columns().groups[-1]
         unet = _untrained(cfg, info).model.unet  # the same seeded weights, default memory format

@@ -94,7 +94,8 @@ def explain(key: str, m: Measurements) -> str:
         "compiled": lambda: "Compiled, every UNet forward is one inductor kernel graph; what is left beside it is the "
         "scheduler's step, the per-image generators and the loop's bookkeeping. Harness compiled, one batch per size "
         "(torch.profiler, top ops by self CPU time):\n\n" + "\n\n".join(
-            f"{c['size']}×{c['size']}:\n\n" + t[f"compiled{c['size']}"] for c in m.compiled if f"compiled{c['size']}" in t),
+            f"{c['size']}×{c['size']}:\n\n" + t[f"compiled{c['size']}"] for c in m.compiled
+            if f"compiled{c['size']}" in t),
         "memory": lambda: "Scoring keeps per-image features for KID and logits for IS (the growth column of the "
         "memory table); the images are streamed.",
         "lightning": lambda: "Lightning's `fit` for the same steps (cProfile, top functions by own time):\n\n"
@@ -118,16 +119,18 @@ def compiled_section(m: Measurements) -> list[str]:
          "The digits UNet architecture (unconditional, untrained, seeded), one DDIM batch per round, sides "
          "interleaved: eager (the harness defaults); compiled (`cost.compile=default`: `torch.compile` with inductor, "
          "compiled once, warmed up on the batch's shape and checked against eager before timing, as a cell does); "
-         "eager under `torch.autocast('cpu', bfloat16)`; diffusers' `DDIMPipeline` on the eager UNet.", "",
-         "| image | batch × steps | setting | min batch time (ms) | median (ms) | vs eager (min) | max abs Δ sample vs "
-         "eager |", "|---|---|---|---:|---:|---:|---:|"]
+         "eager under `torch.autocast('cpu', bfloat16)`; diffusers' `DDIMPipeline` on the eager UNet. UNets: "
+         + "; ".join(f"{c['size']}×{c['size']} {c['block_out_channels']}" for c in m.compiled) + ".", "",
+         "| image | batch × steps | setting | min batch time (ms) | median (ms) | vs eager (min) | max abs Δ sample "
+         "vs eager |", "|---|---|---|---:|---:|---:|---:|"]
     for c in m.compiled:
         for k in ("eager", "compiled", "bf16 autocast", "diffusers"):
             L.append(f"| {c['size']}×{c['size']} | {c['batch']} × {c['steps']} | "
                      f"{'`DDIMPipeline`' if k == 'diffusers' else k} | {c['min'][k] * 1e3:.1f} | "
                      f"{c['med'][k] * 1e3:.1f} | {c['min'][k] / c['min']['eager']:.3f}× | {c['diffs'][k]:.1e} |")
-    L += ["", "What compiling costs, once per model and process (a sweep's cells reuse it; the row records `compile_s`, "
-          "`compile_reused` and the check), and after how many image-forwards (images × NFE) it has paid for itself:",
+    L += ["", "What compiling costs, once per model and process (a sweep's cells reuse it; the row records "
+          "`compile_s`, `compile_reused` and the check), and after how many image-forwards (images × NFE) it has "
+          "paid for itself:",
           "", "| image | compile + warm-up (s) | saved per image-forward (ms) | break-even (image-forwards) | check on "
           "the first images: max abs Δ vs eager |", "|---|---:|---:|---:|---:|"]
     for c in m.compiled:
@@ -143,17 +146,19 @@ def compiled_section(m: Measurements) -> list[str]:
         net = job["image_forwards"] * saved - eight["compile_s"]
         L.append(f"`{name}` ({job['cells']} cells, {job['image_forwards']:,} image-forwards of the "
                  f"{eight['size']}×{eight['size']} UNet, at this batch's per-forward times): compiling saves "
-                 f"{job['image_forwards'] * saved:.0f} s of {job['image_forwards'] * _per_forward(eight, 'eager'):.0f} s "
-                 f"and costs {eight['compile_s']:.0f} s once: {abs(net):.0f} s {'faster' if net > 0 else 'slower'} in all.")
+                 f"{job['image_forwards'] * saved:.0f} s of "
+                 f"{job['image_forwards'] * _per_forward(eight, 'eager'):.0f} s and costs {eight['compile_s']:.0f} s "
+                 f"once: {abs(net):.0f} s {'faster' if net > 0 else 'slower'} in all.")
     job = m.default_job.get("bench")
     if job is not None:
         wins = job["image_forwards"] * saved > eight["compile_s"]
         favoured = "default" if wins else "none"
         verdict = ("as this run's numbers favour" if favoured == default
                    else f"while this run's numbers favour `cost.compile={favoured}`: re-decide it")
+        past = (" A job past the break-even (more cells, steps or images per model, e.g. the studies under "
+                "sweeps/) gains from `cost.compile=default`." if saved > 0 else "")
         L += ["", f"So the default job {'gains' if wins else 'loses'} by compiling: `cost.compile={default}` is the "
-              f"default, {verdict}. A job past the break-even (more cells, steps or images per model, e.g. the "
-              "studies under sweeps/) gains from `cost.compile=default`."]
+              f"default, {verdict}.{past}"]
     bf, d = eight["min"]["bf16 autocast"] / eight["min"]["eager"], eight["diffs"]["bf16 autocast"]
     L += ["", f"bf16 autocast ({eight['size']}×{eight['size']}): {bf:.2f}× the eager time, samples within {d:.1e} of "
           f"eager: {'beyond' if d > ONE_UINT8_LEVEL else 'within'} {level}"
@@ -162,12 +167,14 @@ def compiled_section(m: Measurements) -> list[str]:
     f = m.features
     if f:
         saved_img = (f["eager_s"] - f["compiled_s"]) / f["n"]
-        pays = (f"pays for its compile after {f['compile_s'] / saved_img:,.0f} images" if saved_img > 0
-                else "is not faster")
+        even = f["compile_s"] / saved_img if saved_img > 0 else float("inf")
+        pays = f"pays for its compile after {even:,.0f} images" if saved_img > 0 else "is not faster"
         scored = f" (the default job scores {job['images']:,})" if job else ""
-        L += ["", f"The evaluator's feature extraction ({f['feature_net']}, {f['n']} images in batches of 250): eager "
-              f"{f['eager_s'] * 1e3:.1f} ms, compiled {f['compiled_s'] * 1e3:.1f} ms (compiled in {f['compile_s']:.1f} s "
-              f"apart; features within {f['diff']:.1e}): compiling it {pays}{scored}, so the evaluator runs eager."]
+        keep = ("a candidate for the evaluator" if job and even < job["images"]
+                else "so the evaluator runs eager")
+        L += ["", f"The evaluator's feature extraction ({f['feature_net']}, {f['n']} images in batches of 250): "
+              f"eager {f['eager_s'] * 1e3:.1f} ms, compiled {f['compiled_s'] * 1e3:.1f} ms (compiled in "
+              f"{f['compile_s']:.1f} s apart; features within {f['diff']:.1e}): compiling it {pays}{scored}, {keep}."]
     return [*L, ""]
 
 
@@ -180,7 +187,7 @@ def render(run: Run, m: Measurements) -> str:
          f"Mode: {mode}; run time {run.seconds:.0f} s; 1-min load average {run.load_before:.2f} at the start, "
          f"{run.load_after:.2f} at the end ({run.cores} cores, shared: other processes ran beside this one).",
          f"Sizes ({mode}, chosen so the whole run stays under 10 minutes on a shared 2-core CPU): "
-         + ", ".join(f"{k}={v}" for k, v in P.items() if k != "arch") + ".", "",
+         + ", ".join(f"{k}={v}" for k, v in P.items() if k not in ("arch", "compile_arch")) + ".", "",
          "Models: every sampling timing uses an *untrained* UNet of the digits architecture "
          f"({'smoke UNet [16, 32]' if mode == 'quick' else 'conf/model/unet.yaml: [32, 64], attention in the 2nd block'}"
          ", 1×8×8, seeded"

@@ -72,12 +72,11 @@ def check(cfg) -> None:
                           "reduce-overhead records CUDA graphs")
 
 
-def compiled_model(model: nn.Module, model_key: str, mode: str) -> tuple[nn.Module, bool]:
+def compiled_model(model: nn.Module, model_key: str, mode: str, channels_last: bool) -> tuple[nn.Module, bool]:
     """(the compiled copy of ``model``, reused): the one compiled before for the same model key, mode, device, dtype
     and memory format, else a new copy compiled in place (its type, attributes and methods stay the model's)."""
     p = next(model.parameters())
-    key = (model_key, mode, str(p.device), str(p.dtype), p.is_contiguous(memory_format=torch.channels_last)
-           and p.dim() == 4)
+    key = (model_key, mode, str(p.device), str(p.dtype), channels_last)
     if key in _COMPILED:
         return _COMPILED[key], True
     c = copy.deepcopy(model)
@@ -104,7 +103,7 @@ def compile_denoiser(eager: Denoiser, mode: str, model_key: str, call: SamplingC
     checked against ``eager`` on the first images (beyond one uint8 level: ConfigError)."""
     if mode == "none":
         return _with_columns(eager, CompileColumns(False, "none"))
-    model, reused = compiled_model(eager.model, model_key, mode)
+    model, reused = compiled_model(eager.model, model_key, mode, call.channels_last)
     compiled = dataclasses.replace(eager, model=model)
     sizes = {min(call.batch_size, call.num_samples), call.num_samples % call.batch_size} - {0}
     t0 = time.perf_counter()
