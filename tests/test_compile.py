@@ -38,14 +38,14 @@ def test_compiled_cells_match_eager_reuse_the_compile_and_time_it_apart(tmp_path
 
 
 class _Drifted(torch.nn.Module):
-    """A 'compiled' model whose outputs are off by 0.3: what a broken compile would look like."""
+    """A 'compiled' model whose outputs have the wrong sign: what a broken compile would look like."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, x, t, class_labels=None):
-        return self.model(x, t, class_labels=class_labels) + 0.3
+        return -self.model(x, t, class_labels=class_labels)
 
 
 def test_a_compiled_model_that_drifts_is_refused(compose_cfg, monkeypatch):
@@ -72,6 +72,15 @@ def test_a_compiled_model_that_drifts_is_refused(compose_cfg, monkeypatch):
     assert ("k",) not in compiled._COMPILED  # never reused by a later cell
     plain = compiled.compile_denoiser(eager, "none", "k", call)  # no compile: the eager model, said so in the row
     assert plain.model is model and plain.columns().groups[-1].columns() == {"compile": False, "compile_mode": "none"}
+
+
+def test_the_check_compares_images_as_they_are_scored():
+    from bench.sampling.compiled import ONE_UINT8_LEVEL, image_diff
+
+    x = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)
+    assert image_diff(x, x + 0.01) == pytest.approx(0.01) and 0.01 > ONE_UINT8_LEVEL  # a drift of 1.3 levels
+    assert image_diff(x * 50, x * 50 + 0.5) == pytest.approx(0.5)  # where either is an in-range pixel
+    assert image_diff(torch.full((1, 4), 3.0), torch.full((1, 4), 7.0)) == 0  # both saturate to the same pixel
 
 
 @pytest.mark.parametrize("overrides, message", [

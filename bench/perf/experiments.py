@@ -260,7 +260,7 @@ def compiled_sampling(P, m: Measurements) -> list[Ratio]:
         mn, med = ({k: f(v) for k, v in times.items()} for f in (min, _median))
         rec = dict(size=size, batch=B, steps=S, image_shape=list(info.shape),
                    block_out_channels=list(cfg.model.block_out_channels), min=mn, med=med,
-                   diffs={k: float((samples[k] - samples["eager"]).abs().max()) for k in sides},
+                   diffs={k: compiled.image_diff(samples[k], samples["eager"]) for k in sides},
                    compile_s=cols.compile_s, check_diff=cols.compile_max_abs_diff, check_s=cols.compile_check_s,
                    forwards=B * S)
         m.compiled.append(rec)

@@ -7,8 +7,8 @@
   size the cell uses (the full batch and the last, shorter one) compiles every graph it needs: ``compile_s`` (about
   0 when the model and the shapes were compiled before: ``compile_reused``).
 - **Checked against the eager model.** The cell's first images are sampled eagerly and compiled: their largest
-  difference is ``compile_max_abs_diff`` in the row; beyond one uint8 level (2/255 in [-1, 1]) the cell is refused
-  (a ConfigError: compiled float rounding must not move a score).
+  difference as images (clamped to [-1, 1]) is ``compile_max_abs_diff`` in the row; beyond one uint8 level (2/255)
+  the cell is refused (a ConfigError: compiled float rounding must not move a score).
 
 Modes: ``default`` (inductor; the CPU's choice) and ``reduce-overhead`` (inductor with CUDA graphs: small models on a
 GPU are bound by kernel launches). ``model=pipeline`` compiles its denoiser with ``model.compile`` instead.
@@ -91,6 +91,12 @@ def forget(model: nn.Module) -> None:
         del _COMPILED[k]
 
 
+def image_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference of two sample batches as images: clamped to [-1, 1], as they are quantised and scored
+    (an untrained model's samples run far outside it, where rounding differences are scaled up and never seen)."""
+    return float((a.clamp(-1, 1) - b.clamp(-1, 1)).abs().max())
+
+
 def _run(subject: Denoiser, call: SamplingCall, n: int, steps: int) -> torch.Tensor:
     """Images 0 .. n - 1 of ``call`` in one batch of n, ``steps`` steps, untimed (a meter of its own)."""
     call = dataclasses.replace(call, num_samples=n, batch_size=n, num_inference_steps=steps)
@@ -113,7 +119,7 @@ def compile_denoiser(eager: Denoiser, mode: str, model_key: str, call: SamplingC
     t0 = time.perf_counter()
     k = min(CHECK_IMAGES, call.num_samples)
     ours = _run(compiled, call, min(call.batch_size, call.num_samples), call.num_inference_steps)[:k]
-    diff = float((ours - _run(eager, call, k, call.num_inference_steps)).abs().max())
+    diff = image_diff(ours, _run(eager, call, k, call.num_inference_steps))
     if not diff <= ONE_UINT8_LEVEL:  # NaN is refused too
         forget(model)
         raise ConfigError("cost.compile", mode, "none for this model",
