@@ -18,9 +18,8 @@ from bench.data.prompts import PROMPTS
 from bench.distill import METHODS
 from bench.metrics.scorer import METRICS
 from bench.models import MODELS
+from bench.sampling import SAMPLERS, compiled, diffusers_pipeline as pipelines
 from bench.schedule import SCHEDULES
-from bench.sampling import SAMPLERS, compiled
-from bench.sampling import diffusers_pipeline as pipelines
 from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
 from bench.training.fit import check_trainer, processes

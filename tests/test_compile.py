@@ -16,7 +16,7 @@ CELL = [*TINY, "metric=none", "sampling.num_samples=16", "hydra.mode=RUN", "cost
 
 def test_compiled_cells_match_eager_reuse_the_compile_and_time_it_apart(tmp_path):
     from bench import cell
-    from bench.sampling.compiled import ONE_UINT8_LEVEL, _COMPILED
+    from bench.sampling.compiled import _COMPILED, ONE_UINT8_LEVEL
 
     trained(TINY)
     _COMPILED.clear()  # this test's first cell compiles (nothing compiled earlier in the session is reused)

@@ -88,8 +88,8 @@ def test_report_lists_the_profiles_of_the_missed_goals_only():
         features=dict(n=2000, feature_net="digits_cnn", compile_s=10.0, eager_s=0.2, compiled_s=0.1, diff=1e-6),
         default_job={"bench": dict(cells=6, images=6000, image_forwards=90000)})
     text = render(run, m)
-    assert "| 1 | Lightning training step ÷ plain PyTorch loop (same module, loss, optimiser, clipping, EMA; batch 8, " \
-           "median step) | 1.500 | ≤ 1.1 | **miss** | 3.0 ms vs 2.0 ms per step |" in text
+    assert ("| 1 | Lightning training step ÷ plain PyTorch loop (same module, loss, optimiser, clipping, EMA; batch "
+            "8, median step) | 1.500 | ≤ 1.1 | **miss** | 3.0 ms vs 2.0 ms per step |") in text
     assert "| 2 | total time of a 12-cell sweep" in text and "| 1.000 | ≤ 1.2 | pass |" in text
     assert "| `fit` (trainer/trainer.py:1) | 1 | 3.0 | 75.0 % |" in text and "### total time" not in text
     assert "| defaults | 500.0 | 600.0 | 1.000× | 0.0e+00 |" in text and text.endswith("\n")

@@ -38,8 +38,7 @@ from bench.preflight import compose_cfg, expand
 from bench.sampling import Batch, build_sampler, build_scheduler, compiled
 from bench.sampling.subject import Denoiser, Provenance, sampling_call
 from bench.schema import CostConfig
-from bench.training import load_or_train, objectives as obj
-from bench.training import fit
+from bench.training import fit, load_or_train, objectives as obj
 from bench.training.module import DiffusionModule
 
 # one resolution level, no attention: the smallest UNet graph, so a test's compile stays short
@@ -190,7 +189,8 @@ def sampling_ratios(P, m: Measurements) -> list[Ratio]:
         return time.perf_counter() - t0, img
 
     on = dict(inference_mode=d.inference_mode, channels_last=d.channels_last, check_every_step=False)
-    variants = {"defaults": on, f"inference_mode={not d.inference_mode}": {**on, "inference_mode": not d.inference_mode},
+    variants = {"defaults": on,
+                f"inference_mode={not d.inference_mode}": {**on, "inference_mode": not d.inference_mode},
                 f"channels_last={not d.channels_last}": {**on, "channels_last": not d.channels_last},
                 "host sync every step": {**on, "check_every_step": True}}
     sides = {"bare": bare, "diffusers": diffusers_pipe,
@@ -221,55 +221,58 @@ def compiled_sampling(P, m: Measurements) -> list[Ratio]:
     """Per ``P["compile"]`` size: the digits UNet (unconditional, as DDIMPipeline) sampled eagerly, compiled
     (``cost.compile=default``: compiled once, warmed up and checked as a cell does) and under bf16 autocast, beside
     DDIMPipeline on the eager UNet, sides interleaved; ratio 2 with compile on = compiled ÷ DDIMPipeline."""
-    from diffusers import DDIMPipeline, DDIMScheduler  # lazy: the peer pipeline is only built for these ratios
-
-    out = []
-    for c in P["compile"]:
-        B, S, size = c["batch"], c["steps"], c["size"]
-        cfg = _cfg(*P["arch"], *P["compile_arch"], f"data.image_size={size}", f"sampling.num_samples={B}",
-                   f"sampling.batch_size={B}", "sampling.seed=0", f"sampling.num_inference_steps={S}",
-                   "sampling.guidance_scale=1", "metric.repeats=1")
-        info = dataclasses.replace(get_data_info(cfg.data), num_classes=0)
-        eager = _untrained(cfg, info)
-        if CostConfig().channels_last:
-            eager = dataclasses.replace(eager, model=eager.model.to(memory_format=torch.channels_last))
-        call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
-        compiled._COMPILED.clear()  # a compile of its own, timed (inductor's on-disk cache as found)
-        torch._dynamo.reset()
-        fast = compiled.compile_denoiser(eager, "default", f"bench-perf-{size}", call)
-        cols = fast.columns().groups[-1]
-        unet = _untrained(cfg, info).model.unet  # the same seeded weights, default memory format
-        pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(eager.scheduler.config))
-        pipe.set_progress_bar_config(disable=True)
-
-        def harness(subject, bf16=False):
-            meter = CostMeter("cpu")
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                (batch,) = list(subject.batches(call, meter))
-            return meter.batch_seconds[0], batch.x
-
-        def diffusers_pipe():
-            gens = [torch.Generator().manual_seed(i) for i in range(B)]
-            t0 = time.perf_counter()
-            img = pipe(batch_size=B, generator=gens, eta=0.0, num_inference_steps=S, output_type="pt").images
-            return time.perf_counter() - t0, img * 2 - 1
-
-        sides = {"eager": lambda: harness(eager), "compiled": lambda: harness(fast),
-                 "bf16 autocast": lambda: harness(eager, bf16=True), "diffusers": diffusers_pipe}
-        times, samples = interleaved(sides, P["rounds"])
-        mn, med = ({k: f(v) for k, v in times.items()} for f in (min, _median))
-        rec = dict(size=size, batch=B, steps=S, image_shape=list(info.shape),
-                   block_out_channels=list(cfg.model.block_out_channels), min=mn, med=med,
-                   diffs={k: compiled.image_diff(samples[k], samples["eager"]) for k in sides},
-                   compile_s=cols.compile_s, check_diff=cols.compile_max_abs_diff, check_s=cols.compile_check_s,
-                   forwards=B * S)
-        m.compiled.append(rec)
-        m.profiles[f"compiled{size}"] = torch_profile(lambda: harness(fast))
-        out.append(Ratio("compiled", mn["compiled"] / mn["diffusers"], 0.9,
-                         dict(rec, harness_s=mn["compiled"], diffusers_s=mn["diffusers"],
-                              median_ratio=med["compiled"] / med["diffusers"])))
+    out = [_compiled_at(P, c, m) for c in P["compile"]]
     m.default_job = default_job()
     return out
+
+
+def _compiled_at(P, c: dict, m: Measurements) -> Ratio:
+    """One size of :func:`compiled_sampling`: its record in ``m.compiled`` and its profile; its ratio."""
+    from diffusers import DDIMPipeline, DDIMScheduler  # lazy: the peer pipeline is only built for these ratios
+
+    B, S, size = c["batch"], c["steps"], c["size"]
+    cfg = _cfg(*P["arch"], *P["compile_arch"], f"data.image_size={size}", f"sampling.num_samples={B}",
+               f"sampling.batch_size={B}", "sampling.seed=0", f"sampling.num_inference_steps={S}",
+               "sampling.guidance_scale=1", "metric.repeats=1")
+    info = dataclasses.replace(get_data_info(cfg.data), num_classes=0)
+    eager = _untrained(cfg, info)
+    if CostConfig().channels_last:
+        eager = dataclasses.replace(eager, model=eager.model.to(memory_format=torch.channels_last))
+    call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
+    compiled._COMPILED.clear()  # a compile of its own, timed (inductor's on-disk cache as found)
+    torch._dynamo.reset()
+    fast = compiled.compile_denoiser(eager, "default", f"bench-perf-{size}", call)
+    cols = fast.columns().groups[-1]
+    unet = _untrained(cfg, info).model.unet  # the same seeded weights, default memory format
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(eager.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+
+    def harness(subject, bf16=False):
+        meter = CostMeter("cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            (batch,) = list(subject.batches(call, meter))
+        return meter.batch_seconds[0], batch.x
+
+    def diffusers_pipe():
+        gens = [torch.Generator().manual_seed(i) for i in range(B)]
+        t0 = time.perf_counter()
+        img = pipe(batch_size=B, generator=gens, eta=0.0, num_inference_steps=S, output_type="pt").images
+        return time.perf_counter() - t0, img * 2 - 1
+
+    sides = {"eager": lambda: harness(eager), "compiled": lambda: harness(fast),
+             "bf16 autocast": lambda: harness(eager, bf16=True), "diffusers": diffusers_pipe}
+    times, samples = interleaved(sides, P["rounds"])
+    mn, med = ({k: f(v) for k, v in times.items()} for f in (min, _median))
+    rec = dict(size=size, batch=B, steps=S, image_shape=list(info.shape),
+               block_out_channels=list(cfg.model.block_out_channels), min=mn, med=med,
+               diffs={k: compiled.image_diff(samples[k], samples["eager"]) for k in sides},
+               compile_s=cols.compile_s, check_diff=cols.compile_max_abs_diff, check_s=cols.compile_check_s,
+               forwards=B * S)
+    m.compiled.append(rec)
+    m.profiles[f"compiled{size}"] = torch_profile(lambda: harness(fast))
+    return Ratio("compiled", mn["compiled"] / mn["diffusers"], 0.9,
+                 dict(rec, harness_s=mn["compiled"], diffusers_s=mn["diffusers"],
+                      median_ratio=med["compiled"] / med["diffusers"]))
 
 
 def default_job() -> dict:

@@ -189,8 +189,9 @@ def render(run: Run, m: Measurements) -> str:
          f"Sizes ({mode}, chosen so the whole run stays under 10 minutes on a shared 2-core CPU): "
          + ", ".join(f"{k}={v}" for k, v in P.items() if k not in ("arch", "compile_arch")) + ".", "",
          "Models: every sampling timing uses an *untrained* UNet of the digits architecture "
-         f"({'smoke UNet [16, 32]' if mode == 'quick' else 'conf/model/unet.yaml: [32, 64], attention in the 2nd block'}"
-         ", 1×8×8, seeded"
+         + ("(smoke UNet [16, 32]" if mode == "quick"
+            else "(conf/model/unet.yaml: [32, 64], attention in the 2nd block")
+         + ", 1×8×8, seeded"
          + "".join(f"; also {c['size']}×{c['size']} (digits resized) for compiled sampling" for c in m.compiled
                    if c["size"] != 8)
          + "): weights do not change the arithmetic, so training is irrelevant to these timings; "
@@ -214,7 +215,8 @@ def render(run: Run, m: Measurements) -> str:
     for k in s["diffs"]:
         L.append(f"| {k} | {s['min'][k] * 1e3:.1f} | {s['med'][k] * 1e3:.1f} | {s['min'][k] / base:.3f}× | "
                  f"{s['diffs'][k]:.1e} |")
-    L += ["", "A flipped option slower than the defaults (> 1×) is one the defaults gain from. `inference_mode` and one "
+    L += ["", "A flipped option slower than the defaults (> 1×) is one the defaults gain from. `inference_mode` and "
+          "one "
           "finite check per batch give bit-identical samples; `channels_last` changes float rounding only (Δ above, "
           "below one uint8 level of 1/127.5), so it is a default that every row records (`channels_last`), like "
           "`inference_mode`. `torch.compile` and bf16 autocast: next section. Not tried on this CPU: preallocated "

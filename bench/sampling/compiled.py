@@ -19,7 +19,6 @@ import copy
 import dataclasses
 import logging
 import time
-from typing import Optional
 
 import torch
 from torch import nn
@@ -47,11 +46,11 @@ class CompileColumns(Columns):
 
     compile: bool
     compile_mode: str
-    compile_s: Optional[float] = None
-    compile_reused: Optional[bool] = None
-    compile_max_abs_diff: Optional[float] = None
-    compile_check_images: Optional[int] = None
-    compile_check_s: Optional[float] = None
+    compile_s: float | None = None
+    compile_reused: bool | None = None
+    compile_max_abs_diff: float | None = None
+    compile_check_images: int | None = None
+    compile_check_s: float | None = None
 
 
 def check(cfg) -> None:
