@@ -19,7 +19,7 @@ def test_compiled_cells_match_eager_reuse_the_compile_and_time_it_apart(tmp_path
     from bench.sampling.compiled import _COMPILED, ONE_UINT8_LEVEL
 
     trained(TINY)
-    _COMPILED.clear()  # this test's first cell compiles (nothing compiled earlier in the session is reused)
+    _COMPILED.clear()  # this test's first cell compiles (nothing compiled earlier in this process is reused)
     torch._dynamo.reset()
     first = cell.run_cell(compose(*CELL, f"out_dir={tmp_path}", "name=compiled"))
     second = cell.run_cell(compose(*CELL, f"out_dir={tmp_path}", "name=compiled", "sampler=euler"))
