@@ -215,6 +215,13 @@ class MetricConfig:
     seed: int = 0  # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
     mmd_bandwidth: Optional[float] = None  # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
     inception_sha256: Optional[str] = None  # expected sha256 of metric.inception_weights (default: the official file)
+    # scores beyond FID/KID/IS (bench/metrics/scorer.py): off by default; at default left out of the cell key
+    prdc: bool = False  # precision/recall (k=pr_k, <=) and density/coverage (k=dc_k, <) vs the reference features
+    pr_k: int = 3
+    dc_k: int = 5
+
+
+METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k")  # the block above: at default, no cell key changes
 
 
 @dataclass

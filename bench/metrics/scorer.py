@@ -27,6 +27,7 @@ from bench.evaluators.clip import load_clip
 from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
 from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics import distances, toy
+from bench.metrics.prdc import prdc
 from bench.metrics.refstats import RefStatsError, get_reference
 from bench.metrics.stats import FeatureStats, save_npz_atomic
 from bench.registry import Entry, Registry
@@ -37,10 +38,13 @@ TRUE_SAMPLE_SEED = 7_000_000  # + metric.seed: toy2d reference points never shar
 
 
 def _check_files(cfg, info) -> None:
-    """Local files the scores need, checked before training rather than after it (their contents are verified when
-    loaded: Inception's sha256, the reference statistics' arrays)."""
+    """Settings and local files the scores need, checked before training rather than after it (their contents are
+    verified when loaded: Inception's sha256, the reference statistics' arrays)."""
     if info.kind != "images":
         return
+    for key in ("pr_k", "dc_k"):
+        if int(cfg.metric[key]) < 1:
+            raise ConfigError(f"metric.{key}", cfg.metric[key], "an integer >= 1 (neighbours of a k-NN ball)")
     if resolve_feature_net(cfg) == "inception":
         given, path = weights_file(cfg)
         if path is None:
@@ -114,7 +118,7 @@ class Scorer:
         if self.repeats < 1:
             raise ConfigError("metric.repeats", self.repeats, "an integer >= 1")
         self.net = load_feature_net(cfg, info)
-        self.ref = get_reference(cfg, info, self.net) if (m.fid or m.kid) else None
+        self.ref = get_reference(cfg, info, self.net) if (m.fid or m.kid or m.prdc) else None
         self.blocks = [FeatureStats() for _ in range(self.repeats)]
         self.logits: list[list[torch.Tensor]] = [[] for _ in range(self.repeats)]  # per seed block
         # auto: CLIP score on shapes when the samples are text(caption)-conditioned; metric.clip_score=true insists
@@ -218,6 +222,11 @@ class Scorer:
                 row["kid_skipped"] = "reference has mu/sigma only (no features)"
             else:
                 row.update(self._kid(blocks, feats))
+        if m.prdc and ref is not None:
+            if ref.features is None:
+                row["prdc_skipped"] = "reference has mu/sigma only (no features)"
+            else:
+                row.update(prdc(ref.features, feats, int(m.pr_k), int(m.dc_k)))
         block_logits = [torch.cat(lg) for lg in self.logits if lg]
         if m.inception_score and block_logits:
             row.update(self._inception_score(block_logits))
