@@ -219,9 +219,13 @@ class MetricConfig:
     prdc: bool = False  # precision/recall (k=pr_k, <=) and density/coverage (k=dc_k, <) vs the reference features
     pr_k: int = 3
     dc_k: int = 5
+    cmmd: bool = False  # CMMD (RBF on unit CLIP embeddings): data=shapes the offline CLIP, else cmmd_clip_model
+    cmmd_sigma: float = 10.0
+    cmmd_clip_model: str = "ViT-L-14-336"  # an open_clip model name, weights from the local cmmd_clip_weights
+    cmmd_clip_weights: Optional[str] = None
 
 
-METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k")  # the block above: at default, no cell key changes
+METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k", "cmmd", "cmmd_sigma", "cmmd_clip_model", "cmmd_clip_weights")  # the block above: at default, no cell key changes
 
 
 @dataclass

@@ -12,8 +12,8 @@ from torch_fidelity.metric_prc import calculate_precision_recall_full
 from bench.data import build_dataset, get_data_info
 from bench.keys import cell_config
 from bench.metrics import prdc as prdc_mod
-from bench.metrics.scorer import Scorer
-from bench.schema import ConfigError
+from bench.metrics.scorer import METRICS, Scorer
+from bench.schema import METRIC_EXTRA_KEYS, ConfigError
 from metrics_helpers import batches, compose
 
 
@@ -120,7 +120,6 @@ def test_keys_off_by_default_leave_the_cell_key(digits):
     cfg, _, _ = digits
     assert "prdc" in cell_config(cfg)["metric"]
     off = compose("data=digits", "sampling.num_samples=300", "metric.kid=false", "metric.inception_score=false")
-    assert not {"prdc", "pr_k", "dc_k"} & set(cell_config(off)["metric"])
-    with pytest.raises(ConfigError, match="metric.pr_k=0"):
-        from bench.metrics.scorer import METRICS
-        METRICS["auto"].check(compose("data=digits", "metric.pr_k=0"), get_data_info(cfg.data))
+    assert not set(METRIC_EXTRA_KEYS) & set(cell_config(off)["metric"])
+    with pytest.raises(ConfigError, match="^metric.pr_k=0 is not allowed"):
+        METRICS["auto"].check(compose("data=digits", "metric.prdc=true", "metric.pr_k=0"), get_data_info(cfg.data))

@@ -17,42 +17,51 @@ holds the duplicates of its centre, under ``<`` nothing. The row records how man
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
 TILE = 2048  # rows per side of a distance tile: 2048² float64 = 32 MiB, a few tiles' worth of temporaries at once
 
 
-def _duplicate_ids(*sets: np.ndarray) -> list[torch.Tensor]:
-    """An integer per row, equal for rows with bitwise-equal float64 features, across all ``sets``."""
+def _duplicate_ids(*sets: np.ndarray) -> list[Optional[torch.Tensor]]:
+    """Per set, an integer per row, equal for rows with bitwise-equal float64 features across all ``sets``; None
+    for a set whose rows repeat nowhere (then only a point's own distance needs setting to 0)."""
     rows = np.concatenate([np.asarray(s, np.float64) for s in sets]) + 0.0  # + 0.0: -0.0 and 0.0 are one value
     rows = np.ascontiguousarray(rows)
-    _, ids = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(),
-                       return_inverse=True)
+    _, ids, counts = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(),
+                               return_inverse=True, return_counts=True)
     ids = torch.from_numpy(ids.ravel().astype(np.int64))
-    return list(ids.split([len(s) for s in sets]))
+    repeated = torch.from_numpy(counts[ids.numpy()] > 1)
+    return [i if bool(r.any()) else None
+            for i, r in zip(ids.split([len(s) for s in sets]), repeated.split([len(s) for s in sets]))]
 
 
-def _tiles(a: torch.Tensor, b: torch.Tensor, ida: torch.Tensor, idb: torch.Tensor):
-    """Yield (row slice of a, column slice of b, squared distances of that tile) in float64."""
+def _tiles(a: torch.Tensor, b: torch.Tensor, ida, idb, same: bool):
+    """Yield (row slice of a, column slice of b, squared distances of that tile) in float64. ``same``: b is a
+    (its diagonal is each point's distance to itself)."""
     na = (a * a).sum(1)
     nb = (b * b).sum(1)
     for i in range(0, len(a), TILE):
         ai = a[i:i + TILE]
         for j in range(0, len(b), TILE):
-            d2 = (na[i:i + TILE, None] + nb[None, j:j + TILE] - 2.0 * ai @ b[j:j + TILE].T).clamp_(min=0.0)
-            d2[ida[i:i + TILE, None] == idb[None, j:j + TILE]] = 0.0  # exact duplicates (and each point itself)
+            d2 = (ai @ b[j:j + TILE].T).mul_(-2.0).add_(na[i:i + TILE, None]).add_(nb[None, j:j + TILE]).clamp_(min=0)
+            if ida is not None and idb is not None:  # exact duplicates (and each point itself)
+                d2[ida[i:i + TILE, None] == idb[None, j:j + TILE]] = 0.0
+            elif same and i == j:
+                d2.diagonal().zero_()
             yield slice(i, i + len(ai)), slice(j, j + d2.shape[1]), d2
 
 
-def knn_radii(x: torch.Tensor, ids: torch.Tensor, ks: tuple[int, ...]) -> dict[int, torch.Tensor]:
+def knn_radii(x: torch.Tensor, ids: Optional[torch.Tensor], ks: tuple[int, ...]) -> dict[int, torch.Tensor]:
     """Squared distance from each row of ``x`` to its k-th nearest other row, for each k in ``ks`` (the point
     itself is at distance 0, so this is the (k+1)-th smallest, as in both references)."""
     m = max(ks) + 1
     if len(x) < m:
         raise ValueError(f"k-NN radii with k={max(ks)} need more than {max(ks)} points, got {len(x)}")
     best = torch.full((len(x), m), float("inf"), dtype=torch.float64)
-    for rows, _, d2 in _tiles(x, x, ids, ids):
+    for rows, _, d2 in _tiles(x, x, ids, ids, same=True):
         merged = torch.cat([best[rows], d2], dim=1)
         best[rows] = merged.topk(m, dim=1, largest=False).values  # sorted ascending
     return {k: best[:, k].clone() for k in ks}
@@ -72,7 +81,7 @@ def prdc(real, gen, pr_k: int = 3, dc_k: int = 5) -> dict:
     balls_holding = torch.zeros(len(gen), dtype=torch.float64)  # density
     in_gen_ball = torch.zeros(len(real), dtype=torch.bool)  # recall
     nearest_gen = torch.full((len(real),), float("inf"), dtype=torch.float64)  # coverage
-    for g, r, d2 in _tiles(gen, real, id_gen, id_real):
+    for g, r, d2 in _tiles(gen, real, id_gen, id_real, same=False):
         in_real_ball[g] |= (d2 <= r_real[pr_k][None, r]).any(1)
         balls_holding[g] += (d2 < r_real[dc_k][None, r]).sum(1)
         in_gen_ball[r] |= (d2 <= r_gen[g, None]).any(0)

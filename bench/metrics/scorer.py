@@ -15,18 +15,21 @@ image i is in block i // num_samples, and the row holds the mean and std of r FI
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from bench.data import sample_true
 from bench.evaluators import load_feature_net, resolve_feature_net
-from bench.evaluators.clip import load_clip
+from bench.evaluators.clip import cmmd_weights_message, load_clip, load_cmmd_clip
 from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
 from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics import distances, toy
+from bench.metrics.cmmd import SCALE as CMMD_SCALE, cmmd
 from bench.metrics.prdc import prdc
 from bench.metrics.refstats import RefStatsError, get_reference
 from bench.metrics.stats import FeatureStats, save_npz_atomic
@@ -42,9 +45,9 @@ def _check_files(cfg, info) -> None:
     verified when loaded: Inception's sha256, the reference statistics' arrays)."""
     if info.kind != "images":
         return
-    for key in ("pr_k", "dc_k"):
-        if int(cfg.metric[key]) < 1:
-            raise ConfigError(f"metric.{key}", cfg.metric[key], "an integer >= 1 (neighbours of a k-NN ball)")
+    for name, score in SCORES.items():
+        if cfg.metric[name]:
+            score.check(cfg, info)
     if resolve_feature_net(cfg) == "inception":
         given, path = weights_file(cfg)
         if path is None:
@@ -55,6 +58,54 @@ def _check_files(cfg, info) -> None:
         raise ConfigError("metric.reference_stats", ref, "a local .npz with mu/sigma or an ADM arr_0 batch",
                           "file not found")
 
+
+def _check_prdc(cfg, info) -> None:
+    for key in ("pr_k", "dc_k"):
+        if int(cfg.metric[key]) < 1:
+            raise ConfigError(f"metric.{key}", cfg.metric[key], "an integer >= 1 (neighbours of a k-NN ball)")
+
+
+def _check_cmmd(cfg, info) -> None:
+    if not float(cfg.metric.cmmd_sigma) > 0:
+        raise ConfigError("metric.cmmd_sigma", cfg.metric.cmmd_sigma, "a bandwidth > 0 (the paper's: 10)")
+    weights = cfg.metric.cmmd_clip_weights
+    if cfg.data.name != "shapes" and (not weights or not Path(weights).expanduser().is_file()):
+        raise ConfigError("metric.cmmd_clip_weights", weights, "a local open_clip checkpoint file",
+                          cmmd_weights_message(cfg).split(": ", 1)[1])
+
+
+def _score_prdc(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+    if ref.features is None:
+        return {"prdc_skipped": "reference has mu/sigma only (no features)"}
+    return prdc(ref.features, gen, int(sc.m.pr_k), int(sc.m.dc_k))
+
+
+def _score_cmmd(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+    sigma = float(sc.m.cmmd_sigma)
+    net = sc.score_nets["cmmd"]
+    return {"cmmd": cmmd(ref.features, gen, sigma), "cmmd_sigma": sigma, "cmmd_scale": CMMD_SCALE,
+            "cmmd_estimator": "biased (V-statistic), full sets, unit embeddings", "cmmd_net": net.label,
+            "cmmd_net_hash": net.weights_hash, "cmmd_resize": net.resize, "cmmd_ref_id": ref.meta["ref_id"],
+            "cmmd_n_ref": len(ref.features), "cmmd_n_gen": len(gen)}
+
+
+@dataclass(frozen=True)
+class Score:
+    """A score beyond FID/KID/IS, switched on by ``metric.<name>``. ``compute(scorer, gen_features, reference)``
+    gives its row fields (settings included); ``net(cfg)``: the feature network it needs, if not the cell's (its
+    reference comes from the same registry of statistics); ``check(cfg, info)``: its settings, before any work."""
+
+    compute: Callable
+    check: Callable
+    net: Optional[Callable] = None
+    doc: str = ""
+
+
+# metric.<name> switch -> Score; each row records the score's settings next to it
+SCORES = {
+    "prdc": Score(_score_prdc, _check_prdc, doc="precision/recall (torch-fidelity prc), density/coverage (prdc)"),
+    "cmmd": Score(_score_cmmd, _check_cmmd, net=lambda cfg: load_cmmd_clip(cfg), doc="CMMD on unit CLIP embeddings"),
+}
 
 # metric.name -> its check (conf/metric/<name>.yaml); the Scorer reads the rest of metric.*
 METRICS = Registry("metric", "metric.name", {
@@ -118,7 +169,17 @@ class Scorer:
         if self.repeats < 1:
             raise ConfigError("metric.repeats", self.repeats, "an integer >= 1")
         self.net = load_feature_net(cfg, info)
-        self.ref = get_reference(cfg, info, self.net) if (m.fid or m.kid or m.prdc) else None
+        self.scores = [name for name in SCORES if m[name]]
+        self.score_nets = {}  # score -> its own feature network (None: the cell's)
+        for name in self.scores:
+            net = SCORES[name].net(cfg) if SCORES[name].net else None
+            same = net is not None and (net.name, net.weights_hash, net.resize) == (
+                self.net.name, self.net.weights_hash, self.net.resize)
+            self.score_nets[name] = self.net if same else net
+        need_ref = m.fid or m.kid or any(self.score_nets[n] in (None, self.net) for n in self.scores)
+        self.ref = get_reference(cfg, info, self.net) if need_ref else None
+        self.score_feats: dict[str, list[np.ndarray]] = {n: [] for n, net in self.score_nets.items()
+                                                         if net not in (None, self.net)}
         self.blocks = [FeatureStats() for _ in range(self.repeats)]
         self.logits: list[list[torch.Tensor]] = [[] for _ in range(self.repeats)]  # per seed block
         # auto: CLIP score on shapes when the samples are text(caption)-conditioned; metric.clip_score=true insists
@@ -143,6 +204,11 @@ class Scorer:
                 self.clip = load_clip(cfg, info)
             self.text_embeds = self.clip.encode_text(list(info.class_names)) if info.class_names else None
 
+    @property
+    def measured(self) -> tuple:
+        """The names :meth:`measure` may return (what a saved shard hands back to :meth:`add`)."""
+        return ("feats", "logits", "clip", "points", *getattr(self, "score_feats", ()))
+
     def update(self, batch) -> None:
         self.add(batch.index, **self.measure(batch))
 
@@ -157,6 +223,8 @@ class Scorer:
         u8 = quantize_uint8(x)
         feats, logits = self.net(u8)
         out = {"feats": feats.detach().cpu().numpy()}
+        for name in self.score_feats:  # scores in a feature space of their own
+            out[name] = self.score_nets[name](u8)[0].detach().cpu().numpy()
         if logits is not None:
             out["logits"] = logits.detach().double().cpu().numpy()
         text = None
@@ -169,7 +237,7 @@ class Scorer:
             out["clip"] = distances.clip_score(img, text).detach().cpu().numpy()
         return out
 
-    def add(self, index, feats=None, logits=None, clip=None, points=None) -> None:
+    def add(self, index, feats=None, logits=None, clip=None, points=None, **score_feats) -> None:
         """Fold in the :meth:`measure` outputs of images ``index`` (image i counts in seed block i // num_samples)."""
         index = torch.as_tensor(np.asarray(index)).long()
         self.n_gen += len(index)
@@ -177,6 +245,8 @@ class Scorer:
             self.points.append(np.asarray(points, dtype=np.float64))
         if feats is None:
             return
+        for name, f in score_feats.items():
+            self.score_feats[name].append(np.asarray(f))
         block = (index // self.num_samples).clamp(0, self.repeats - 1).numpy()
         for b in np.unique(block).tolist():
             self.blocks[b].update(feats[block == b])
@@ -222,11 +292,13 @@ class Scorer:
                 row["kid_skipped"] = "reference has mu/sigma only (no features)"
             else:
                 row.update(self._kid(blocks, feats))
-        if m.prdc and ref is not None:
-            if ref.features is None:
-                row["prdc_skipped"] = "reference has mu/sigma only (no features)"
+        for name in self.scores:
+            net = self.score_nets[name]
+            if net in (None, self.net):
+                row.update(SCORES[name].compute(self, feats, ref))
             else:
-                row.update(prdc(ref.features, feats, int(m.pr_k), int(m.dc_k)))
+                gen_n = np.concatenate(self.score_feats[name])
+                row.update(SCORES[name].compute(self, gen_n, get_reference(self.cfg, self.info, net)))
         block_logits = [torch.cat(lg) for lg in self.logits if lg]
         if m.inception_score and block_logits:
             row.update(self._inception_score(block_logits))
