@@ -223,9 +223,12 @@ class MetricConfig:
     cmmd_sigma: float = 10.0
     cmmd_clip_model: str = "ViT-L-14-336"  # an open_clip model name, weights from the local cmmd_clip_weights
     cmmd_clip_weights: Optional[str] = None
+    fd_inf: bool = False  # FD extrapolated to N=inf (fit of FD against 1/N at fd_inf_points sizes in [N/5, N])
+    fd_inf_points: int = 15
 
 
-METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k", "cmmd", "cmmd_sigma", "cmmd_clip_model", "cmmd_clip_weights")  # the block above: at default, no cell key changes
+METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k", "cmmd", "cmmd_sigma", "cmmd_clip_model", "cmmd_clip_weights", "fd_inf",
+                     "fd_inf_points")  # the block above: at default, no cell key changes
 
 
 @dataclass

@@ -30,6 +30,7 @@ from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
 from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics import distances, toy
 from bench.metrics.cmmd import SCALE as CMMD_SCALE, cmmd
+from bench.metrics.fd_inf import fd_infinity
 from bench.metrics.prdc import prdc
 from bench.metrics.refstats import RefStatsError, get_reference
 from bench.metrics.stats import FeatureStats, save_npz_atomic
@@ -74,6 +75,19 @@ def _check_cmmd(cfg, info) -> None:
                           cmmd_weights_message(cfg).split(": ", 1)[1])
 
 
+def _check_fd_inf(cfg, info) -> None:
+    points, n = int(cfg.metric.fd_inf_points), int(cfg.sampling.num_samples) * int(cfg.metric.repeats)
+    if points < 2:
+        raise ConfigError("metric.fd_inf_points", points, "an integer >= 2 (subset sizes of the 1/N fit)")
+    if n < 5 * points:
+        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} images",
+                          f"sampling.num_samples x metric.repeats = {n}: too few distinct sizes between N/5 and N")
+
+
+def _score_fd_inf(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+    return fd_infinity(gen, ref.mu, ref.sigma, int(sc.m.fd_inf_points), sc.seed)
+
+
 def _score_prdc(sc: "Scorer", gen: np.ndarray, ref) -> dict:
     if ref.features is None:
         return {"prdc_skipped": "reference has mu/sigma only (no features)"}
@@ -105,6 +119,7 @@ class Score:
 SCORES = {
     "prdc": Score(_score_prdc, _check_prdc, doc="precision/recall (torch-fidelity prc), density/coverage (prdc)"),
     "cmmd": Score(_score_cmmd, _check_cmmd, net=lambda cfg: load_cmmd_clip(cfg), doc="CMMD on unit CLIP embeddings"),
+    "fd_inf": Score(_score_fd_inf, _check_fd_inf, doc="FID extrapolated to N = infinity, the cell's feature network"),
 }
 
 # metric.name -> its check (conf/metric/<name>.yaml); the Scorer reads the rest of metric.*
