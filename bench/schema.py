@@ -225,10 +225,11 @@ class MetricConfig:
     cmmd_clip_weights: Optional[str] = None
     fd_inf: bool = False  # FD extrapolated to N=inf (fit of FD against 1/N at fd_inf_points sizes in [N/5, N])
     fd_inf_points: int = 15
+    sfid: bool = False  # FD on Inception-v3 Mixed_6d.branch1x1[:7] (17x17x7, ADM's sFID); metric.inception_weights
 
 
 METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k", "cmmd", "cmmd_sigma", "cmmd_clip_model", "cmmd_clip_weights", "fd_inf",
-                     "fd_inf_points")  # the block above: at default, no cell key changes
+                     "fd_inf_points", "sfid")  # the block above: at default, no cell key changes
 
 
 @dataclass

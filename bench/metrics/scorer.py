@@ -26,7 +26,7 @@ import torch
 from bench.data import sample_true
 from bench.evaluators import load_feature_net, resolve_feature_net
 from bench.evaluators.clip import cmmd_weights_message, load_clip, load_cmmd_clip
-from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
+from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, load_inception_spatial, weights_file
 from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics import distances, toy
 from bench.metrics.cmmd import SCALE as CMMD_SCALE, cmmd
@@ -50,14 +50,34 @@ def _check_files(cfg, info) -> None:
         if cfg.metric[name]:
             score.check(cfg, info)
     if resolve_feature_net(cfg) == "inception":
-        given, path = weights_file(cfg)
-        if path is None:
-            raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
-                              f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
+        _check_inception_weights(cfg, info)
     ref = cfg.metric.reference_stats
     if ref and not Path(ref).expanduser().is_file():
         raise ConfigError("metric.reference_stats", ref, "a local .npz with mu/sigma or an ADM arr_0 batch",
                           "file not found")
+
+
+def _check_inception_weights(cfg, info) -> None:
+    given, path = weights_file(cfg)
+    if path is None:
+        raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
+                          f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
+
+
+def _score_in_own_space(key: str, value: Callable):
+    """A score that is a function of (generated features, reference statistics) in its own network's space:
+    the row holds the value and that network's provenance under ``key``_*."""
+    def compute(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+        net = sc.score_nets[key]
+        return {key: value(gen, ref), f"{key}_net": net.name, f"{key}_net_hash": net.weights_hash,
+                f"{key}_resize": net.resize, f"{key}_dim": int(gen.shape[1]), f"{key}_ref_id": ref.meta["ref_id"],
+                f"{key}_n_ref": int(ref.n), f"{key}_n_gen": len(gen)}
+    return compute
+
+
+def _frechet(gen: np.ndarray, ref) -> float:
+    s = FeatureStats.from_features(gen, keep_features=False)
+    return distances.frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
 
 
 def _check_prdc(cfg, info) -> None:
@@ -119,6 +139,8 @@ class Score:
 SCORES = {
     "prdc": Score(_score_prdc, _check_prdc, doc="precision/recall (torch-fidelity prc), density/coverage (prdc)"),
     "cmmd": Score(_score_cmmd, _check_cmmd, net=lambda cfg: load_cmmd_clip(cfg), doc="CMMD on unit CLIP embeddings"),
+    "sfid": Score(_score_in_own_space("sfid", _frechet), _check_inception_weights,
+                  net=load_inception_spatial, doc="FD on Inception Mixed_6d.branch1x1[:7] (17x17x7), as ADM's sFID"),
     "fd_inf": Score(_score_fd_inf, _check_fd_inf, doc="FID extrapolated to N = infinity, the cell's feature network"),
 }
 
