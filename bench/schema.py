@@ -226,10 +226,16 @@ class MetricConfig:
     fd_inf: bool = False  # FD extrapolated to N=inf (fit of FD against 1/N at fd_inf_points sizes in [N/5, N])
     fd_inf_points: int = 15
     sfid: bool = False  # FD on Inception-v3 Mixed_6d.branch1x1[:7] (17x17x7, ADM's sFID); metric.inception_weights
+    fd_dinov2: bool = False  # FD on DINOv2 CLS features (dgm-eval preprocessing), from a local checkpoint:
+    dinov2_model: str = "vitl14"  # vitl14 | vitb14 (the cheap one)
+    dinov2_weights: Optional[str] = None  # Meta's dinov2_<model>_pretrain.pth
+    dinov2_sha256: Optional[str] = None  # its sha256, checked before use
+    dinov2_small_images: bool = False  # score images under 56 px anyway (DINOv2 sees them upsampled to 224)
 
 
 METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k", "cmmd", "cmmd_sigma", "cmmd_clip_model", "cmmd_clip_weights", "fd_inf",
-                     "fd_inf_points", "sfid")  # the block above: at default, no cell key changes
+                     "fd_inf_points", "sfid", "fd_dinov2", "dinov2_model", "dinov2_weights", "dinov2_sha256",
+                     "dinov2_small_images")  # the block above: at default, no cell key changes
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from bench.data import sample_true
 from bench.evaluators import load_feature_net, resolve_feature_net
 from bench.evaluators.clip import cmmd_weights_message, load_clip, load_cmmd_clip
+from bench.evaluators.dinov2 import ARCHS as DINOV2_ARCHS, MIN_SIZE as DINOV2_MIN_SIZE, load_dinov2
 from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, load_inception_spatial, weights_file
 from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics import distances, toy
@@ -71,13 +72,30 @@ def _score_in_own_space(key: str, value: Callable):
         net = sc.score_nets[key]
         return {key: value(gen, ref), f"{key}_net": net.name, f"{key}_net_hash": net.weights_hash,
                 f"{key}_resize": net.resize, f"{key}_dim": int(gen.shape[1]), f"{key}_ref_id": ref.meta["ref_id"],
-                f"{key}_n_ref": int(ref.n), f"{key}_n_gen": len(gen)}
+                f"{key}_n_ref": int(ref.n), f"{key}_n_gen": len(gen),
+                **({f"{key}_loader": net.meta["loader"]} if "loader" in net.meta else {})}
     return compute
 
 
 def _frechet(gen: np.ndarray, ref) -> float:
     s = FeatureStats.from_features(gen, keep_features=False)
     return distances.frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
+
+
+def _check_fd_dinov2(cfg, info) -> None:
+    m, (_, h, w) = cfg.metric, info.shape
+    if m.dinov2_model not in DINOV2_ARCHS:
+        raise ConfigError("metric.dinov2_model", m.dinov2_model, " | ".join(DINOV2_ARCHS))
+    if min(h, w) < DINOV2_MIN_SIZE and not m.dinov2_small_images:
+        raise ConfigError("metric.fd_dinov2", True, f"images of at least {DINOV2_MIN_SIZE}px for DINOv2's 224 input, "
+                          "or metric.dinov2_small_images=true to score them anyway",
+                          f"data={cfg.data.name} images are {h}x{w}")
+    if not m.dinov2_weights or not Path(m.dinov2_weights).expanduser().is_file():
+        raise ConfigError("metric.dinov2_weights", m.dinov2_weights, "a local DINOv2 backbone checkpoint "
+                          "(dinov2_vitl14_pretrain.pth / dinov2_vitb14_pretrain.pth) with metric.dinov2_sha256",
+                          "file not found" if m.dinov2_weights else "not set")
+    if not m.dinov2_sha256:
+        raise ConfigError("metric.dinov2_sha256", None, "the sha256 of metric.dinov2_weights (64 hex digits)", "not set")
 
 
 def _check_prdc(cfg, info) -> None:
@@ -141,6 +159,8 @@ SCORES = {
     "cmmd": Score(_score_cmmd, _check_cmmd, net=lambda cfg: load_cmmd_clip(cfg), doc="CMMD on unit CLIP embeddings"),
     "sfid": Score(_score_in_own_space("sfid", _frechet), _check_inception_weights,
                   net=load_inception_spatial, doc="FD on Inception Mixed_6d.branch1x1[:7] (17x17x7), as ADM's sFID"),
+    "fd_dinov2": Score(_score_in_own_space("fd_dinov2", _frechet), _check_fd_dinov2, net=load_dinov2,
+                       doc="FD on DINOv2 CLS features, dgm-eval preprocessing"),
     "fd_inf": Score(_score_fd_inf, _check_fd_inf, doc="FID extrapolated to N = infinity, the cell's feature network"),
 }
 
