@@ -127,3 +127,24 @@ def test_open_clip_from_a_local_file_on_other_data(tmp_path):
     from bench.metrics.refstats import get_reference
     assert row["cmmd"] == pytest.approx(cmmd(get_reference(cfg, info, net).features, net(quantize_uint8(x))[0]),
                                         rel=1e-6)
+
+
+def test_sharded_cell_hands_the_score_features_back(tmp_path):
+    """A sharded cell saves what measure() returns and add()s it back (bench.distributed): a score in its own
+    feature space arrives whole, and the row equals the one-process row."""
+    weights = tiny_open_clip(tmp_path)
+    cfg = compose("data=digits", "sampling.num_samples=40", "metric.cmmd=true", "metric.kid=false",
+                  "metric.inception_score=false", "metric.num_reference=100", f"cache_dir={tmp_path / 'cache'}",
+                  "metric.cmmd_clip_model=bench-tiny-cmmd-vit", f"metric.cmmd_clip_weights={weights}")
+    info = get_data_info(cfg.data)
+    x = build_dataset(cfg.data, "test").x[:40]
+    _, whole = score(cfg, info, x)
+    sharded = Scorer(cfg, info)
+    for i, b in enumerate(batches(x, batch_size=20)):
+        np.savez(tmp_path / f"shard{i}.npz", index=b.index.numpy(), x=b.x.numpy(), **sharded.measure(b))
+    assert "cmmd" in sharded.measured
+    for i in range(2):
+        with np.load(tmp_path / f"shard{i}.npz") as d:
+            sharded.add(d["index"], **{k: d[k] for k in sharded.measured if k in d})
+    row = sharded.compute()
+    assert row["cmmd"] == whole["cmmd"] and row["cmmd_n_gen"] == 40 and row["fid"] == whole["fid"]

@@ -123,3 +123,12 @@ def test_keys_off_by_default_leave_the_cell_key(digits):
     assert not set(METRIC_EXTRA_KEYS) & set(cell_config(off)["metric"])
     with pytest.raises(ConfigError, match="^metric.pr_k=0 is not allowed"):
         METRICS["auto"].check(compose("data=digits", "metric.prdc=true", "metric.pr_k=0"), get_data_info(cfg.data))
+
+
+def test_a_score_that_would_not_be_computed_is_refused():
+    toy = compose("data=toy2d", "metric.prdc=true")
+    with pytest.raises(ConfigError, match=r"^metric.prdc=True is not allowed: false here \(data=toy2d is points"):
+        METRICS["auto"].check(toy, get_data_info(toy.data))
+    none = compose("data=digits", "metric=none", "metric.fd_inf=true")
+    with pytest.raises(ConfigError, match=r"^metric.fd_inf=True is not allowed: false here \(metric=none computes"):
+        METRICS["none"].check(none, get_data_info(none.data))

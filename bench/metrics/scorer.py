@@ -12,6 +12,11 @@ Uncertainty: ``metric.repeats`` = r > 1: the runner samples r · num_samples ima
 image i is in block i // num_samples, and the row holds the mean and std of r FIDs, each on N = num_samples images
 (``fid_n``; KID and IS use all r · N);
 ``metric.bootstrap`` = B > 0 resamples the generated features B times: ``fid_std`` and a 95 % percentile interval.
+More scores, each off by default and an entry of ``SCORES`` switched on by ``metric.<name>``: ``prdc`` (precision /
+recall, density / coverage), ``cmmd``, ``fd_inf`` (FID at N = infinity), ``sfid``, ``fd_dinov2``. A score in a
+feature space of its own (CMMD's CLIP where the cell's network is not that CLIP, sFID's Inception layer, DINOv2)
+gets its own forward pass per batch and reference statistics from the same registry; every row holds each
+score's settings (k, sigma, sizes, network and hash, N) beside it.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ def _check_files(cfg, info) -> None:
     """Settings and local files the scores need, checked before training rather than after it (their contents are
     verified when loaded: Inception's sha256, the reference statistics' arrays)."""
     if info.kind != "images":
+        _check_no_scores(cfg, f"data={cfg.data.name} is points (scored by swd/mmd)")
         return
     for name, score in SCORES.items():
         if cfg.metric[name]:
@@ -56,6 +62,12 @@ def _check_files(cfg, info) -> None:
     if ref and not Path(ref).expanduser().is_file():
         raise ConfigError("metric.reference_stats", ref, "a local .npz with mu/sigma or an ADM arr_0 batch",
                           "file not found")
+
+
+def _check_no_scores(cfg, why: str) -> None:
+    on = [name for name in SCORES if cfg.metric[name]]
+    if on:
+        raise ConfigError(f"metric.{on[0]}", True, "false here", why)
 
 
 def _check_inception_weights(cfg, info) -> None:
@@ -168,7 +180,8 @@ SCORES = {
 METRICS = Registry("metric", "metric.name", {
     "auto": Entry(check=_check_files, doc="by data set: toy2d swd/mmd; digits digits-FID/KID/IS; shapes + CLIP"),
     "inception": Entry(check=_check_files, doc="FID/KID/IS on Inception-v3 from local weights"),
-    "none": Entry(doc="no scores (cost only)"),
+    "none": Entry(check=lambda cfg, info: _check_no_scores(cfg, "metric=none computes no scores"),
+                  doc="no scores (cost only)"),
 })
 
 
