@@ -337,6 +337,8 @@ BOUNDS = {
     "metric.bootstrap": "[0, inf)", "metric.toy_num_reference": "[2, inf)", "metric.swd_projections": "[1, inf)",
     "metric.num_reference": "[0, inf)", "metric.is_splits": "[1, inf)", "metric.seed": f"[0, {SEED_MAX}]",
     "metric.mmd_bandwidth": "(0, inf)",
+    "metric.pr_k": "[1, inf)", "metric.dc_k": "[1, inf)", "metric.cmmd_sigma": "(0, inf)",
+    "metric.fd_inf_points": "[2, inf)",
     "train.max_steps": "[1, inf)", "train.batch_size": "[1, inf)", "train.lr": "(0, inf)",
     "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.grad_clip": "[0, inf)",
     "train.ema_decay": "[0, 1)", "train.cond_drop_prob": "[0, 1)", "train.seed": f"[0, {SEED_MAX}]",

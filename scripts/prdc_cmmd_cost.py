@@ -30,8 +30,9 @@ def child(score: str, n: int, dim: int) -> dict:
     out = prdc(real, gen) if score == "prdc" else {"cmmd": cmmd(real, gen)}
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0  # wall, and CPU time (robust to a busy machine)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"score": score, "n": n, "dim": dim, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "peak_rss_mib": round(peak),
-            "rss_before_mib": round(base), "features_mib": round(2 * n * dim * 8 / 2**20), "threads": torch.get_num_threads(),
+    return {"score": score, "n": n, "dim": dim, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+            "peak_rss_mib": round(peak), "rss_before_mib": round(base), "features_mib": round(2 * n * dim * 8 / 2**20),
+            "threads": torch.get_num_threads(),
             **{k: round(v, 4) for k, v in out.items() if k in ("precision", "recall", "density", "coverage", "cmmd")}}
 
 

@@ -14,6 +14,7 @@ from bench.keys import cell_config
 from bench.metrics import prdc as prdc_mod
 from bench.metrics.scorer import METRICS, Scorer
 from bench.schema import METRIC_EXTRA_KEYS, ConfigError
+from bench.validate import check_bounds
 from metrics_helpers import batches, compose
 
 
@@ -121,8 +122,8 @@ def test_keys_off_by_default_leave_the_cell_key(digits):
     assert "prdc" in cell_config(cfg)["metric"]
     off = compose("data=digits", "sampling.num_samples=300", "metric.kid=false", "metric.inception_score=false")
     assert not set(METRIC_EXTRA_KEYS) & set(cell_config(off)["metric"])
-    with pytest.raises(ConfigError, match="^metric.pr_k=0 is not allowed"):
-        METRICS["auto"].check(compose("data=digits", "metric.prdc=true", "metric.pr_k=0"), get_data_info(cfg.data))
+    with pytest.raises(ConfigError, match=r"^metric.pr_k=0 is not allowed: an integer in \[1, inf\)"):
+        check_bounds(compose("data=digits", "metric.prdc=true", "metric.pr_k=0"))
 
 
 def test_a_score_that_would_not_be_computed_is_refused():

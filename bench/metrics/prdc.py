@@ -87,7 +87,8 @@ def prdc(real, gen, pr_k: int = 3, dc_k: int = 5) -> dict:
         in_gen_ball[r] |= (d2 <= r_gen[g, None]).any(0)
         nearest_gen[r] = torch.minimum(nearest_gen[r], d2.min(0).values)
     return {"precision": float(in_real_ball.double().mean()), "recall": float(in_gen_ball.double().mean()),
-            "density": float((1.0 / dc_k) * balls_holding.mean()), "coverage": float((nearest_gen < r_real[dc_k]).double().mean()),
+            "density": float((1.0 / dc_k) * balls_holding.mean()),
+            "coverage": float((nearest_gen < r_real[dc_k]).double().mean()),
             "pr_k": pr_k, "pr_rule": "<= (torch-fidelity prc)", "dc_k": dc_k, "dc_rule": "< (prdc)",
             "prdc_n_gen": len(gen), "prdc_n_ref": len(real),
             "prdc_zero_radii_ref": int((r_real[pr_k] == 0).sum()), "prdc_zero_radii_gen": int((r_gen == 0).sum()),
