@@ -215,7 +215,7 @@ class MetricConfig:
     seed: int = 0  # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
     mmd_bandwidth: Optional[float] = None  # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
     inception_sha256: Optional[str] = None  # expected sha256 of metric.inception_weights (default: the official file)
-    # scores beyond FID/KID/IS (bench/metrics/scorer.py): off by default; at default left out of the cell key
+    # scores beyond FID/KID/IS (bench/metrics/scorer.py): off by default (keys.py: key version 4)
     prdc: bool = False  # precision/recall (k=pr_k, <=) and density/coverage (k=dc_k, <) vs the reference features
     pr_k: int = 3
     dc_k: int = 5
@@ -231,11 +231,6 @@ class MetricConfig:
     dinov2_weights: Optional[str] = None  # Meta's dinov2_<model>_pretrain.pth
     dinov2_sha256: Optional[str] = None  # its sha256, checked before use
     dinov2_small_images: bool = False  # score images under 56 px anyway (DINOv2 sees them upsampled to 224)
-
-
-METRIC_EXTRA_KEYS = ("prdc", "pr_k", "dc_k", "cmmd", "cmmd_sigma", "cmmd_clip_model", "cmmd_clip_weights", "fd_inf",
-                     "fd_inf_points", "sfid", "fd_dinov2", "dinov2_model", "dinov2_weights", "dinov2_sha256",
-                     "dinov2_small_images")  # the block above: at default, no cell key changes
 
 
 @dataclass

@@ -10,10 +10,10 @@ from prdc import compute_prdc
 from torch_fidelity.metric_prc import calculate_precision_recall_full
 
 from bench.data import build_dataset, get_data_info
-from bench.keys import cell_config
+from bench.keys import SETTINGS, cell_config
 from bench.metrics import prdc as prdc_mod
 from bench.metrics.scorer import METRICS, Scorer
-from bench.schema import METRIC_EXTRA_KEYS, ConfigError
+from bench.schema import ConfigError, MetricConfig
 from bench.validate import check_bounds
 from metrics_helpers import batches, compose
 
@@ -121,7 +121,9 @@ def test_keys_off_by_default_leave_the_cell_key(digits):
     cfg, _, _ = digits
     assert "prdc" in cell_config(cfg)["metric"]
     off = compose("data=digits", "sampling.num_samples=300", "metric.kid=false", "metric.inception_score=false")
-    assert not set(METRIC_EXTRA_KEYS) & set(cell_config(off)["metric"])
+    new = {k for k, v in SETTINGS["metric"].items() if v.since == 4}
+    assert len(new) == 15 and all(SETTINGS["metric"][k].default == getattr(MetricConfig, k) for k in new)
+    assert not new & set(cell_config(off)["metric"])
     with pytest.raises(ConfigError, match=r"^metric.pr_k=0 is not allowed: an integer in \[1, inf\)"):
         check_bounds(compose("data=digits", "metric.prdc=true", "metric.pr_k=0"))
 
