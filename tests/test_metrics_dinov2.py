@@ -10,8 +10,7 @@ import torchvision.transforms as TF
 from PIL import Image
 
 from bench.data import build_dataset, get_data_info
-from bench.evaluators import EvaluatorError
-from bench.evaluators import dinov2
+from bench.evaluators import EvaluatorError, dinov2
 from bench.metrics.scorer import METRICS, Scorer
 from bench.schema import ConfigError
 from bench.utils import file_sha256

@@ -6,12 +6,12 @@ import torch
 
 from bench.data import build_dataset, get_data_info
 from bench.evaluators.inception import load_inception_spatial, save_random_inception_weights
+from bench.images import quantize_uint8
 from bench.metrics import distances
 from bench.metrics.refstats import get_reference
 from bench.metrics.scorer import METRICS, Scorer
 from bench.metrics.stats import FeatureStats
 from bench.schema import ConfigError
-from bench.images import quantize_uint8
 from metrics_helpers import batches, compose
 
 

@@ -13,8 +13,6 @@ To first order in 1/σ² (unit vectors: |x - y|² <= 4), CMMD = 1000 |mean(x) - 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -28,7 +26,7 @@ def unit(x) -> torch.Tensor:
     return x / torch.linalg.norm(x, dim=1, keepdim=True)
 
 
-def _kernel_mean(a: torch.Tensor, b: Optional[torch.Tensor], gamma: float) -> float:
+def _kernel_mean(a: torch.Tensor, b: torch.Tensor | None, gamma: float) -> float:
     """mean over all pairs (i, j) of exp(-gamma |a_i - b_j|²), summed tile by tile; ``b=None``: b is a, and the
     symmetric sum takes the tiles above the diagonal twice."""
     same = b is None

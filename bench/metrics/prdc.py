@@ -17,15 +17,13 @@ holds the duplicates of its centre, under ``<`` nothing. The row records how man
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 
 TILE = 2048  # rows per side of a distance tile: 2048² float64 = 32 MiB, a few tiles' worth of temporaries at once
 
 
-def _duplicate_ids(*sets: np.ndarray) -> list[Optional[torch.Tensor]]:
+def _duplicate_ids(*sets: np.ndarray) -> list[torch.Tensor | None]:
     """Per set, an integer per row, equal for rows with bitwise-equal float64 features across all ``sets``; None
     for a set whose rows repeat nowhere (then only a point's own distance needs setting to 0)."""
     rows = np.concatenate([np.asarray(s, np.float64) for s in sets]) + 0.0  # + 0.0: -0.0 and 0.0 are one value
@@ -54,7 +52,7 @@ def _tiles(a: torch.Tensor, b: torch.Tensor, ida, idb, same: bool):
             yield slice(i, i + len(ai)), slice(j, j + d2.shape[1]), d2
 
 
-def knn_radii(x: torch.Tensor, ids: Optional[torch.Tensor], ks: tuple[int, ...]) -> dict[int, torch.Tensor]:
+def knn_radii(x: torch.Tensor, ids: torch.Tensor | None, ks: tuple[int, ...]) -> dict[int, torch.Tensor]:
     """Squared distance from each row of ``x`` to its k-th nearest other row, for each k in ``ks`` (the point
     itself is at distance 0, so this is the (k+1)-th smallest, as in both references)."""
     m = max(ks) + 1

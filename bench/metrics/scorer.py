@@ -20,10 +20,10 @@ score's settings (k, sigma, sizes, network and hash, N) beside it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ def _check_inception_weights(cfg, info) -> None:
 def _score_in_own_space(key: str, value: Callable):
     """A score that is a function of (generated features, reference statistics) in its own network's space:
     the row holds the value and that network's provenance under ``key``_*."""
-    def compute(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+    def compute(sc: Scorer, gen: np.ndarray, ref) -> dict:
         net = sc.score_nets[key]
         return {key: value(gen, ref), f"{key}_net": net.name, f"{key}_net_hash": net.weights_hash,
                 f"{key}_resize": net.resize, f"{key}_dim": int(gen.shape[1]), f"{key}_ref_id": ref.meta["ref_id"],
@@ -125,17 +125,17 @@ def _check_fd_inf(cfg, info) -> None:
                           f"sampling.num_samples x metric.repeats = {n}: too few distinct sizes between N/5 and N")
 
 
-def _score_fd_inf(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+def _score_fd_inf(sc: Scorer, gen: np.ndarray, ref) -> dict:
     return fd_infinity(gen, ref.mu, ref.sigma, int(sc.m.fd_inf_points), sc.seed)
 
 
-def _score_prdc(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+def _score_prdc(sc: Scorer, gen: np.ndarray, ref) -> dict:
     if ref.features is None:
         return {"prdc_skipped": "reference has mu/sigma only (no features)"}
     return prdc(ref.features, gen, int(sc.m.pr_k), int(sc.m.dc_k))
 
 
-def _score_cmmd(sc: "Scorer", gen: np.ndarray, ref) -> dict:
+def _score_cmmd(sc: Scorer, gen: np.ndarray, ref) -> dict:
     sigma = float(sc.m.cmmd_sigma)
     net = sc.score_nets["cmmd"]
     return {"cmmd": cmmd(ref.features, gen, sigma), "cmmd_sigma": sigma, "cmmd_scale": CMMD_SCALE,
@@ -152,7 +152,7 @@ class Score:
 
     compute: Callable
     check: Callable = lambda cfg, info: None  # ranges of its numeric keys: schema.BOUNDS
-    net: Optional[Callable] = None
+    net: Callable | None = None
     doc: str = ""
 
 
