@@ -230,7 +230,7 @@ def sample_and_score(subject: Subject, call: SamplingCall, scorer: Scorer, score
         d = _load_shard(shard_path(cell_dir, a, b), cell, need)
         if d is None:
             raise RuntimeError(f"shard {shard_path(cell_dir, a, b)} missing after sampling")
-        scorer.add(d["index"], **{k: d[k] for k in ("feats", "logits", "clip", "points") if k in d})
+        scorer.add(d["index"], **{k: d[k] for k in scorer.measured if k in d})
         if need:
             kept.append(torch.from_numpy(d["x"][:need]))
         loaded.append(d)

@@ -39,7 +39,8 @@ from bench.utils import config_hash, path_fingerprint, to_plain
 
 MODEL, CELL, RUN = "model", "cell", "run"
 ROLES = (MODEL, CELL, RUN)
-KEY_VERSION = 3  # 1: the first frame; 2: families, guidance, pipelines and prompts; 3: trainer.precision
+KEY_VERSION = 4  # 1: the first frame; 2: families, guidance, pipelines and prompts; 3: trainer.precision;
+# 4: the scores beyond FID (metric.prdc, cmmd, fd_inf, sfid, fd_dinov2 and their settings)
 REQUIRED = object()  # a frame setting every config sets (a group's name)
 
 
@@ -165,6 +166,12 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "kid_subsets": _c(50), "kid_subset_size": _c(100), "repeats": _c(1), "bootstrap": _c(0),
         "toy_num_reference": _c(10000), "swd_projections": _c(256), "num_reference": _c(0), "is_splits": _c(10),
         "seed": _c(0), "mmd_bandwidth": _c(None), "inception_sha256": _c(None),
+        **{k: _c(v, 4) for k, v in (("prdc", False), ("pr_k", 3), ("dc_k", 5), ("cmmd", False), ("cmmd_sigma", 10.0),
+                                    ("cmmd_clip_model", "ViT-L-14-336"), ("fd_inf", False), ("fd_inf_points", 15),
+                                    ("sfid", False), ("fd_dinov2", False), ("dinov2_model", "vitl14"),
+                                    ("dinov2_sha256", None), ("dinov2_small_images", False))},
+        "cmmd_clip_weights": _c(None, 4, content=Content(_files, "cmmd_clip_weights_content")),
+        "dinov2_weights": _c(None, 4, content=Content(_files, "dinov2_weights_content")),
     },
     "train": {
         "max_steps": _m(2000), "batch_size": _m(128), "lr": _m(2e-3), "weight_decay": _m(0.0), "warmup_steps": _m(100),

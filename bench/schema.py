@@ -218,6 +218,22 @@ class MetricConfig:
     seed: int = 0  # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
     mmd_bandwidth: Optional[float] = None  # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
     inception_sha256: Optional[str] = None  # expected sha256 of metric.inception_weights (default: the official file)
+    # scores beyond FID/KID/IS (bench/metrics/scorer.py): off by default (keys.py: key version 4)
+    prdc: bool = False  # precision/recall (k=pr_k, <=) and density/coverage (k=dc_k, <) vs the reference features
+    pr_k: int = 3
+    dc_k: int = 5
+    cmmd: bool = False  # CMMD (RBF on unit CLIP embeddings): data=shapes the offline CLIP, else cmmd_clip_model
+    cmmd_sigma: float = 10.0
+    cmmd_clip_model: str = "ViT-L-14-336"  # an open_clip model name, weights from the local cmmd_clip_weights
+    cmmd_clip_weights: Optional[str] = None
+    fd_inf: bool = False  # FD extrapolated to N=inf (fit of FD against 1/N at fd_inf_points sizes in [N/5, N])
+    fd_inf_points: int = 15
+    sfid: bool = False  # FD on Inception-v3 Mixed_6d.branch1x1[:7] (17x17x7, ADM's sFID); metric.inception_weights
+    fd_dinov2: bool = False  # FD on DINOv2 CLS features (dgm-eval preprocessing), from a local checkpoint:
+    dinov2_model: str = "vitl14"  # vitl14 | vitb14 (the cheap one)
+    dinov2_weights: Optional[str] = None  # Meta's dinov2_<model>_pretrain.pth
+    dinov2_sha256: Optional[str] = None  # its sha256, checked before use
+    dinov2_small_images: bool = False  # score images under 56 px anyway (DINOv2 sees them upsampled to 224)
 
 
 @dataclass
@@ -319,6 +335,8 @@ BOUNDS = {
     "metric.bootstrap": "[0, inf)", "metric.toy_num_reference": "[2, inf)", "metric.swd_projections": "[1, inf)",
     "metric.num_reference": "[0, inf)", "metric.is_splits": "[1, inf)", "metric.seed": f"[0, {SEED_MAX}]",
     "metric.mmd_bandwidth": "(0, inf)",
+    "metric.pr_k": "[1, inf)", "metric.dc_k": "[1, inf)", "metric.cmmd_sigma": "(0, inf)",
+    "metric.fd_inf_points": "[2, inf)",
     "train.max_steps": "[1, inf)", "train.batch_size": "[1, inf)", "train.lr": "(0, inf)",
     "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.grad_clip": "[0, inf)",
     "train.ema_decay": "[0, 1)", "train.cond_drop_prob": "[0, 1)", "train.seed": f"[0, {SEED_MAX}]",

@@ -220,21 +220,46 @@ def load_clip(cfg, info=None) -> ClipFeatureNet:
     name, pretrained = cfg.metric.clip_model, cfg.metric.clip_pretrained
     if name == "offline":
         return load_offline_clip(cfg, info)
+    return load_open_clip(name, pretrained, info)
+
+
+def load_cmmd_clip(cfg, info=None) -> ClipFeatureNet:
+    """The CLIP of CMMD: the offline CLIP on ``data=shapes``, else ``metric.cmmd_clip_model`` (ViT-L-14-336, the
+    paper's) from the local checkpoint ``metric.cmmd_clip_weights``."""
+    if cfg.data.name == "shapes":
+        return load_offline_clip(cfg, info)
+    weights = cfg.metric.cmmd_clip_weights
+    if not weights or not Path(weights).expanduser().is_file():
+        raise EvaluatorError(cmmd_weights_message(cfg))
+    return load_open_clip(cfg.metric.cmmd_clip_model, weights, info,
+                          ("metric.cmmd_clip_model", "metric.cmmd_clip_weights"))
+
+
+def cmmd_weights_message(cfg) -> str:
+    given = cfg.metric.cmmd_clip_weights
+    return (f"metric.cmmd_clip_weights={given!r}: CMMD on data={cfg.data.name} needs a local open_clip checkpoint "
+            f"of metric.cmmd_clip_model={cfg.metric.cmmd_clip_model} ({'file not found' if given else 'not set'}; "
+            f"this machine cannot download one)")
+
+
+def load_open_clip(name, pretrained, info=None, keys=("metric.clip_model", "metric.clip_pretrained")):
+    """open_clip model ``name`` with weights ``pretrained`` (a local checkpoint file, or a tag, which needs a hub);
+    ``keys`` name the config keys the two came from, for the errors."""
     import open_clip  # lazy: an optional extra, needed only for CLIP scores
 
     if name not in open_clip.list_models():
-        raise EvaluatorError(f"metric.clip_model={name!r} is not an open_clip model: offline | one of "
+        raise EvaluatorError(f"{keys[0]}={name!r} is not an open_clip model: offline | one of "
                              f"open_clip.list_models() (e.g. ViT-B-32)")
     if not pretrained:
-        raise EvaluatorError(f"metric.clip_model={name} needs metric.clip_pretrained=/path/to/checkpoint "
+        raise EvaluatorError(f"{keys[0]}={name} needs {keys[1]}=/path/to/checkpoint "
                              f"(a local open_clip checkpoint; this machine cannot download one)")
     is_file = Path(str(pretrained)).expanduser().is_file()
     try:
         model = open_clip.create_model(name, pretrained=str(Path(pretrained).expanduser()) if is_file else pretrained)
     except Exception as e:
-        raise EvaluatorError(f"metric.clip_pretrained={pretrained!r} for metric.clip_model={name} could not be loaded "
+        raise EvaluatorError(f"{keys[1]}={pretrained!r} for {keys[0]}={name} could not be loaded "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); download the checkpoint on a "
-                             f"machine with internet and set metric.clip_pretrained=/path/to/checkpoint") from None
+                             f"machine with internet and set {keys[1]}=/path/to/checkpoint") from None
     digest = file_sha256(Path(pretrained).expanduser()) if is_file else f"tag:{pretrained}"
     captions = list(info.class_names) if info is not None and info.class_names else []
     return ClipFeatureNet(model, open_clip.get_tokenizer(name), captions, digest[:16], name,

@@ -84,6 +84,35 @@ def load_inception(cfg) -> InceptionFeatureNet:
     return InceptionFeatureNet(model, name, digest[:16], {"path": str(path), "sha256": digest})
 
 
+SFID_CHANNELS = 7  # ADM's evaluator keeps mixed_6/conv[..., :7]: 17 x 17 x 7 = 2023 features
+
+
+class InceptionSpatialNet:
+    """sFID features (Nash et al. 2021, "Generating images with sparse representations"; the ADM evaluator of
+    Dhariwal & Nichol 2021): the first 7 channels of ``Mixed_6d.branch1x1`` (TF graph ``mixed_6/conv``, after its
+    ReLU), 17x17 at the 299x299 input, flattened in TF's NHWC order as ADM does. Same weights and resize as FID."""
+
+    def __init__(self, inception: InceptionFeatureNet):
+        self.model, self.weights_hash, self.resize = inception.model, inception.weights_hash, inception.resize
+        self.name, self.meta, self.dim = f"{inception.name}-mixed_6-conv", inception.meta, 17 * 17 * SFID_CHANNELS
+
+    @torch.no_grad()
+    def __call__(self, images_uint8: torch.Tensor):
+        x = images_uint8.repeat(1, 3, 1, 1) if images_uint8.shape[1] == 1 else images_uint8
+        out = []
+        hook = self.model.Mixed_6d.branch1x1.register_forward_hook(lambda mod, inp, y: out.append(y))
+        try:
+            self.model(x)
+        finally:
+            hook.remove()
+        spatial = out[0][:, :SFID_CHANNELS].permute(0, 2, 3, 1)  # N x 17 x 17 x 7 (NHWC, as the TF graph)
+        return spatial.reshape(len(x), -1).float(), None
+
+
+def load_inception_spatial(cfg) -> InceptionSpatialNet:
+    return InceptionSpatialNet(load_inception(cfg))
+
+
 def save_random_inception_weights(path, seed: int = 0) -> str:
     """A randomly initialised torch-fidelity Inception-v3 state dict, for testing the loading path only (its
     'FID' means nothing). Returns the file's sha256."""

@@ -12,9 +12,16 @@ Uncertainty: ``metric.repeats`` = r > 1: the runner samples r · num_samples ima
 image i is in block i // num_samples, and the row holds the mean and std of r FIDs, each on N = num_samples images
 (``fid_n``; KID and IS use all r · N);
 ``metric.bootstrap`` = B > 0 resamples the generated features B times: ``fid_std`` and a 95 % percentile interval.
+More scores, each off by default and an entry of ``SCORES`` switched on by ``metric.<name>``: ``prdc`` (precision /
+recall, density / coverage), ``cmmd``, ``fd_inf`` (FID at N = infinity), ``sfid``, ``fd_dinov2``. A score in a
+feature space of its own (CMMD's CLIP where the cell's network is not that CLIP, sFID's Inception layer, DINOv2)
+gets its own forward pass per batch and reference statistics from the same registry; every row holds each
+score's settings (k, sigma, sizes, network and hash, N) beside it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -23,10 +30,14 @@ import torch
 
 from bench.data import sample_true
 from bench.evaluators import load_feature_net, resolve_feature_net
-from bench.evaluators.clip import load_clip
-from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, weights_file
+from bench.evaluators.clip import cmmd_weights_message, load_clip, load_cmmd_clip
+from bench.evaluators.dinov2 import ARCHS as DINOV2_ARCHS, MIN_SIZE as DINOV2_MIN_SIZE, load_dinov2
+from bench.evaluators.inception import ENV_VAR, OFFICIAL_FILE, load_inception_spatial, weights_file
 from bench.images import QUANTIZE, quantize_uint8
 from bench.metrics import distances, toy
+from bench.metrics.cmmd import SCALE as CMMD_SCALE, cmmd
+from bench.metrics.fd_inf import fd_infinity
+from bench.metrics.prdc import prdc
 from bench.metrics.refstats import RefStatsError, get_reference
 from bench.metrics.stats import FeatureStats, save_npz_atomic
 from bench.registry import Entry, Registry
@@ -37,26 +48,131 @@ TRUE_SAMPLE_SEED = 7_000_000  # + metric.seed: toy2d reference points never shar
 
 
 def _check_files(cfg, info) -> None:
-    """Local files the scores need, checked before training rather than after it (their contents are verified when
-    loaded: Inception's sha256, the reference statistics' arrays)."""
+    """Settings and local files the scores need, checked before training rather than after it (their contents are
+    verified when loaded: Inception's sha256, the reference statistics' arrays)."""
     if info.kind != "images":
+        _check_no_scores(cfg, f"data={cfg.data.name} is points (scored by swd/mmd)")
         return
+    for name, score in SCORES.items():
+        if cfg.metric[name]:
+            score.check(cfg, info)
     if resolve_feature_net(cfg) == "inception":
-        given, path = weights_file(cfg)
-        if path is None:
-            raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
-                              f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
+        _check_inception_weights(cfg, info)
     ref = cfg.metric.reference_stats
     if ref and not Path(ref).expanduser().is_file():
         raise ConfigError("metric.reference_stats", ref, "a local .npz with mu/sigma or an ADM arr_0 batch",
                           "file not found")
 
 
+def _check_no_scores(cfg, why: str) -> None:
+    on = [name for name in SCORES if cfg.metric[name]]
+    if on:
+        raise ConfigError(f"metric.{on[0]}", True, "false here", why)
+
+
+def _check_inception_weights(cfg, info) -> None:
+    given, path = weights_file(cfg)
+    if path is None:
+        raise ConfigError("metric.inception_weights", given, f"a local Inception-v3 weights file ({OFFICIAL_FILE}"
+                          f", never downloaded), or set ${ENV_VAR}", "file not found" if given else "not set")
+
+
+def _score_in_own_space(key: str, value: Callable):
+    """A score that is a function of (generated features, reference statistics) in its own network's space:
+    the row holds the value and that network's provenance under ``key``_*."""
+    def compute(sc: Scorer, gen: np.ndarray, ref) -> dict:
+        net = sc.score_nets[key]
+        return {key: value(gen, ref), f"{key}_net": net.name, f"{key}_net_hash": net.weights_hash,
+                f"{key}_resize": net.resize, f"{key}_dim": int(gen.shape[1]), f"{key}_ref_id": ref.meta["ref_id"],
+                f"{key}_n_ref": int(ref.n), f"{key}_n_gen": len(gen),
+                **({f"{key}_loader": net.meta["loader"]} if "loader" in net.meta else {})}
+    return compute
+
+
+def _frechet(gen: np.ndarray, ref) -> float:
+    s = FeatureStats.from_features(gen, keep_features=False)
+    return distances.frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
+
+
+def _check_fd_dinov2(cfg, info) -> None:
+    m, (_, h, w) = cfg.metric, info.shape
+    if m.dinov2_model not in DINOV2_ARCHS:
+        raise ConfigError("metric.dinov2_model", m.dinov2_model, " | ".join(DINOV2_ARCHS))
+    if min(h, w) < DINOV2_MIN_SIZE and not m.dinov2_small_images:
+        raise ConfigError("metric.fd_dinov2", True, f"images of at least {DINOV2_MIN_SIZE}px for DINOv2's 224 input, "
+                          "or metric.dinov2_small_images=true to score them anyway",
+                          f"data={cfg.data.name} images are {h}x{w}")
+    if not m.dinov2_weights or not Path(m.dinov2_weights).expanduser().is_file():
+        raise ConfigError("metric.dinov2_weights", m.dinov2_weights, "a local DINOv2 backbone checkpoint "
+                          "(dinov2_vitl14_pretrain.pth / dinov2_vitb14_pretrain.pth) with metric.dinov2_sha256",
+                          "file not found" if m.dinov2_weights else "not set")
+    if not m.dinov2_sha256:
+        raise ConfigError("metric.dinov2_sha256", None, "the sha256 of metric.dinov2_weights (64 hex digits)",
+                          "not set")
+
+
+def _check_cmmd(cfg, info) -> None:
+    weights = cfg.metric.cmmd_clip_weights
+    if cfg.data.name != "shapes" and (not weights or not Path(weights).expanduser().is_file()):
+        raise ConfigError("metric.cmmd_clip_weights", weights, "a local open_clip checkpoint file",
+                          cmmd_weights_message(cfg).split(": ", 1)[1])
+
+
+def _check_fd_inf(cfg, info) -> None:
+    points, n = int(cfg.metric.fd_inf_points), int(cfg.sampling.num_samples) * int(cfg.metric.repeats)
+    if n < 5 * points:
+        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} images",
+                          f"sampling.num_samples x metric.repeats = {n}: too few distinct sizes between N/5 and N")
+
+
+def _score_fd_inf(sc: Scorer, gen: np.ndarray, ref) -> dict:
+    return fd_infinity(gen, ref.mu, ref.sigma, int(sc.m.fd_inf_points), sc.seed)
+
+
+def _score_prdc(sc: Scorer, gen: np.ndarray, ref) -> dict:
+    if ref.features is None:
+        return {"prdc_skipped": "reference has mu/sigma only (no features)"}
+    return prdc(ref.features, gen, int(sc.m.pr_k), int(sc.m.dc_k))
+
+
+def _score_cmmd(sc: Scorer, gen: np.ndarray, ref) -> dict:
+    sigma = float(sc.m.cmmd_sigma)
+    net = sc.score_nets["cmmd"]
+    return {"cmmd": cmmd(ref.features, gen, sigma), "cmmd_sigma": sigma, "cmmd_scale": CMMD_SCALE,
+            "cmmd_estimator": "biased (V-statistic), full sets, unit embeddings", "cmmd_net": net.label,
+            "cmmd_net_hash": net.weights_hash, "cmmd_resize": net.resize, "cmmd_ref_id": ref.meta["ref_id"],
+            "cmmd_n_ref": len(ref.features), "cmmd_n_gen": len(gen)}
+
+
+@dataclass(frozen=True)
+class Score:
+    """A score beyond FID/KID/IS, switched on by ``metric.<name>``. ``compute(scorer, gen_features, reference)``
+    gives its row fields (settings included); ``net(cfg)``: the feature network it needs, if not the cell's (its
+    reference comes from the same registry of statistics); ``check(cfg, info)``: its settings, before any work."""
+
+    compute: Callable
+    check: Callable = lambda cfg, info: None  # ranges of its numeric keys: schema.BOUNDS
+    net: Callable | None = None
+    doc: str = ""
+
+
+# metric.<name> switch -> Score; each row records the score's settings next to it
+SCORES = {
+    "prdc": Score(_score_prdc, doc="precision/recall (torch-fidelity prc), density/coverage (prdc)"),
+    "cmmd": Score(_score_cmmd, _check_cmmd, net=load_cmmd_clip, doc="CMMD on unit CLIP embeddings"),
+    "sfid": Score(_score_in_own_space("sfid", _frechet), _check_inception_weights,
+                  net=load_inception_spatial, doc="FD on Inception Mixed_6d.branch1x1[:7] (17x17x7), as ADM's sFID"),
+    "fd_dinov2": Score(_score_in_own_space("fd_dinov2", _frechet), _check_fd_dinov2, net=load_dinov2,
+                       doc="FD on DINOv2 CLS features, dgm-eval preprocessing"),
+    "fd_inf": Score(_score_fd_inf, _check_fd_inf, doc="FID extrapolated to N = infinity, the cell's feature network"),
+}
+
 # metric.name -> its check (conf/metric/<name>.yaml); the Scorer reads the rest of metric.*
 METRICS = Registry("metric", "metric.name", {
     "auto": Entry(check=_check_files, doc="by data set: toy2d swd/mmd; digits digits-FID/KID/IS; shapes + CLIP"),
     "inception": Entry(check=_check_files, doc="FID/KID/IS on Inception-v3 from local weights"),
-    "none": Entry(doc="no scores (cost only)"),
+    "none": Entry(check=lambda cfg, info: _check_no_scores(cfg, "metric=none computes no scores"),
+                  doc="no scores (cost only)"),
 })
 
 
@@ -114,7 +230,17 @@ class Scorer:
         if self.repeats < 1:
             raise ConfigError("metric.repeats", self.repeats, "an integer >= 1")
         self.net = load_feature_net(cfg, info)
-        self.ref = get_reference(cfg, info, self.net) if (m.fid or m.kid) else None
+        self.scores = [name for name in SCORES if m[name]]
+        self.score_nets = {}  # score -> its own feature network (None: the cell's)
+        for name in self.scores:
+            net = SCORES[name].net(cfg) if SCORES[name].net else None
+            same = net is not None and (net.name, net.weights_hash, net.resize) == (
+                self.net.name, self.net.weights_hash, self.net.resize)
+            self.score_nets[name] = self.net if same else net
+        need_ref = m.fid or m.kid or any(self.score_nets[n] in (None, self.net) for n in self.scores)
+        self.ref = get_reference(cfg, info, self.net) if need_ref else None
+        self.score_feats: dict[str, list[np.ndarray]] = {n: [] for n, net in self.score_nets.items()
+                                                         if net not in (None, self.net)}
         self.blocks = [FeatureStats() for _ in range(self.repeats)]
         self.logits: list[list[torch.Tensor]] = [[] for _ in range(self.repeats)]  # per seed block
         # auto: CLIP score on shapes when the samples are text(caption)-conditioned; metric.clip_score=true insists
@@ -139,6 +265,11 @@ class Scorer:
                 self.clip = load_clip(cfg, info)
             self.text_embeds = self.clip.encode_text(list(info.class_names)) if info.class_names else None
 
+    @property
+    def measured(self) -> tuple:
+        """The names :meth:`measure` may return (what a saved shard hands back to :meth:`add`)."""
+        return ("feats", "logits", "clip", "points", *getattr(self, "score_feats", ()))
+
     def update(self, batch) -> None:
         self.add(batch.index, **self.measure(batch))
 
@@ -153,6 +284,8 @@ class Scorer:
         u8 = quantize_uint8(x)
         feats, logits = self.net(u8)
         out = {"feats": feats.detach().cpu().numpy()}
+        for name in self.score_feats:  # scores in a feature space of their own
+            out[name] = self.score_nets[name](u8)[0].detach().cpu().numpy()
         if logits is not None:
             out["logits"] = logits.detach().double().cpu().numpy()
         text = None
@@ -165,7 +298,7 @@ class Scorer:
             out["clip"] = distances.clip_score(img, text).detach().cpu().numpy()
         return out
 
-    def add(self, index, feats=None, logits=None, clip=None, points=None) -> None:
+    def add(self, index, feats=None, logits=None, clip=None, points=None, **score_feats) -> None:
         """Fold in the :meth:`measure` outputs of images ``index`` (image i counts in seed block i // num_samples)."""
         index = torch.as_tensor(np.asarray(index)).long()
         self.n_gen += len(index)
@@ -173,6 +306,8 @@ class Scorer:
             self.points.append(np.asarray(points, dtype=np.float64))
         if feats is None:
             return
+        for name, f in score_feats.items():
+            self.score_feats[name].append(np.asarray(f))
         block = (index // self.num_samples).clamp(0, self.repeats - 1).numpy()
         for b in np.unique(block).tolist():
             self.blocks[b].update(feats[block == b])
@@ -218,6 +353,13 @@ class Scorer:
                 row["kid_skipped"] = "reference has mu/sigma only (no features)"
             else:
                 row.update(self._kid(blocks, feats))
+        for name in self.scores:
+            net = self.score_nets[name]
+            if net in (None, self.net):
+                row.update(SCORES[name].compute(self, feats, ref))
+            else:
+                gen_n = np.concatenate(self.score_feats[name])
+                row.update(SCORES[name].compute(self, gen_n, get_reference(self.cfg, self.info, net)))
         block_logits = [torch.cat(lg) for lg in self.logits if lg]
         if m.inception_score and block_logits:
             row.update(self._inception_score(block_logits))
