@@ -358,9 +358,9 @@ def test_nan_with_fail_fast_stops_with_one_line(toy_model, tmp_path, capsys, mon
 
 @pytest.mark.parametrize("max_batch", [8, 0])
 def test_out_of_memory_halves_the_batch_or_fails_the_cell(max_batch, toy_model, tmp_path, capsys, monkeypatch):
-    import bench.sampling
+    import bench.sampling.subject
 
-    real = bench.sampling.sample
+    real = bench.sampling.subject.sample  # the one loop, as the sampling interface calls it
     seen = []
 
     def oom_above(*a, batch_size, **k):
@@ -372,7 +372,7 @@ def test_out_of_memory_halves_the_batch_or_fails_the_cell(max_batch, toy_model, 
     args = [*TOY, "hydra.mode=RUN", "sampler=ddim", "sampling.num_inference_steps=3", "sampling.batch_size=32"]
     code, err, out = cli(tmp_path / "ref", capsys, monkeypatch, *args)
     (ref,) = rows(out / "toy2d" / "results.jsonl")
-    monkeypatch.setattr(bench.sampling, "sample", oom_above)
+    monkeypatch.setattr(bench.sampling.subject, "sample", oom_above)
     code, err, out = cli(tmp_path, capsys, monkeypatch, *args)
     assert code == 0, err
     (row,) = rows(out / "toy2d" / "results.jsonl")
