@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -26,53 +26,118 @@ class ConfigError(ValueError):
         super().__init__(msg)
 
 
+SEED_MAX = 2**32 - 1  # Lightning's seed_everything and NumPy's legacy seeding refuse larger seeds (Lightning: silently
+# picks a random one); sampling seeds are per image (seed + i) on torch generators and may go to 2**62
+SEED = f"[0, {SEED_MAX}]"
+
+
+def bounded(default: Any, bounds: str):
+    """A numeric field with its range, checked for every cell before any work (bench.validate.check_bounds); floats
+    must also be finite (NaN passes every comparison; inf breaks every mean), Optional ones when set. Notation:
+    "[lo, hi]" closed, "(lo, hi)" open, mixed allowed; "inf" for no upper bound. A numeric field without one fails
+    tests/test_validators.py, so a new key must declare its range."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
 @dataclass
 class DataConfig:
     name: str = MISSING  # a conf/data/ name (registry bench.data.DATA)
     toy: str = "moons"  # toy2d only: moons | gmm
-    num_train: int = 0  # toy2d: points to draw; images: cap on the train split (0 = all)
-    image_size: int = 8  # images are resized to image_size x image_size
-    channels: int = 1
+    num_train: int = bounded(0, "[0, inf)")  # toy2d: points to draw; images: cap on the train split (0 = all)
+    image_size: int = bounded(8, "[1, inf)")  # images are resized to image_size x image_size
+    channels: int = bounded(1, "[1, 4]")
     path: Optional[str] = None  # folder: root of an image folder (optionally class sub-folders)
     center_crop: bool = True  # folder: centre-crop to square before resize
     hflip: bool = False  # random horizontal flip in training
     class_conditional: bool = True  # use labels when the data set has them
-    test_fraction: float = 0.2  # held-out split for reference statistics / evaluators
-    split_seed: int = 0
-    num_workers: int = 0
+    test_fraction: float = bounded(0.2, "(0, 1)")  # held-out split for reference statistics / evaluators
+    split_seed: int = bounded(0, SEED)
+    num_workers: int = bounded(0, "[0, inf)")
 
 
 @dataclass
 class ModelConfig:
+    """What every model family has. Each family's keys are its own schema below (``model/<name>_schema``, the
+    defaults of conf/model/<name>.yaml): a key of another family fails at composition."""
+
     name: str = MISSING  # a conf/model/ name (registry bench.models.MODELS)
-    # mlp (toy2d)
-    hidden: int = 128
-    layers: int = 3
-    time_embed_dim: int = 64
-    # unet (diffusers UNet2DModel)
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    """mlp: a time-conditioned MLP for toy2d points."""
+
+    hidden: int = bounded(128, "[1, inf)")
+    layers: int = bounded(3, "[1, inf)")
+    time_embed_dim: int = bounded(64, "[1, inf)")
+
+
+@dataclass
+class UNetArchConfig(ModelConfig):
+    """A diffusers UNet's architecture (UNet2DModel; UNet2DConditionModel for text_unet)."""
+
     block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
-    layers_per_block: int = 1
+    layers_per_block: int = bounded(1, "[1, inf)")
     down_block_types: List[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
     up_block_types: List[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
-    norm_num_groups: int = 8
-    attention_head_dim: int = 8  # unet: per attention block; dit: width = attention_head_dim x num_attention_heads
-    # dit (diffusers DiTTransformer2DModel, Peebles & Xie 2023)
-    patch_size: int = 2  # must divide data.image_size
-    num_layers: int = 4  # depth: transformer blocks
-    num_attention_heads: int = 4
-    # latent_unet / latent_dit (Rombach et al. 2022): the denoiser above in an AutoencoderKL's latent space
-    vae: Optional[str] = None  # a local diffusers AutoencoderKL directory (loaded); else trained by the harness:
-    latent_channels: int = 4
-    vae_block_out_channels: List[int] = field(default_factory=lambda: [32, 64])  # one 2x downsampling per level but one
-    vae_max_steps: int = 1000  # its training steps (the other train.* settings are the denoiser's)
-    vae_kl_weight: float = 1e-4  # loss = MSE(x, D(z)) + vae_kl_weight * KL(q(z|x) || N(0, I)) / pixels
-    # text_unet: the frozen text tower; null = the shipped offline CLIP, else a local open_clip model directory, a
-    # transformers CLIPTextModel directory with its tokenizer, or a diffusers pipeline directory (text_encoder/)
+    norm_num_groups: int = bounded(8, "[1, inf)")
+    attention_head_dim: int = bounded(8, "[1, inf)")  # per attention block
+
+
+@dataclass
+class UNetConfig(UNetArchConfig):
+    """unet: diffusers UNet2DModel, trained by the harness, or loaded (``pretrained``) and sampled by its loop."""
+
+    pretrained: Optional[str] = None  # a local diffusers UNet2DModel directory (or a pipeline's unet/)
+
+
+@dataclass
+class TextUNetConfig(UNetArchConfig):
+    """text_unet: diffusers UNet2DConditionModel, cross-attention on a frozen text tower's caption tokens."""
+
+    # null = the shipped offline CLIP, else a local open_clip model directory, a transformers CLIPTextModel directory
+    # with its tokenizer, or a diffusers pipeline directory (text_encoder/)
     text_encoder: Optional[str] = None
-    # a local diffusers UNet2DModel directory (or a pipeline's unet/) sampled by the harness's loop when set
-    pretrained: Optional[str] = None
-    # pipeline (model=pipeline): a local diffusers pipeline directory or a hub id in the local HF cache, sampled
-    # through its own __call__ with its own scheduler config (bench/sampling/pipelines.py); GPU options are recorded
+
+
+@dataclass
+class DiTConfig(ModelConfig):
+    """dit: diffusers DiTTransformer2DModel (Peebles & Xie 2023)."""
+
+    patch_size: int = bounded(2, "[1, inf)")  # must divide data.image_size
+    num_layers: int = bounded(4, "[1, inf)")  # depth: transformer blocks
+    num_attention_heads: int = bounded(4, "[1, inf)")
+    attention_head_dim: int = bounded(16, "[1, inf)")  # width = attention_head_dim x num_attention_heads
+
+
+@dataclass
+class LatentConfig(ModelConfig):
+    """The AutoencoderKL of a latent family (Rombach et al. 2022): the denoiser diffuses in its latent space."""
+
+    vae: Optional[str] = None  # a local diffusers AutoencoderKL directory (loaded); else trained by the harness:
+    latent_channels: int = bounded(4, "[1, inf)")
+    vae_block_out_channels: List[int] = field(default_factory=lambda: [32, 64])  # one 2x downsampling per level but one
+    norm_num_groups: int = bounded(8, "[1, inf)")  # the VAE's GroupNorm groups (a latent UNet's too)
+    vae_max_steps: int = bounded(1000, "[1, inf)")  # its training steps (the other train.* settings are the denoiser's)
+    # loss = MSE(x, D(z)) + vae_kl_weight * KL(q(z|x) || N(0, I)) / pixels
+    vae_kl_weight: float = bounded(1e-4, "[0, inf)")
+
+
+@dataclass
+class LatentUNetConfig(LatentConfig, UNetArchConfig):
+    """latent_unet: the UNet2DModel in an AutoencoderKL's latent space."""
+
+
+@dataclass
+class LatentDiTConfig(LatentConfig, DiTConfig):
+    """latent_dit: the DiT in an AutoencoderKL's latent space."""
+
+
+@dataclass
+class PipelineConfig(ModelConfig):
+    """pipeline: a local diffusers pipeline directory or a hub id in the local HF cache, sampled through its own
+    __call__ with its own scheduler config (bench/sampling/pipelines.py); GPU options are recorded."""
+
     path: Optional[str] = None
     dtype: str = "fp32"  # fp32 | fp16 | bf16 (torch_dtype of from_pretrained)
     attention_slicing: bool = False
@@ -81,84 +146,105 @@ class ModelConfig:
     compile: bool = False  # torch.compile the denoiser; compile time is reported apart (compile_s)
 
 
+# one schema per model family (conf/model/<name>.yaml ↔ bench.models.MODELS[name]), stored as model/<name>_schema
+MODEL_SCHEMAS = {"mlp": MLPConfig, "unet": UNetConfig, "dit": DiTConfig, "latent_unet": LatentUNetConfig,
+                 "latent_dit": LatentDiTConfig, "text_unet": TextUNetConfig, "pipeline": PipelineConfig}
+
+
 @dataclass
 class ObjectiveConfig:
     name: str = MISSING  # a conf/objective/ name (registry bench.training.objectives.OBJECTIVES)
     loss_weighting: str = "uniform"  # uniform | min_snr
-    min_snr_gamma: float = 5.0
+    min_snr_gamma: float = bounded(5.0, "[0, inf)")
 
 
 @dataclass
 class ScheduleConfig:
     name: str = MISSING  # a conf/schedule/ name (registry bench.schedule.SCHEDULES)
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    flow_shift: float = 1.0  # flow objective: sigma shift (1.0 = plain rectified flow)
+    num_train_timesteps: int = bounded(1000, "[2, inf)")
+    beta_start: float = bounded(0.0001, "(0, 1)")
+    beta_end: float = bounded(0.02, "(0, 1)")
+    flow_shift: float = bounded(1.0, "(0, inf)")  # flow objective: sigma shift (1.0 = plain rectified flow)
 
 
 @dataclass
 class SamplerConfig:
     name: str = MISSING  # a conf/sampler/ name (registry bench.sampling.SAMPLERS)
-    eta: float = 0.0  # ddim: 0 deterministic, 1 DDPM-like
+    eta: float = bounded(0.0, "[0, 1]")  # ddim: 0 deterministic, 1 DDPM-like
     timestep_spacing: str = "trailing"  # leading | linspace | trailing
-    solver_order: int = 2  # dpmpp / unipc
+    solver_order: int = bounded(2, "[1, 3]")  # dpmpp / unipc
     use_karras_sigmas: bool = False  # euler / heun / dpmpp
     # sigma_max policy for sigma-space samplers (euler/heun) when alphas_cumprod[T-1] ~ 0 (cosine):
     # "clip" caps sigma_max at max_sigma, "error" refuses, "allow" keeps the huge value (logged).
     sigma_max_policy: str = "clip"
-    max_sigma: float = 200.0  # above the linear schedule's 157, below cosine's 2e4
+    max_sigma: float = bounded(200.0, "(0, inf)")  # above the linear schedule's 157, below cosine's 2e4
 
 
 @dataclass
 class SamplingConfig:
-    num_inference_steps: int = 20
-    guidance_scale: float = 1.0  # diffusers convention: 0 = unconditional, 1 = conditional, >1 = CFG
-    classifier_scale: float = 0.0  # classifier guidance (Dhariwal & Nichol 2021): + scale * grad log p(y|x_t); 0 = off
-    num_samples: int = 1000
-    batch_size: int = 250
-    seed: int = 0  # image i of a cell uses seed + i
+    num_inference_steps: int = bounded(20, "[1, inf)")
+    # diffusers convention: 0 = unconditional, 1 = conditional, >1 = CFG
+    guidance_scale: float = bounded(1.0, "[0, inf)")
+    # classifier guidance (Dhariwal & Nichol 2021): + scale * grad log p(y|x_t); 0 = off
+    classifier_scale: float = bounded(0.0, "[0, inf)")
+    num_samples: int = bounded(1000, "[2, inf)")
+    batch_size: int = bounded(250, "[1, inf)")
+    seed: int = bounded(0, f"[0, {2**62}]")  # image i of a cell uses seed + i
     save_samples: bool = False  # samples.npz (uint8 NHWC) per cell
-    grid_size: int = 100  # images in grid.png
+    grid_size: int = bounded(100, "[1, inf)")  # images in grid.png
     deterministic: bool = False  # torch.use_deterministic_algorithms + no TF32 (GPU)
     # scale-out (bench/distributed.py); neither is part of the cell key: per-image seeds make the numbers independent
-    devices: int = 1  # processes (GPUs, or CPU processes with gloo) that share a cell's images: Lightning Fabric DDP
-    shard_size: int = 0  # images per resumable shard file under cells/<key>/shards/ (0: no shards unless devices > 1)
+    # processes (GPUs, or CPU processes with gloo) that share a cell's images: Lightning Fabric DDP
+    devices: int = bounded(1, "[1, inf)")
+    # images per resumable shard file under cells/<key>/shards/ (0: no shards unless devices > 1)
+    shard_size: int = bounded(0, "[0, inf)")
 
 
 @dataclass
-class TrainConfig:
+class OptimConfig:
+    """How the harness optimises a network: AdamW at ``lr`` after a linear warm-up of ``warmup_steps``, for
+    ``max_steps`` steps of ``batch_size``, keeping an EMA of the weights (``ema_decay``; the EMA weights are the ones
+    used). Shared by ``train`` (the denoiser, and a latent family's VAE with ``model.vae_max_steps``), ``classifier``
+    and ``distill``; each sets its own defaults."""
+
+    max_steps: int = bounded(2000, "[1, inf)")
+    batch_size: int = bounded(128, "[1, inf)")
+    lr: float = bounded(2e-3, "(0, inf)")
+    warmup_steps: int = bounded(100, "[0, inf)")
+    ema_decay: float = bounded(0.999, "[0, 1)")
+
+
+@dataclass
+class FitConfig(OptimConfig):
+    """A network trained from random weights (bench.training.fit): also its weight decay, gradient clipping, seed and
+    resumable checkpoints. A distilled student takes these from ``train``."""
+
+    weight_decay: float = bounded(0.0, "[0, inf)")
+    grad_clip: float = bounded(1.0, "[0, inf)")
+    seed: int = bounded(0, SEED)
+    checkpoint_every: int = bounded(500, "[0, inf)")  # steps between resumable Lightning checkpoints
+
+
+@dataclass
+class TrainConfig(FitConfig):
     """Training-relevant knobs besides data/model/objective/schedule. Part of the model cache key."""
 
-    max_steps: int = 2000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    cond_drop_prob: float = 0.1  # CFG label dropout
-    seed: int = 0
-    checkpoint_every: int = 500  # steps between resumable Lightning checkpoints
-    accumulate_grad_batches: int = 1  # Lightning's: one optimizer step per N batches (effective batch N*batch_size)
+    cond_drop_prob: float = bounded(0.1, "[0, 1)")  # CFG label dropout
+    # Lightning's: one optimizer step per N batches (effective batch N*batch_size)
+    accumulate_grad_batches: int = bounded(1, "[1, inf)")
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(FitConfig):
     """The noise-aware classifier of classifier guidance (bench/models/classifier.py), trained by the harness on noised
     training images when ``sampling.classifier_scale`` > 0 and cached like a model (its own key)."""
 
     block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
-    norm_num_groups: int = 8
-    max_steps: int = 1000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    ema_decay: float = 0.99
-    seed: int = 0
-    checkpoint_every: int = 500
+    norm_num_groups: int = bounded(8, "[1, inf)")
+    max_steps: int = bounded(1000, "[1, inf)")
+    lr: float = bounded(1e-3, "(0, inf)")
+    warmup_steps: int = bounded(20, "[0, inf)")
+    ema_decay: float = bounded(0.99, "[0, 1)")
 
 
 @dataclass
@@ -169,7 +255,7 @@ class TrainerConfig:
     devices: Any = 1
     precision: str = "32-true"
     strategy: str = "auto"
-    log_every_n_steps: int = 50
+    log_every_n_steps: int = bounded(50, "[1, inf)")
     enable_progress_bar: bool = True
     # Lightning's max_time ("DD:HH:MM:SS"): stop training when it runs out (a SLURM time limit). A model stopped short
     # of train.max_steps is never published to the cache: the run exits 3 naming the step, and the next run resumes.
@@ -181,10 +267,13 @@ class CostConfig:
     """How cost is measured (not what is computed: excluded from the cell key, like ``trainer``). Latency = median
     (and IQR) over the timed batches: the first ``warmup_batches`` of a cell are produced and scored but not timed."""
 
-    warmup_batches: int = 1  # batches excluded from latency (first calls allocate, fill caches)
-    min_timed_batches: int = 5  # K: fewer timed batches -> a warning and latency_batches < K in the row
-    repeats: int = 1  # > 1: re-time the cell's sampling (samples discarded) and pool the timed batches
-    num_threads: int = 0  # torch.set_num_threads for the cell (0 = as started, e.g. OMP_NUM_THREADS); recorded
+    warmup_batches: int = bounded(1, "[0, inf)")  # batches excluded from latency (first calls allocate, fill caches)
+    # K: fewer timed batches -> a warning and latency_batches < K in the row
+    min_timed_batches: int = bounded(5, "[1, inf)")
+    # > 1: re-time the cell's sampling (samples discarded) and pool the timed batches
+    repeats: int = bounded(1, "[1, inf)")
+    # torch.set_num_threads for the cell (0 = as started, e.g. OMP_NUM_THREADS); recorded
+    num_threads: int = bounded(0, "[0, inf)")
     inference_mode: bool = True  # torch.inference_mode instead of no_grad while sampling (same numbers)
     # UNet in channels_last memory format: ~12 % faster sampling on this CPU (bench-perf); float rounding differs
     # (samples agree to ~1e-3 after 50 steps, as with another batch size), so it is recorded in the row
@@ -207,27 +296,31 @@ class MetricConfig:
     clip_pretrained: Optional[str] = None  # open_clip pretrained tag or local checkpoint path
     reference_split: str = "train"  # train | test
     reference_stats: Optional[str] = None  # imported npz (clean-fid / pytorch-fid mu/sigma, ADM batch)
-    kid_subsets: int = 50
-    kid_subset_size: int = 100
-    repeats: int = 1  # independent seed blocks -> mean and std
-    bootstrap: int = 0  # bootstrap resamples over features (0 = off)
-    toy_num_reference: int = 10000  # toy2d: fresh samples of the true distribution
-    swd_projections: int = 256
-    num_reference: int = 0  # reference images from metric.reference_split (0 = the whole split); part of the ref key
-    is_splits: int = 10  # Inception Score: at most this many splits of >= 5000 images (fewer images: whole set)
-    seed: int = 0  # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
-    mmd_bandwidth: Optional[float] = None  # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
+    kid_subsets: int = bounded(50, "[1, inf)")
+    kid_subset_size: int = bounded(100, "[2, inf)")
+    repeats: int = bounded(1, "[1, inf)")  # independent seed blocks -> mean and std
+    bootstrap: int = bounded(0, "[0, inf)")  # bootstrap resamples over features (0 = off)
+    toy_num_reference: int = bounded(10000, "[2, inf)")  # toy2d: fresh samples of the true distribution
+    swd_projections: int = bounded(256, "[1, inf)")
+    # reference images from metric.reference_split (0 = the whole split); part of the ref key
+    num_reference: int = bounded(0, "[0, inf)")
+    # Inception Score: at most this many splits of >= 5000 images (fewer images: whole set)
+    is_splits: int = bounded(10, "[1, inf)")
+    # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
+    seed: int = bounded(0, SEED)
+    # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
+    mmd_bandwidth: Optional[float] = bounded(None, "(0, inf)")
     inception_sha256: Optional[str] = None  # expected sha256 of metric.inception_weights (default: the official file)
     # scores beyond FID/KID/IS (bench/metrics/scorer.py): off by default (keys.py: key version 4)
     prdc: bool = False  # precision/recall (k=pr_k, <=) and density/coverage (k=dc_k, <) vs the reference features
-    pr_k: int = 3
-    dc_k: int = 5
+    pr_k: int = bounded(3, "[1, inf)")
+    dc_k: int = bounded(5, "[1, inf)")
     cmmd: bool = False  # CMMD (RBF on unit CLIP embeddings): data=shapes the offline CLIP, else cmmd_clip_model
-    cmmd_sigma: float = 10.0
+    cmmd_sigma: float = bounded(10.0, "(0, inf)")
     cmmd_clip_model: str = "ViT-L-14-336"  # an open_clip model name, weights from the local cmmd_clip_weights
     cmmd_clip_weights: Optional[str] = None
     fd_inf: bool = False  # FD extrapolated to N=inf (fit of FD against 1/N at fd_inf_points sizes in [N/5, N])
-    fd_inf_points: int = 15
+    fd_inf_points: int = bounded(15, "[2, inf)")
     sfid: bool = False  # FD on Inception-v3 Mixed_6d.branch1x1[:7] (17x17x7, ADM's sFID); metric.inception_weights
     fd_dinov2: bool = False  # FD on DINOv2 CLS features (dgm-eval preprocessing), from a local checkpoint:
     dinov2_model: str = "vitl14"  # vitl14 | vitb14 (the cheap one)
@@ -246,22 +339,24 @@ class TrackerConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(OptimConfig):
     """Distillation of the trained (teacher) model into a few-step student (bench/distill). The student is sampled
     with ``sampling.num_inference_steps``: progressive → DDIM at that count (rounds teacher_steps → … → it);
-    consistency → LCMScheduler at that count (≤ num_ddim_timesteps). Part of the student's cache key."""
+    consistency → LCMScheduler at that count (≤ num_ddim_timesteps). Part of the student's cache key; its weight decay,
+    gradient clipping and seed are ``train``'s."""
 
     method: str = "none"  # a conf/distill/ name (registry bench.distill.METHODS)
-    teacher_steps: int = 64  # progressive: DDIM steps of the first teacher; each round halves them
-    max_steps: int = 400  # training steps per round (progressive) / in all (consistency)
-    batch_size: int = 128
-    lr: float = 5e-4
-    warmup_steps: int = 20
-    ema_decay: float = 0.95  # student EMA (consistency: also the target network θ⁻)
-    num_ddim_timesteps: int = 50  # consistency: skip-step grid size (skip k = T // num_ddim_timesteps)
-    guidance_scale: float = 1.0  # teacher guidance baked into the student (diffusers convention); 1.0 = none
+    teacher_steps: int = bounded(64, "[1, inf)")  # progressive: DDIM steps of the first teacher; each round halves them
+    max_steps: int = bounded(400, "[1, inf)")  # training steps per round (progressive) / in all (consistency)
+    lr: float = bounded(5e-4, "(0, inf)")
+    warmup_steps: int = bounded(20, "[0, inf)")
+    ema_decay: float = bounded(0.95, "[0, 1)")  # student EMA (consistency: also the target network θ⁻)
+    # consistency: skip-step grid size (skip k = T // num_ddim_timesteps)
+    num_ddim_timesteps: int = bounded(50, "[1, inf)")
+    # teacher guidance baked into the student (diffusers convention); 1.0 = none
+    guidance_scale: float = bounded(1.0, "[0, inf)")
     loss: str = "l2"  # consistency: l2 | huber (pseudo-Huber, Song & Dhariwal 2023)
-    huber_c: float = 0.001
+    huber_c: float = bounded(0.001, "(0, inf)")
 
 
 @dataclass
@@ -272,9 +367,9 @@ class PromptsConfig:
     name: str = "none"  # a conf/prompts/ name (registry bench.data.prompts.PROMPTS): none | shapes | file
     path: Optional[str] = None  # file: .txt (one prompt per line), .csv or .tsv
     column: Optional[str] = None  # csv/tsv column (default: caption, prompt, Prompt, Prompts or text)
-    num_prompts: int = 0  # a seeded subset of this many prompts (0 = all)
-    seed: int = 0  # the subset's seed
-    images_per_prompt: int = 1
+    num_prompts: int = bounded(0, "[0, inf)")  # a seeded subset of this many prompts (0 = all)
+    seed: int = bounded(0, SEED)  # the subset's seed
+    images_per_prompt: int = bounded(1, "[1, inf)")
     negative_prompt: str = ""  # used with CFG (guidance_scale > 1)
 
 
@@ -303,7 +398,6 @@ class BenchConfig:
 
 GROUPS = {
     "data": DataConfig,
-    "model": ModelConfig,
     "objective": ObjectiveConfig,
     "schedule": ScheduleConfig,
     "sampler": SamplerConfig,
@@ -311,51 +405,7 @@ GROUPS = {
     "tracker": TrackerConfig,
     "distill": DistillConfig,
     "prompts": PromptsConfig,
-}
-
-
-# The bounds of every numeric key, checked for every cell before any work (bench.validate.check_bounds). A numeric
-# key of the schema without an entry here fails tests/test_validators.py, so a new key must declare its range. Every
-# float must also be finite (NaN passes every comparison; inf breaks every mean), Optional ones when set.
-# Notation: "[lo, hi]" closed, "(lo, hi)" open, mixed allowed; "inf" for no upper bound.
-SEED_MAX = 2**32 - 1  # Lightning's seed_everything and NumPy's legacy seeding refuse larger seeds (Lightning: silently
-# picks a random one); sampling seeds are per image (seed + i) on torch generators and may go to 2**62
-BOUNDS = {
-    "data.num_train": "[0, inf)", "data.image_size": "[1, inf)", "data.channels": "[1, 4]",
-    "data.test_fraction": "(0, 1)", "data.split_seed": f"[0, {SEED_MAX}]", "data.num_workers": "[0, inf)",
-    "model.hidden": "[1, inf)", "model.layers": "[1, inf)", "model.time_embed_dim": "[1, inf)",
-    "model.layers_per_block": "[1, inf)", "model.norm_num_groups": "[1, inf)", "model.attention_head_dim": "[1, inf)",
-    "model.patch_size": "[1, inf)", "model.num_layers": "[1, inf)", "model.num_attention_heads": "[1, inf)",
-    "model.latent_channels": "[1, inf)", "model.vae_max_steps": "[1, inf)", "model.vae_kl_weight": "[0, inf)",
-    "objective.min_snr_gamma": "[0, inf)",
-    "schedule.num_train_timesteps": "[2, inf)", "schedule.beta_start": "(0, 1)", "schedule.beta_end": "(0, 1)",
-    "schedule.flow_shift": "(0, inf)",
-    "sampler.eta": "[0, 1]", "sampler.solver_order": "[1, 3]", "sampler.max_sigma": "(0, inf)",
-    "metric.kid_subsets": "[1, inf)", "metric.kid_subset_size": "[2, inf)", "metric.repeats": "[1, inf)",
-    "metric.bootstrap": "[0, inf)", "metric.toy_num_reference": "[2, inf)", "metric.swd_projections": "[1, inf)",
-    "metric.num_reference": "[0, inf)", "metric.is_splits": "[1, inf)", "metric.seed": f"[0, {SEED_MAX}]",
-    "metric.mmd_bandwidth": "(0, inf)",
-    "metric.pr_k": "[1, inf)", "metric.dc_k": "[1, inf)", "metric.cmmd_sigma": "(0, inf)",
-    "metric.fd_inf_points": "[2, inf)",
-    "train.max_steps": "[1, inf)", "train.batch_size": "[1, inf)", "train.lr": "(0, inf)",
-    "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.grad_clip": "[0, inf)",
-    "train.ema_decay": "[0, 1)", "train.cond_drop_prob": "[0, 1)", "train.seed": f"[0, {SEED_MAX}]",
-    "train.checkpoint_every": "[0, inf)", "train.accumulate_grad_batches": "[1, inf)",
-    "trainer.log_every_n_steps": "[1, inf)",
-    "sampling.num_inference_steps": "[1, inf)", "sampling.guidance_scale": "[0, inf)", "sampling.num_samples": "[2, inf)",
-    "sampling.batch_size": "[1, inf)", "sampling.seed": f"[0, {2**62}]", "sampling.grid_size": "[1, inf)",
-    "sampling.devices": "[1, inf)", "sampling.shard_size": "[0, inf)", "sampling.classifier_scale": "[0, inf)",
-    "classifier.norm_num_groups": "[1, inf)", "classifier.max_steps": "[1, inf)", "classifier.batch_size": "[1, inf)",
-    "classifier.lr": "(0, inf)", "classifier.weight_decay": "[0, inf)", "classifier.warmup_steps": "[0, inf)",
-    "classifier.grad_clip": "[0, inf)", "classifier.ema_decay": "[0, 1)", "classifier.seed": f"[0, {SEED_MAX}]",
-    "classifier.checkpoint_every": "[0, inf)",
-    "cost.warmup_batches": "[0, inf)", "cost.min_timed_batches": "[1, inf)", "cost.repeats": "[1, inf)",
-    "cost.num_threads": "[0, inf)",
-    "distill.teacher_steps": "[1, inf)", "distill.max_steps": "[1, inf)", "distill.batch_size": "[1, inf)",
-    "distill.lr": "(0, inf)", "distill.warmup_steps": "[0, inf)", "distill.ema_decay": "[0, 1)",
-    "prompts.num_prompts": "[0, inf)", "prompts.seed": f"[0, {SEED_MAX}]", "prompts.images_per_prompt": "[1, inf)",
-    "distill.num_ddim_timesteps": "[1, inf)", "distill.guidance_scale": "[0, inf)", "distill.huber_c": "(0, inf)",
-}
+}  # the model group has one schema per family: MODEL_SCHEMAS
 
 
 def parse_bound(spec: str) -> tuple[float, float, bool, bool]:
@@ -364,18 +414,22 @@ def parse_bound(spec: str) -> tuple[float, float, bool, bool]:
     return float(lo), float(hi), spec[0] == "[", spec[-1] == "]"
 
 
-def numeric_fields(cls: type = None, prefix: str = ""):
-    """(dotted key, type) of every int/float key of the schema (Optional ones included; lists and Any excluded)."""
+def numeric_fields(cls: type = None, prefix: str = "", model: str | None = None):
+    """(dotted key, type, bounds) of every int/float key of ``cls`` (default: the whole schema, whose model keys are
+    the family ``model``'s; Optional keys included, lists and Any excluded); bounds is None where a field declares
+    none (:func:`bounded`)."""
     cls = cls or BenchConfig
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         t = hints[f.name]
+        if t is ModelConfig:
+            t = MODEL_SCHEMAS.get(model, ModelConfig)
         if dataclasses.is_dataclass(t):
-            yield from numeric_fields(t, f"{prefix}{f.name}.")
+            yield from numeric_fields(t, f"{prefix}{f.name}.", model)
             continue
         args = [a for a in typing.get_args(t) if a is not type(None)] if typing.get_origin(t) is typing.Union else [t]
         if len(args) == 1 and args[0] in (int, float):
-            yield f"{prefix}{f.name}", args[0]
+            yield f"{prefix}{f.name}", args[0], f.metadata.get("bounds")
 
 
 def register() -> None:
@@ -383,6 +437,8 @@ def register() -> None:
     cs.store(name="bench_schema", node=BenchConfig)
     for group, node in GROUPS.items():
         cs.store(group=group, name=f"{group}_schema", node=node)
+    for name, node in MODEL_SCHEMAS.items():
+        cs.store(group="model", name=f"{name}_schema", node=node)
 
 
 def check_declared_keys(cfg, cls: type = BenchConfig, prefix: str = "") -> None:
@@ -396,4 +452,7 @@ def check_declared_keys(cfg, cls: type = BenchConfig, prefix: str = "") -> None:
                               "an added key would be ignored")
         sub = hints[key]
         if dataclasses.is_dataclass(sub) and cfg[key] is not None:
+            composed = OmegaConf.get_type(cfg[key])  # the model group: its family's schema, a subclass of the field's
+            if isinstance(composed, type) and issubclass(composed, sub):
+                sub = composed
             check_declared_keys(cfg[key], sub, f"{prefix}{key}.")

@@ -20,7 +20,7 @@ from bench.metrics.scorer import METRICS
 from bench.models import MODELS
 from bench.sampling import SAMPLERS, compiled, diffusers_pipeline as pipelines
 from bench.schedule import SCHEDULES
-from bench.schema import BOUNDS, ConfigError, numeric_fields, parse_bound
+from bench.schema import ConfigError, numeric_fields, parse_bound
 from bench.tracking import TRACKERS
 from bench.training.fit import check_trainer, processes
 from bench.training.objectives import OBJECTIVES
@@ -31,6 +31,9 @@ REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, 
 # checks the config against it in place of these groups' own rules (an explicit objective= is compared, not used)
 CHECKPOINT_DECIDES = (OBJECTIVES, SCHEDULES, SAMPLERS)
 DEVICES = ("auto", "cpu", "cuda")
+# the groups no registry entry checks: their ranges come first; the others' after the entries' checks, so an entry's
+# more specific message (sampling.guidance_scale's is the sampler's) comes first
+OWN_GROUPS = ("train", "classifier", "trainer", "cost")
 
 
 def _get(cfg, dotted: str):
@@ -38,18 +41,6 @@ def _get(cfg, dotted: str):
     for part in dotted.split("."):
         node = node[part]
     return node
-
-
-def _positive(cfg, key: str, strict: bool = True):
-    v = _get(cfg, key)
-    if (v <= 0) if strict else (v < 0):
-        raise ConfigError(key, v, "a positive number" if strict else "a number >= 0")
-
-
-def _unit(cfg, key: str, closed_right: bool = False):
-    v = _get(cfg, key)
-    if not (0 <= v <= 1 if closed_right else 0 <= v < 1):
-        raise ConfigError(key, v, f"a number in [0, 1{']' if closed_right else ')'}")
 
 
 def check_output_dir(path: str | os.PathLike, key: str = "out_dir") -> None:
@@ -62,59 +53,50 @@ def check_output_dir(path: str | os.PathLike, key: str = "out_dir") -> None:
 
 
 def _check_sharding(cfg) -> None:
-    """sampling.devices >= 1 (no more than the visible GPUs on CUDA); sampling.shard_size >= 0 (bench.distributed)."""
-    devices, shard = cfg.sampling.devices, cfg.sampling.shard_size
-    if not isinstance(devices, int) or devices < 1:
-        raise ConfigError("sampling.devices", devices, "an integer >= 1 (processes that share a cell's images)")
-    if shard < 0:
-        raise ConfigError("sampling.shard_size", shard, "an integer >= 0 (0 = one batch per shard when sharding)")
+    """sampling.devices: no more than the visible GPUs on CUDA (bench.distributed; its range is the schema's)."""
+    devices = cfg.sampling.devices
     if devices > 1 and cfg.device != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
         raise ConfigError("sampling.devices", devices, f"at most {torch.cuda.device_count()} (the visible GPUs)",
                           "or device=cpu for CPU processes")
 
 
-def check_bounds(cfg, finite_only: bool = False) -> None:
-    """Every numeric key of the schema against its declared range (``bench.schema.BOUNDS``); floats must be finite.
-    ``finite_only``: only the finiteness (run before the registries' checks, whose comparisons NaN would pass; the
-    ranges run after them, so an entry's more specific message comes first)."""
-    for key, typ in numeric_fields():
+def check_bounds(cfg, finite_only: bool = False, groups: tuple[str, ...] | None = None) -> None:
+    """Every numeric key of the schema (the model group: its family's) against the range declared beside its field
+    (``bench.schema.bounded``); floats must be finite. ``finite_only``: only the finiteness; ``groups``: only these
+    groups' keys."""
+    for key, typ, bounds in numeric_fields(model=cfg.model.name):
+        if groups is not None and key.split(".")[0] not in groups:
+            continue
         try:
             v = _get(cfg, key)
         except (KeyError, AttributeError):
             continue
         if v is None:
             continue  # Optional and unset: the owner decides the default
-        lo, hi, lo_closed, hi_closed = parse_bound(BOUNDS[key])
+        lo, hi, lo_closed, hi_closed = parse_bound(bounds)
         if typ is float and not math.isfinite(v):
-            raise ConfigError(key, v, f"a finite number in {BOUNDS[key]}")
+            raise ConfigError(key, v, f"a finite number in {bounds}")
         if finite_only:
             continue
         ok = (v >= lo if lo_closed else v > lo) and (v <= hi if hi_closed else v < hi)
         if not ok:
             what = "an integer" if typ is int else "a number"
-            raise ConfigError(key, v, f"{what} in {BOUNDS[key]}")
+            raise ConfigError(key, v, f"{what} in {bounds}")
 
 
 def _check_plain_keys(cfg) -> None:
-    """Keys outside the registered groups: device, ranges of sampling.*, train.*, data.image_size, metric.* counts."""
+    """Keys outside the registered groups: device, the ranges of train.*, classifier.*, trainer.*, cost.*, sharding,
+    training processes, trainer.max_time, the output directory."""
     if cfg.device not in DEVICES:
         raise ConfigError("device", cfg.device, "one of " + ", ".join(DEVICES))
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda", "auto or cpu", "no CUDA device is visible")
-    for key in ("sampling.num_samples", "sampling.batch_size", "train.batch_size", "train.lr", "data.image_size",
-                "metric.repeats"):
-        _positive(cfg, key)
-    _positive(cfg, "cost.repeats")
-    for key in ("train.max_steps", "train.warmup_steps", "train.grad_clip", "metric.bootstrap",
-                "cost.warmup_batches", "cost.min_timed_batches", "cost.num_threads"):
-        _positive(cfg, key, strict=False)
+    check_bounds(cfg, finite_only=True)  # before any comparison: NaN passes them all
+    check_bounds(cfg, groups=OWN_GROUPS)
     _check_sharding(cfg)
     compiled.check(cfg)
-    _unit(cfg, "train.ema_decay")
-    _unit(cfg, "train.cond_drop_prob")
     _check_training_processes(cfg)
     check_trainer(cfg.trainer)
-    check_bounds(cfg, finite_only=True)
     _check_max_time(cfg.trainer.max_time)
     check_output_dir(Path(cfg.out_dir) / cfg.name, "out_dir")  # out_dir/<name> a file: refused here, not after work
 
@@ -162,7 +144,7 @@ def validate(cfg, info: DataInfo | None = None) -> DataInfo:
                 entry.check(cfg, info)
         if is_pipeline:
             pipelines.check(cfg, info)
-        elif cfg.model.pretrained:
+        elif cfg.model.get("pretrained"):  # model=unet loaded from a local directory
             pipelines.check_pretrained(cfg, info)
         check_bounds(cfg)
     except MissingMandatoryValue as e:

@@ -61,9 +61,6 @@ def _needs(kind: str, other: str, then=None):
     def check(cfg, info) -> None:
         if info.kind != kind:
             raise ConfigError("model", cfg.model.name, f"model={other} for data={cfg.data.name}")
-        if cfg.model.get("text_encoder") and not MODELS[cfg.model.name].text:
-            raise ConfigError("model.text_encoder", cfg.model.text_encoder, "null for model=" + cfg.model.name,
-                              "only a text-conditioned family (model=text_unet) has a text tower")
         if then is not None:
             then(cfg.model, info)
 
@@ -101,8 +98,8 @@ MODELS = Registry("model", "model.name", {
 def build_model(model_cfg, info) -> nn.Module:
     """The denoiser for ``model_cfg`` (``cfg.model``) on data described by ``info`` (a :class:`bench.data.DataInfo`).
 
-    ``model.pretrained`` set → that diffusers UNet, loaded (not trained)."""
-    if model_cfg.pretrained:
+    ``model.pretrained`` set (model=unet) → that diffusers UNet, loaded (not trained)."""
+    if model_cfg.get("pretrained"):
         return load_pretrained_unet(model_cfg.pretrained, info)
     return MODELS[model_cfg.name].build(model_cfg, info)
 

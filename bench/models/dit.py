@@ -22,9 +22,6 @@ def check_dit(model_cfg, info) -> None:
         raise ConfigError("model.attention_head_dim", int(model_cfg.attention_head_dim),
                           f"a value with attention_head_dim × num_attention_heads ({model_cfg.num_attention_heads}) "
                           f"a multiple of 4", f"width {width}: DiT's 2-D sin-cos position embedding needs 4 | width")
-    if model_cfg.pretrained:
-        raise ConfigError("model.pretrained", model_cfg.pretrained, "null for model=dit",
-                          "model.pretrained loads a UNet: use model=unet")
 
 
 class DiTDenoiser(nn.Module):

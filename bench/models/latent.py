@@ -55,11 +55,8 @@ def latent_info(model_cfg, info):
 def check_latent(cfg, info, inner_check) -> None:
     """A latent family on ``info`` (images): the VAE's levels halve the image evenly, its channels split into the
     GroupNorm groups, a pretrained VAE matches the data's channels, the inner denoiser fits the latent
-    (``inner_check(model_cfg, latent_info)``), a guidance classifier fits the latent; no model.pretrained."""
+    (``inner_check(model_cfg, latent_info)``), a guidance classifier fits the latent."""
     m = cfg.model
-    if m.pretrained:
-        raise ConfigError("model.pretrained", m.pretrained, f"null for model={m.name}",
-                          "model.pretrained loads a pixel UNet; a latent family's VAE is model.vae")
     if not m.vae:
         blocks = list(m.vae_block_out_channels)
         if not blocks or any(c % m.norm_num_groups for c in blocks):

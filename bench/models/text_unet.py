@@ -107,13 +107,10 @@ class HFTextTower:
 
 def check_text_unet(model_cfg, info) -> None:
     """Captions to condition on: labelled data whose class names are the prompts (shapes: "a red circle at the top
-    left"); no model.pretrained; the UNet's own checks (:func:`check_unet`). Each a one-line ConfigError."""
+    left"); the UNet's own checks (:func:`check_unet`). Each a one-line ConfigError."""
     if not info.num_classes or not info.class_names:
         raise ConfigError("model.name", model_cfg.name, "a data set with captions (data=shapes, class_conditional)",
                           f"data {info.id} has no class captions to prompt with")
-    if model_cfg.pretrained:
-        raise ConfigError("model.pretrained", model_cfg.pretrained, "null for model=text_unet",
-                          "model.pretrained loads an unconditional/class UNet: use model=unet")
     if model_cfg.text_encoder:
         text_encoder_kind(model_cfg.text_encoder)
     check_unet(model_cfg, info)
