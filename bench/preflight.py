@@ -83,7 +83,8 @@ def _one_line(e: BaseException) -> str:
             node = getattr(schema, m.group(2), None)
         keys = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "?"
         where = o.group(1) if o else m.group(1)
-        return f"{where}: no such key in {m.group(2)}; allowed keys: {keys}"
+        family = next((f" (model={name})" for name, cls in schema.MODEL_SCHEMAS.items() if cls is node), "")
+        return f"{where}: no such key in {m.group(2)}{family}; allowed keys: {keys}"
     first = text.split("Config search path")[0].split("full_key:")[0]
     msg = " ".join(first.split())
     if cause is not None and str(cause) and str(cause) not in msg:

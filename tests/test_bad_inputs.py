@@ -80,10 +80,10 @@ CONFIG_CASES = {
     "flow sampler on an eps model": (["sampler=flow_euler"], ["sampler", "flow_euler", "objective"]),
     "ddim on a flow model": (["objective=flow", "sampler=ddim"], ["sampler", "ddim", "flow"]),
     "mlp on images": (["model=mlp"], ["model='mlp' is not allowed: model=unet for data=digits"]),
-    "batch_size = 0": (["sampling.batch_size=0"], ["sampling.batch_size=0 is not allowed: a positive number"]),
-    "cost.repeats = 0": (["cost.repeats=0"], ["cost.repeats=0 is not allowed: a positive number"]),
+    "batch_size = 0": (["sampling.batch_size=0"], ["sampling.batch_size=0 is not allowed: an integer in [1, inf)"]),
+    "cost.repeats = 0": (["cost.repeats=0"], ["cost.repeats=0 is not allowed: an integer in [1, inf)"]),
     "negative cost.warmup_batches": (["cost.warmup_batches=-1"],
-                                     ["cost.warmup_batches=-1 is not allowed: a number >= 0"]),
+                                     ["cost.warmup_batches=-1 is not allowed: an integer in [0, inf)"]),
     "ema_decay out of range": (["train.ema_decay=1.5"], ["train.ema_decay=1.5 is not allowed: a number in [0, 1)"]),
     "folder without a path": (["data=folder"], ["data.path=None is not allowed"]),
     "unknown feature network": (["metric.feature_net=vgg"], ["metric.feature_net='vgg' is not allowed", "inception"]),
@@ -93,7 +93,15 @@ CONFIG_CASES = {
                                 ["metric.reference_stats='/nonexistent/ref.npz'", "file not found"]),
     "bad value in the last cell of a sweep": (["-m", "sampling.num_inference_steps=2,3,-1"],
                                               ["sampling.num_inference_steps=-1 is not allowed"]),
-    # values that once passed the preflight, then crashing after the work (bounds: bench.schema.BOUNDS)
+    # a key of another model family: each family has its own schema (bench.schema.MODEL_SCHEMAS)
+    "a VAE key on the pixel UNet": (["model=unet", "model.vae=/tmp/vae"],
+                                    ["model.vae: no such key in UNetConfig (model=unet); allowed keys: name, "
+                                     "block_out_channels", "pretrained"]),
+    "a UNet key on the DiT": (["model=dit", "model.block_out_channels=[8,16]"],
+                              ["model.block_out_channels: no such key in DiTConfig (model=dit)", "patch_size"]),
+    "an added key of another family": (["model=unet", "+model.text_encoder=/tmp/clip"],
+                                       ["model.text_encoder='/tmp/clip' is not allowed: a key of UNetConfig"]),
+    # values that once passed the preflight, then crashed after the work (bounds: beside each schema field)
     "num_samples = 1": (["sampling.num_samples=1"], ["sampling.num_samples=1 is not allowed: an integer in [2, inf)"]),
     "seed beyond 64 bits": (["sampling.seed=99999999999999999999"], ["sampling.seed=99999999999999999999"]),
     "negative train.seed": (["train.seed=-1"], ["train.seed=-1 is not allowed: an integer in [0, 4294967295]"]),

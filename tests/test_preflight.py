@@ -1,7 +1,12 @@
 """The cells each documented command expands to (what Hydra's multirun will launch), checked before any work."""
 import pytest
 
-from bench.preflight import CompositionError, expand
+import dataclasses
+
+from omegaconf import OmegaConf
+
+from bench.preflight import CompositionError, compose_cfg, expand
+from bench.schema import MODEL_SCHEMAS
 
 
 
@@ -103,3 +108,29 @@ def test_every_study_validates_on_every_family_with_only_model_set(study):
 
     for family in (["model=dit"], ["model=latent_unet"], ["model=latent_dit"], ["model=text_unet", "data=shapes"]):
         assert check(["-m", f"sweep={study}", *family]) == len(expand(["-m", f"sweep={study}"])), family
+
+
+@pytest.mark.parametrize("family", sorted(MODEL_SCHEMAS))
+def test_each_family_composes_its_own_keys_only(family):
+    """model=<family> composes that family's schema (model/<family>_schema): its keys and no other family's, and a
+    key of another family fails at composition, in one line naming the family and its keys."""
+    schema = MODEL_SCHEMAS[family]
+    cfg = compose_cfg([f"model={family}"])
+    assert OmegaConf.get_type(cfg.model) is schema
+    assert list(cfg.model) == [f.name for f in dataclasses.fields(schema)]
+    foreign = "vae" if "vae" not in cfg.model else "hidden"
+    with pytest.raises(CompositionError) as e:
+        compose_cfg([f"model={family}", f"model.{foreign}=1"])
+    assert str(e.value).startswith(f"model.{foreign}: no such key in {schema.__name__} (model={family}); allowed "
+                                   f"keys: name, ") and "\n" not in str(e.value)
+
+
+def test_smoke_shrinks_the_unet_families_only():
+    """experiment=smoke's smaller UNet (conf/experiment_model/smoke_<family>.yaml) reaches every UNet family, and
+    composes with the families that have no UNet."""
+    for family, data in (("unet", "digits"), ("latent_unet", "digits"), ("text_unet", "shapes")):
+        assert list(compose_cfg(["experiment=smoke", f"model={family}", f"data={data}"]).model.block_out_channels) == [
+            16, 32]
+    assert list(compose_cfg(["model=unet"]).model.block_out_channels) == [32, 64]
+    assert compose_cfg(["experiment=smoke", "model=dit"]).model.patch_size == 2
+
