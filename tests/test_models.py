@@ -155,7 +155,6 @@ def test_dit_unconditional_uses_one_class(compose_cfg):
     (["model.attention_head_dim=3", "model.num_attention_heads=2"],
      r"^model\.attention_head_dim=3 is not allowed: .*a multiple of 4 \(width 6"),
     (["data=toy2d"], r"^model='dit' is not allowed: model=mlp for data=toy2d$"),
-    (["model.pretrained=/nowhere"], r"^model\.pretrained='/nowhere' is not allowed: null for model=dit"),
     (["model.num_layers=0"], r"^model\.num_layers=0 is not allowed: an integer in \[1, inf\)$"),
 ])
 def test_dit_bad_config_is_one_line_before_any_work(compose_cfg, overrides, match):
@@ -358,8 +357,6 @@ def test_text_unet_conditions_on_caption_tokens_with_the_empty_prompt_as_null(co
     (["model.norm_num_groups=5"], r"^model\.norm_num_groups=5 is not allowed: a divisor of every block_out_channels"),
     (["model.text_encoder=/nowhere"], r"^model\.text_encoder='/nowhere' is not allowed: a local open_clip model "
      r"directory .* \(no such directory; this harness never downloads\)$"),
-    (["model=unet", "model.text_encoder=/tmp"], r"^model\.text_encoder='/tmp' is not allowed: null for model=unet "
-     r"\(only a text-conditioned family \(model=text_unet\) has a text tower\)$"),
 ])
 def test_text_unet_bad_config_is_one_line(compose_cfg, overrides, match):
     with pytest.raises(ConfigError, match=match) as err:

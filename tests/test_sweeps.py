@@ -17,9 +17,9 @@ SWEEPS = {
                           "sampling.classifier_scale=0,2", "classifier.max_steps=20",
                           "classifier.block_out_channels=[8,16]"],
                          {(0.0, 0.0), (0.0, 2.0), (3.0, 0.0), (3.0, 2.0)}),
-    # every family at one step count, tiny (smoke budget; a 1-block DiT, a 20-step VAE and classifier, 256 images)
-    "families": (["sampling.num_inference_steps=2", "model.num_layers=1", "model.vae_max_steps=20",
-                  "model.vae_block_out_channels=[8,16]", "classifier.max_steps=20",
+    # every family at one step count, tiny (smoke budget: each family's own shrink, conf/experiment_model/; a 20-step
+    # classifier, 256 images)
+    "families": (["sampling.num_inference_steps=2", "classifier.max_steps=20",
                   "classifier.block_out_channels=[8,16]", "data.num_train=256", "metric.num_reference=256"],
                  {("digits", "unet", 0.0), ("digits", "dit", 0.0), ("digits", "latent_unet", 0.0),
                   ("digits", "latent_dit", 0.0), ("digits", "unet", 2.0), ("shapes", "unet", 0.0),
