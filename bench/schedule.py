@@ -21,7 +21,7 @@ def _check(cfg, info) -> None:
         raise ConfigError("schedule.num_train_timesteps", s.num_train_timesteps, "a positive number")
     if cfg.objective.name == "flow" and s.flow_shift <= 0:
         raise ConfigError("schedule.flow_shift", s.flow_shift, "> 0")
-    # each beta's range (0, 1) is schema.BOUNDS'; the order of the two is a rule of linear-type schedules
+    # each beta's range (0, 1) is its schema field's; the order of the two is a rule of linear-type schedules
     if SCHEDULES[s.name].build != "squaredcos_cap_v2" and not s.beta_start < s.beta_end:
         raise ConfigError("schedule.beta_start", s.beta_start, f"< schedule.beta_end={s.beta_end}",
                           "a reversed schedule adds the most noise first")

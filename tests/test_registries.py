@@ -42,3 +42,15 @@ def test_registry_key_names_the_yaml(registry):
 def test_unknown_name_is_one_line():
     with pytest.raises(ConfigError, match=r"^sampler\.name='plms' is not allowed: one of ddpm, ddim, .*flow_euler$"):
         SAMPLERS["plms"]
+
+
+def test_each_model_family_has_its_own_schema():
+    """conf/model/<name>.yaml, the registry entry MODELS[name] and the schema model/<name>_schema it composes with
+    (bench.schema.MODEL_SCHEMAS): one family, one of each."""
+    from bench.models import MODELS
+    from bench.schema import MODEL_SCHEMAS, ModelConfig
+
+    assert sorted(MODEL_SCHEMAS) == sorted(MODELS.names())
+    for name, schema in MODEL_SCHEMAS.items():
+        assert issubclass(schema, ModelConfig)
+        assert f"{name}_schema" in (CONF / "model" / f"{name}.yaml").read_text(), name
