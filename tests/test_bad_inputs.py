@@ -96,7 +96,7 @@ CONFIG_CASES = {
     # a key of another model family: each family has its own schema (bench.schema.MODEL_SCHEMAS)
     "a VAE key on the pixel UNet": (["model=unet", "model.vae=/tmp/vae"],
                                     ["model.vae: no such key in UNetConfig (model=unet); allowed keys: name, "
-                                     "block_out_channels", "pretrained"]),
+                                     + "block_out_channels", "pretrained"]),
     "a UNet key on the DiT": (["model=dit", "model.block_out_channels=[8,16]"],
                               ["model.block_out_channels: no such key in DiTConfig (model=dit)", "patch_size"]),
     "an added key of another family": (["model=unet", "+model.text_encoder=/tmp/clip"],
