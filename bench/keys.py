@@ -358,7 +358,7 @@ def key_settings(cfg: DictConfig) -> dict:
 def model_key_config(cfg) -> dict:
     """What changes a harness model's weights (resolved): ``model_key`` hashes it and its config.yaml records it.
     ``model.pretrained``: that checkpoint's content with the forward process it is sampled by."""
-    if cfg.model.pretrained:
+    if cfg.model.get("pretrained"):  # model=unet loaded, not trained
         m = section(cfg, "model", roles=(MODEL,))
         return {"pretrained": str(cfg.model.pretrained), "pretrained_content": m["pretrained_content"],
                 "objective": section(cfg, "objective"), "schedule": section(cfg, "schedule")}

@@ -89,8 +89,6 @@ def check(cfg, info) -> None:
     m, s, smp = cfg.model, cfg.sampling, cfg.sampler
     if not m.path:
         _err("model.path", None, "a local pipeline directory or a cached hub id", "model=pipeline")
-    if m.pretrained:
-        _err("model.pretrained", m.pretrained, "unset with model=pipeline (model.path names the checkpoint)")
     c = read_checkpoint(m)
     if cfg.objective.name not in ("auto", c.objective):
         _err("objective", cfg.objective.name, f"auto or {c.objective} for model.path={m.path}",

@@ -32,7 +32,7 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
     info = get_data_info(cfg.data)
     device = resolve_device(cfg.device)
     key = keys.model_key(cfg)
-    if cfg.model.pretrained:
+    if cfg.model.get("pretrained"):  # model=unet loaded, not trained
         model = build_model(cfg.model, info).eval().to(device)
         return model, {"model_key": key, "path": str(cfg.model.pretrained), "train_steps": 0, "train_seconds": 0.0,
                        "cached": True, "num_params": num_params(model)}
