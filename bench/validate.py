@@ -96,8 +96,8 @@ def _check_plain_keys(cfg) -> None:
     _check_sharding(cfg)
     compiled.check(cfg)
     _check_training_processes(cfg)
+    _check_max_time(cfg.trainer.max_time)  # before Lightning sees it: its own message names no key
     check_trainer(cfg.trainer)
-    _check_max_time(cfg.trainer.max_time)
     check_output_dir(Path(cfg.out_dir) / cfg.name, "out_dir")  # out_dir/<name> a file: refused here, not after work
 
 
