@@ -207,7 +207,10 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "cost": {k: _r(v) for k, v in (("warmup_batches", 1), ("min_timed_batches", 5), ("repeats", 1),
                                    ("num_threads", 0), ("inference_mode", True))} | {
         # channels_last rounds differently (~1e-3 after 50 steps, as another batch size does): recorded in the row
-        "channels_last": _r(True)},
+        "channels_last": _r(True),
+        # compiled kernels round differently too; each cell checks them against the eager model (within one uint8
+        # level, else refused) and records the difference (compile_max_abs_diff)
+        "compile": _r("none")},
     "tracker": {k: _r(v) for k, v in (("name", "none"), ("project", "bench"), ("entity", None), ("mode", None),
                                       ("dir", None))},
     "": {k: _r(v) for k, v in (("name", "default"), ("out_dir", "runs"), ("cache_dir", None), ("device", "auto"),
