@@ -15,7 +15,7 @@ from PIL import Image
 from bench.utils import atomic_write_bytes, atomic_write_text
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+import matplotlib.pyplot as plt
 
 
 def write_grid(path: Path, images: np.ndarray) -> None:

@@ -24,8 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 

@@ -25,15 +25,15 @@ beta_start/beta_end of the cosine schedule) is normalised to its default before 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from bench.data import data_key
-from bench.models import MODELS, text_encoder, text_encoder_fingerprint
-from bench.models import diffusers_checkpoint as checkpoints
+from bench.models import MODELS, diffusers_checkpoint as checkpoints, text_encoder, text_encoder_fingerprint
 from bench.schema import ConfigError
 from bench.utils import config_hash, path_fingerprint, to_plain
 
@@ -56,7 +56,7 @@ class Content:
     (None: nothing to add, e.g. a name that is not a local path). ``strict``: a path that cannot be read is the
     fingerprint's ConfigError; otherwise it is keyed as unreadable and validation reports it."""
 
-    fingerprint: Callable[[str, Any], Optional[str]]
+    fingerprint: Callable[[str, Any], str | None]
     entry: str
 
 
@@ -68,8 +68,8 @@ class Setting:
     role: str
     default: Any = None
     since: int = 1
-    content: Optional[Content] = None
-    no_effect: Optional[Callable[[Any], Optional[str]]] = None  # cfg -> why it has no effect there, or None
+    content: Content | None = None
+    no_effect: Callable[[Any], str | None] | None = None  # cfg -> why it has no effect there, or None
     frozen: bool = False  # a RUN setting the version-1 cell key held: hashed at ``default`` whatever its value
 
 
@@ -77,7 +77,7 @@ def _files(path, _group) -> str:
     return path_fingerprint(path)
 
 
-def _pipeline_files(path, _group) -> Optional[str]:
+def _pipeline_files(path, _group) -> str | None:
     try:
         return path_fingerprint(checkpoints.resolve(path))  # every file of the checkpoint, its scheduler's too
     except ConfigError:
@@ -91,21 +91,21 @@ def _text_tower_files(path, _group) -> str:
         return path_fingerprint(path)  # not a tower: validation refuses it
 
 
-def _local_files(path, _group) -> Optional[str]:
+def _local_files(path, _group) -> str | None:
     return path_fingerprint(path) if Path(str(path)).expanduser().exists() else None  # else a name (a tag)
 
 
-def _data_files(_path, data_cfg) -> Optional[str]:
+def _data_files(_path, data_cfg) -> str | None:
     return data_key(data_cfg).get("content_id")  # a folder: DataInfo.id, which fingerprints its images
 
 
-def _cosine(cfg) -> Optional[str]:
+def _cosine(cfg) -> str | None:
     if cfg.schedule.name == "cosine":
         return "the cosine schedule (squaredcos_cap_v2) has no beta_start/beta_end"
     return None
 
 
-def _no_cfg_pass(cfg) -> Optional[str]:
+def _no_cfg_pass(cfg) -> str | None:
     g = float(cfg.sampling.guidance_scale)
     if g <= 1:
         return (f"sampling.guidance_scale={g:g} makes no classifier-free guidance pass, the only one a negative "
@@ -429,7 +429,7 @@ def classifier_key(cfg) -> str:
     return config_hash(classifier_key_config(cfg))
 
 
-def student_key_config(cfg, parent_key: str, steps: Optional[int], fields, timestep_spacing: bool) -> dict:
+def student_key_config(cfg, parent_key: str, steps: int | None, fields, timestep_spacing: bool) -> dict:
     """What a distilled student's weights depend on: its parent (teacher or previous round), the method's ``fields``
     of ``distill.*``, its step count, and (``timestep_spacing``) the DDIM grid it is trained on."""
     d, t = section(cfg, "distill"), section(cfg, "train")

@@ -4,7 +4,6 @@ a new metric is one entry here (and its computation in bench.metrics)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 # Every choice that moves a score must be equal down a table column, else the column mixes incomparable numbers
 # (columns as written by bench.metrics.scorer; absent ones are skipped).
@@ -19,7 +18,7 @@ class Metric:
     label: str  # as shown in tables and plots
     kind: str  # quality (a score of the samples) | cost (of sampling one cell) | model (a size) | training (its time)
     higher_is_better: bool = False
-    decimals: Optional[int] = None  # fixed decimals in tables; None: chosen per column from its values
+    decimals: int | None = None  # fixed decimals in tables; None: chosen per column from its values
     scale: float = 1.0  # display scale (CSV and rows keep raw units): s -> ms, KID x 10^3
     settings: tuple[str, ...] = ()  # row columns that must be equal for two values to be comparable
     deterministic: bool = True  # two runs of one cell give the same value (to machine rounding); timings do not

@@ -6,8 +6,9 @@ sides agree).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any
 
 from bench.schema import ConfigError
 
@@ -21,7 +22,7 @@ class Entry:
     """``build``: what the group's name stands for (a dataset class, a model builder, a diffusers scheduler builder,
     ...); ``check(cfg, info)``: raise a one-line ConfigError for a value or combination this entry cannot run."""
 
-    build: Optional[Callable[..., Any]] = None
+    build: Callable[..., Any] | None = None
     check: Callable[[Any, Any], None] = _no_check
     doc: str = ""
 
@@ -29,7 +30,7 @@ class Entry:
 class Registry:
     """name → Entry for one config group; ``key`` is the config key holding the name (``sampler.name``)."""
 
-    def __init__(self, group: str, key: str, entries: Dict[str, Entry]):
+    def __init__(self, group: str, key: str, entries: dict[str, Entry]):
         self.group, self.key, self.entries = group, key, dict(entries)
 
     def __getitem__(self, name: str) -> Entry:

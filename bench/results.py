@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from filelock import FileLock
 
@@ -51,9 +51,9 @@ class LatentColumns(Columns):
     vae_scaling_factor: float
     vae_num_params: int
     vae_train_steps: int
-    vae_rfid: Optional[float] = None
-    real_fid: Optional[float] = None
-    vae_rfid_n: Optional[int] = None
+    vae_rfid: float | None = None
+    real_fid: float | None = None
+    vae_rfid_n: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,10 @@ class ClassifierColumns(Columns):
     and no classifier parameters); a guided row names the classifier (its calls per image are a cost column)."""
 
     classifier_scale: float = 0.0
-    classifier_key: Optional[str] = None
-    classifier_train_steps: Optional[int] = None
+    classifier_key: str | None = None
+    classifier_train_steps: int | None = None
     classifier_num_params: int = 0
-    nfe_classifier: Optional[float] = None
+    nfe_classifier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class PipelineColumns(Columns):
 
     pipeline_class: str
     checkpoint_objective: str
-    checkpoint_scheduler: Optional[str]
+    checkpoint_scheduler: str | None
     checkpoint_path: str
     model_dtype: str
     compile_s: float
@@ -84,11 +84,11 @@ class PipelineColumns(Columns):
     cpu_offload: bool
     compile: bool
     scheduler_class: str
-    prompts_id: Optional[str] = None
-    prompts_sha256: Optional[str] = None
-    num_prompts: Optional[int] = None
-    images_per_prompt: Optional[int] = None
-    negative_prompt: Optional[str] = None
+    prompts_id: str | None = None
+    prompts_sha256: str | None = None
+    num_prompts: int | None = None
+    images_per_prompt: int | None = None
+    negative_prompt: str | None = None
 
 
 @dataclass
@@ -111,14 +111,14 @@ class Row:
     repeats: int = 1  # metric.repeats: disjoint seed blocks
     batch_size: int = 0  # the batch size actually used (halved on CUDA out-of-memory)
     seed: int = 0  # image i of the cell uses seed + i
-    model_key: Optional[str] = None  # the sampled model's cache key (the student's, when distilled)
-    train_steps: Optional[int] = None
-    train_seconds: Optional[float] = None
-    num_params: Optional[int] = None
+    model_key: str | None = None  # the sampled model's cache key (the student's, when distilled)
+    train_steps: int | None = None
+    train_seconds: float | None = None
+    num_params: int | None = None
     distill_method: str = "none"  # none | progressive | consistency
-    distill_steps: Optional[int] = None
-    distill_train_steps: Optional[int] = None  # cumulative over progressive rounds
-    distill_seconds: Optional[float] = None
+    distill_steps: int | None = None
+    distill_train_steps: int | None = None  # cumulative over progressive rounds
+    distill_seconds: float | None = None
     torch: str = ""  # library versions and the code's git sha
     diffusers: str = ""
     bench: str = ""
@@ -128,16 +128,16 @@ class Row:
     config_path: str = ""  # cells/<cell_key>/config.yaml, relative to the results root
     cell_dir: str = ""  # cells/<cell_key>, relative to the results root
     status: str = "ok"  # ok | failed
-    error: Optional[str] = None  # failed rows: why (one line)
-    failed_step: Optional[int] = None  # failed rows: the sampling step where NaN/Inf appeared
-    wall_s: Optional[float] = None  # sampling + scoring wall time of the cell
+    error: str | None = None  # failed rows: why (one line)
+    failed_step: int | None = None  # failed rows: the sampling step where NaN/Inf appeared
+    wall_s: float | None = None  # sampling + scoring wall time of the cell
     # {dotted key: value} of every setting the cell key holds, after normalisation (bench.keys.key_settings): two rows
     # that differ in any of them are two configurations, never seed blocks of one
     key_settings: dict = field(default_factory=dict)
     # cost (bench.metrics.cost: nfe, latency_p50/p95 in s per image, images_per_s, peak_mem_mb, mem_kind)
     cost: dict = field(default_factory=dict)
     # what the sampled model reports about itself (typed column groups: :class:`Columns`)
-    sampled: Tuple[Columns, ...] = ()
+    sampled: tuple[Columns, ...] = ()
     # scores and their provenance (bench.metrics.scorer: fid, fid_std, kid, kid_std, is, is_std, clip_score, swd,
     # mmd, feature_net, feature_net_hash, resize, quantize, ref_id, ref_hash, n_ref, ...)
     scores: dict = field(default_factory=dict)

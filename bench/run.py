@@ -18,15 +18,14 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from bench import cell, preflight, summary
+from bench import cell, keys, preflight, summary
 from bench.env import quiet_console
 from bench.evaluators import EvaluatorError
+from bench.keys import cell_key
 from bench.metrics.refstats import RefStatsError
 from bench.results import ResultsError
 from bench.schema import ConfigError, register
 from bench.training import ModelCacheError, TrainingStopped
-from bench import keys
-from bench.keys import cell_key
 
 log = logging.getLogger("bench")
 register()

@@ -5,7 +5,7 @@ share one noise schedule exactly.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
@@ -43,7 +43,7 @@ SCHEDULES = Registry("schedule", "schedule.name", {
 })
 
 
-def beta_kwargs(s) -> Dict[str, Any]:
+def beta_kwargs(s) -> dict[str, Any]:
     """The diffusers constructor arguments of schedule config ``s`` (training and sampling both build from these)."""
     return dict(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
                 beta_schedule=SCHEDULES[s.name].build)

@@ -7,9 +7,10 @@ individually valid but impossible together (a flow scheduler with an eps model, 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -46,7 +47,7 @@ class DataConfig:
     num_train: int = bounded(0, "[0, inf)")  # toy2d: points to draw; images: cap on the train split (0 = all)
     image_size: int = bounded(8, "[1, inf)")  # images are resized to image_size x image_size
     channels: int = bounded(1, "[1, 4]")
-    path: Optional[str] = None  # folder: root of an image folder (optionally class sub-folders)
+    path: str | None = None  # folder: root of an image folder (optionally class sub-folders)
     center_crop: bool = True  # folder: centre-crop to square before resize
     hflip: bool = False  # random horizontal flip in training
     class_conditional: bool = True  # use labels when the data set has them
@@ -76,10 +77,10 @@ class MLPConfig(ModelConfig):
 class UNetArchConfig(ModelConfig):
     """A diffusers UNet's architecture (UNet2DModel; UNet2DConditionModel for text_unet)."""
 
-    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     layers_per_block: int = bounded(1, "[1, inf)")
-    down_block_types: List[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
-    up_block_types: List[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
+    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: list[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
     norm_num_groups: int = bounded(8, "[1, inf)")
     attention_head_dim: int = bounded(8, "[1, inf)")  # per attention block
 
@@ -88,7 +89,7 @@ class UNetArchConfig(ModelConfig):
 class UNetConfig(UNetArchConfig):
     """unet: diffusers UNet2DModel, trained by the harness, or loaded (``pretrained``) and sampled by its loop."""
 
-    pretrained: Optional[str] = None  # a local diffusers UNet2DModel directory (or a pipeline's unet/)
+    pretrained: str | None = None  # a local diffusers UNet2DModel directory (or a pipeline's unet/)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class TextUNetConfig(UNetArchConfig):
 
     # null = the shipped offline CLIP, else a local open_clip model directory, a transformers CLIPTextModel directory
     # with its tokenizer, or a diffusers pipeline directory (text_encoder/)
-    text_encoder: Optional[str] = None
+    text_encoder: str | None = None
 
 
 @dataclass
@@ -114,9 +115,9 @@ class DiTConfig(ModelConfig):
 class LatentConfig(ModelConfig):
     """The AutoencoderKL of a latent family (Rombach et al. 2022): the denoiser diffuses in its latent space."""
 
-    vae: Optional[str] = None  # a local diffusers AutoencoderKL directory (loaded); else trained by the harness:
+    vae: str | None = None  # a local diffusers AutoencoderKL directory (loaded); else trained by the harness:
     latent_channels: int = bounded(4, "[1, inf)")
-    vae_block_out_channels: List[int] = field(default_factory=lambda: [32, 64])  # one 2x downsampling per level but one
+    vae_block_out_channels: list[int] = field(default_factory=lambda: [32, 64])  # one 2x downsampling per level but one
     norm_num_groups: int = bounded(8, "[1, inf)")  # the VAE's GroupNorm groups (a latent UNet's too)
     vae_max_steps: int = bounded(1000, "[1, inf)")  # its training steps (the other train.* settings are the denoiser's)
     # loss = MSE(x, D(z)) + vae_kl_weight * KL(q(z|x) || N(0, I)) / pixels
@@ -138,7 +139,7 @@ class PipelineConfig(ModelConfig):
     """pipeline: a local diffusers pipeline directory or a hub id in the local HF cache, sampled through its own
     __call__ with its own scheduler config (bench/sampling/pipelines.py); GPU options are recorded."""
 
-    path: Optional[str] = None
+    path: str | None = None
     dtype: str = "fp32"  # fp32 | fp16 | bf16 (torch_dtype of from_pretrained)
     attention_slicing: bool = False
     vae_tiling: bool = False
@@ -239,7 +240,7 @@ class ClassifierConfig(FitConfig):
     """The noise-aware classifier of classifier guidance (bench/models/classifier.py), trained by the harness on noised
     training images when ``sampling.classifier_scale`` > 0 and cached like a model (its own key)."""
 
-    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     norm_num_groups: int = bounded(8, "[1, inf)")
     max_steps: int = bounded(1000, "[1, inf)")
     lr: float = bounded(1e-3, "(0, inf)")
@@ -259,7 +260,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     # Lightning's max_time ("DD:HH:MM:SS"): stop training when it runs out (a SLURM time limit). A model stopped short
     # of train.max_steps is never published to the cache: the run exits 3 naming the step, and the next run resumes.
-    max_time: Optional[str] = None
+    max_time: str | None = None
 
 
 @dataclass
@@ -291,11 +292,11 @@ class MetricConfig:
     inception_score: bool = True
     clip_score: bool = False
     feature_net: str = "auto"  # auto | digits_cnn | inception | clip
-    inception_weights: Optional[str] = None  # local file; or env BENCH_INCEPTION_WEIGHTS
+    inception_weights: str | None = None  # local file; or env BENCH_INCEPTION_WEIGHTS
     clip_model: str = "offline"  # offline | an open_clip model name
-    clip_pretrained: Optional[str] = None  # open_clip pretrained tag or local checkpoint path
+    clip_pretrained: str | None = None  # open_clip pretrained tag or local checkpoint path
     reference_split: str = "train"  # train | test
-    reference_stats: Optional[str] = None  # imported npz (clean-fid / pytorch-fid mu/sigma, ADM batch)
+    reference_stats: str | None = None  # imported npz (clean-fid / pytorch-fid mu/sigma, ADM batch)
     kid_subsets: int = bounded(50, "[1, inf)")
     kid_subset_size: int = bounded(100, "[2, inf)")
     repeats: int = bounded(1, "[1, inf)")  # independent seed blocks -> mean and std
@@ -309,8 +310,8 @@ class MetricConfig:
     # KID subsets, IS split permutation, bootstrap, SWD projections, toy2d reference points
     seed: int = bounded(0, SEED)
     # toy2d RBF-MMD bandwidth; None = median heuristic (recorded in the row)
-    mmd_bandwidth: Optional[float] = bounded(None, "(0, inf)")
-    inception_sha256: Optional[str] = None  # expected sha256 of metric.inception_weights (default: the official file)
+    mmd_bandwidth: float | None = bounded(None, "(0, inf)")
+    inception_sha256: str | None = None  # expected sha256 of metric.inception_weights (default: the official file)
     # scores beyond FID/KID/IS (bench/metrics/scorer.py): off by default (keys.py: key version 4)
     prdc: bool = False  # precision/recall (k=pr_k, <=) and density/coverage (k=dc_k, <) vs the reference features
     pr_k: int = bounded(3, "[1, inf)")
@@ -318,14 +319,14 @@ class MetricConfig:
     cmmd: bool = False  # CMMD (RBF on unit CLIP embeddings): data=shapes the offline CLIP, else cmmd_clip_model
     cmmd_sigma: float = bounded(10.0, "(0, inf)")
     cmmd_clip_model: str = "ViT-L-14-336"  # an open_clip model name, weights from the local cmmd_clip_weights
-    cmmd_clip_weights: Optional[str] = None
+    cmmd_clip_weights: str | None = None
     fd_inf: bool = False  # FD extrapolated to N=inf (fit of FD against 1/N at fd_inf_points sizes in [N/5, N])
     fd_inf_points: int = bounded(15, "[2, inf)")
     sfid: bool = False  # FD on Inception-v3 Mixed_6d.branch1x1[:7] (17x17x7, ADM's sFID); metric.inception_weights
     fd_dinov2: bool = False  # FD on DINOv2 CLS features (dgm-eval preprocessing), from a local checkpoint:
     dinov2_model: str = "vitl14"  # vitl14 | vitb14 (the cheap one)
-    dinov2_weights: Optional[str] = None  # Meta's dinov2_<model>_pretrain.pth
-    dinov2_sha256: Optional[str] = None  # its sha256, checked before use
+    dinov2_weights: str | None = None  # Meta's dinov2_<model>_pretrain.pth
+    dinov2_sha256: str | None = None  # its sha256, checked before use
     dinov2_small_images: bool = False  # score images under 56 px anyway (DINOv2 sees them upsampled to 224)
 
 
@@ -333,9 +334,9 @@ class MetricConfig:
 class TrackerConfig:
     name: str = "none"  # a conf/tracker/ name (registry bench.tracking.TRACKERS)
     project: str = "bench"
-    entity: Optional[str] = None
-    mode: Optional[str] = None  # online | offline | disabled; None = WANDB_MODE, else offline without API key
-    dir: Optional[str] = None  # where offline runs go (default: <results root>)
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; None = WANDB_MODE, else offline without API key
+    dir: str | None = None  # where offline runs go (default: <results root>)
 
 
 @dataclass
@@ -365,8 +366,8 @@ class PromptsConfig:
     mod the set's size."""
 
     name: str = "none"  # a conf/prompts/ name (registry bench.data.prompts.PROMPTS): none | shapes | file
-    path: Optional[str] = None  # file: .txt (one prompt per line), .csv or .tsv
-    column: Optional[str] = None  # csv/tsv column (default: caption, prompt, Prompt, Prompts or text)
+    path: str | None = None  # file: .txt (one prompt per line), .csv or .tsv
+    column: str | None = None  # csv/tsv column (default: caption, prompt, Prompt, Prompts or text)
     num_prompts: int = bounded(0, "[0, inf)")  # a seeded subset of this many prompts (0 = all)
     seed: int = bounded(0, SEED)  # the subset's seed
     images_per_prompt: int = bounded(1, "[1, inf)")
@@ -427,7 +428,8 @@ def numeric_fields(cls: type = None, prefix: str = "", model: str | None = None)
         if dataclasses.is_dataclass(t):
             yield from numeric_fields(t, f"{prefix}{f.name}.", model)
             continue
-        args = [a for a in typing.get_args(t) if a is not type(None)] if typing.get_origin(t) is typing.Union else [t]
+        union = typing.get_origin(t) in (typing.Union, types.UnionType)  # Optional[X] and X | None
+        args = [a for a in typing.get_args(t) if a is not type(None)] if union else [t]
         if len(args) == 1 and args[0] in (int, float):
             yield f"{prefix}{f.name}", args[0], f.metadata.get("bounds")
 

@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 TRACKERS = Registry("tracker", "tracker.name", {"wandb": Entry(True), "none": Entry(False)})
 
 
-def wandb_mode(requested: Optional[str]) -> str:
+def wandb_mode(requested: str | None) -> str:
     """Explicit config wins, then WANDB_MODE, then online only when an API key is configured, else offline."""
     if requested:
         return requested
@@ -38,7 +38,7 @@ def wandb_mode(requested: Optional[str]) -> str:
 
 # What `wandb agent` hands the process it starts: the run it created for this cell, its sweep and the cell's params.
 AGENT_ENV = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")
-_agent_run: Optional[dict] = None  # claimed by the first cell this process logs
+_agent_run: dict | None = None  # claimed by the first cell this process logs
 
 
 def _claim_agent_run() -> dict:
@@ -76,7 +76,7 @@ class Tracker:
         self.enabled = TRACKERS[tracker_cfg.name].build  # one-line ConfigError for an unknown name
         self.dir = Path(tracker_cfg.dir or root)
 
-    def _init(self, agent_env: Optional[dict] = None, **kwargs):
+    def _init(self, agent_env: dict | None = None, **kwargs):
         """wandb.init; ``agent_env``: the claimed `wandb agent` variables, in the environment for this init only.
         wandb's process-wide settings read the environment once, at setup: the agent's run gets a setup of its own
         (teardown before and after, as `wandb agent` itself does between runs), so no other run inherits its id."""
@@ -103,11 +103,11 @@ class Tracker:
             return fn(*args, **kwargs)
         except Exception as e:  # a tracker must never cost a result
             msg = f"tracker: {what} failed ({type(e).__name__}: {e}); results are still in results.jsonl"
-            warnings.warn(msg)
+            warnings.warn(msg, stacklevel=2)
             log.warning(msg)
             return None
 
-    def log_cell(self, config: dict, row: dict, grid: Optional[str] = None) -> Optional[str]:
+    def log_cell(self, config: dict, row: dict, grid: str | None = None) -> str | None:
         """Log one cell: its config and the row's settings/provenance as the run config, its scores as the run
         summary, its sample grid as an image and the full row as a one-row table. Returns the run directory."""
 
@@ -134,7 +134,7 @@ class Tracker:
 
         return self._guard("logging the cell", _do)
 
-    def log_table(self, group: str, rows: list[dict], key: str = "ablation") -> Optional[str]:
+    def log_table(self, group: str, rows: list[dict], key: str = "ablation") -> str | None:
         """Log all rows of a sweep as one ``wandb.Table`` in an 'ablation' run of the sweep's group."""
 
         _claim_agent_run()
@@ -161,7 +161,7 @@ class Tracker:
         return self._guard("logging the ablation table", _do)
 
 
-def training_logger(tracker_cfg: Any, root: str | os.PathLike, name: str, group: str, config: Optional[dict] = None):
+def training_logger(tracker_cfg: Any, root: str | os.PathLike, name: str, group: str, config: dict | None = None):
     """A Lightning ``WandbLogger`` for a training run's curves (loss every ``trainer.log_every_n_steps``), in the
     study's W&B group with job_type "train", offline unless told otherwise; False when the tracker is off or W&B
     cannot start (a warning: training goes on; the loss curve is also in the model's meta.json)."""
@@ -188,7 +188,7 @@ def training_logger(tracker_cfg: Any, root: str | os.PathLike, name: str, group:
         return logger
     except Exception as e:  # a tracker must never cost a result
         msg = f"tracker: training curves not logged ({type(e).__name__}: {e})"
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
         log.warning(msg)
         return False
 

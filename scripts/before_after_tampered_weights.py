@@ -1,8 +1,12 @@
 # Usage: .venv/bin/python scripts/before_after_tampered_weights.py <empty cache dir> <empty out dir>
 """Before/after: a toy2d cell scored with its cached weights, then with 40 KB zeroed inside them
 (old behaviour simulated by switching the checksum verification off), then with the fix."""
-import json, os, subprocess, sys
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
 cache = Path(sys.argv[1]); out = Path(sys.argv[2])
 TOY = ["experiment=toy2d", "tracker=none", "device=cpu", "train.max_steps=300", "train.batch_size=256", "data.num_train=2000",
        "sampling.num_samples=2000", "sampler=ddim", "sampling.num_inference_steps=20", "hydra.mode=RUN", "trainer.enable_progress_bar=false"]

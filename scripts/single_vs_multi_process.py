@@ -13,11 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 def main(work: Path) -> None:
     import torch
-    from reliability_helpers import compose
 
     from bench import cell
     from bench.keys import results_root
     from bench.training import load_or_train
+    from reliability_helpers import compose
 
     base = ["experiment=smoke", "tracker=none", "device=cpu", "trainer.accelerator=cpu", "train.max_steps=300",
             "sampling.num_samples=500", "sampling.batch_size=125", "sampling.num_inference_steps=20",

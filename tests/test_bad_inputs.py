@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from reliability_helpers import CACHE, DIGITS, TOY, bench, private_cache, rows, trained
+from reliability_helpers import DIGITS, TOY, bench, private_cache, rows, trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -203,8 +203,8 @@ def test_missing_pretrained_weights(toy_model, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_cached_safetensors(damage, toy_model, tmp_path, capsys, monkeypatch):
     cache = private_cache(tmp_path / "cache", ("models",))
-    from reliability_helpers import compose
     from bench.keys import model_key
+    from reliability_helpers import compose
 
     weights = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "model.safetensors"
     data = weights.read_bytes()
@@ -215,8 +215,8 @@ def test_corrupt_cached_safetensors(damage, toy_model, tmp_path, capsys, monkeyp
 
 
 def test_corrupt_resume_checkpoint(tmp_path, capsys, monkeypatch):
-    from reliability_helpers import compose
     from bench.training import partial_dir
+    from reliability_helpers import compose
 
     cache = tmp_path / "cache"
     args = [*TOY, "hydra.mode=RUN", "train.max_steps=7", f"cache_dir={cache}"]
@@ -234,10 +234,10 @@ CAPPED_REF = "metric.num_reference=1000"
 
 @pytest.fixture
 def digits_cache(digits_model, tmp_path):
-    from reliability_helpers import compose
     from bench.data import get_data_info
     from bench.evaluators import load_feature_net
     from bench.metrics.refstats import get_reference
+    from reliability_helpers import compose
 
     cache = private_cache(tmp_path / "cache")
     cfg = compose(*DIGITS, "hydra.mode=RUN", CAPPED_REF, cache=cache)
@@ -397,9 +397,9 @@ def test_out_of_memory_halves_the_batch_or_fails_the_cell(max_batch, toy_model, 
 def test_finished_cell_from_another_evaluator_is_not_skipped_silently(tmp_path, capsys, monkeypatch):
     """The cell key holds the config, not the evaluator's weights: a finished row scored by another feature network
     (an older shipped file, another cache's) must stop the run with one line, not be kept as this run's result."""
-    from reliability_helpers import compose
     from bench.results import append_row
     from bench.run import cell_key
+    from reliability_helpers import compose
 
     args = [*DIGITS, "hydra.mode=RUN"]
     out = tmp_path / "runs"
@@ -425,8 +425,8 @@ def test_cached_weights_changed_in_place_are_refused_not_used(toy_model, tmp_pat
     file, with other weights (so another score under the same keys). Now its sha256 no longer matches meta.json's."""
     from safetensors.torch import load_file
 
-    from reliability_helpers import compose
     from bench.keys import model_key
+    from reliability_helpers import compose
 
     cache = private_cache(tmp_path / "cache", ("models",))
     weights = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "model.safetensors"
@@ -443,8 +443,8 @@ def test_cached_weights_changed_in_place_are_refused_not_used(toy_model, tmp_pat
 
 
 def test_garbage_meta_json_in_the_model_cache(toy_model, tmp_path, capsys, monkeypatch):
-    from reliability_helpers import compose
     from bench.keys import model_key
+    from reliability_helpers import compose
 
     cache = private_cache(tmp_path / "cache", ("models",))
     meta = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN")) / "meta.json"
@@ -456,9 +456,9 @@ def test_garbage_meta_json_in_the_model_cache(toy_model, tmp_path, capsys, monke
 def test_model_cached_without_a_checksum_gets_one_recorded(toy_model, tmp_path, capsys, monkeypatch):
     """A cache written before checksums existed is trusted once: its sha256 is recorded (a warning says so) and
     verified on every later load."""
-    from reliability_helpers import compose
     from bench.keys import model_key
     from bench.utils import file_sha256
+    from reliability_helpers import compose
 
     cache = private_cache(tmp_path / "cache", ("models",))
     d = cache / "models" / model_key(compose(*TOY, "hydra.mode=RUN"))
@@ -474,11 +474,11 @@ def test_folder_replaced_under_the_same_path_makes_new_keys(tmp_path):
     same path reused the old model and reference statistics. Now they are made of the folder's content."""
     from PIL import Image
 
-    from reliability_helpers import compose
     from bench.data import get_data_info
-    from bench.run import cell_key
     from bench.keys import model_key
+    from bench.run import cell_key
     from bench.utils import config_hash
+    from reliability_helpers import compose
 
     root = tmp_path / "imgs"
 
@@ -507,9 +507,9 @@ def test_folder_replaced_under_the_same_path_makes_new_keys(tmp_path):
 def test_pretrained_weights_and_imported_stats_are_keyed_by_content(tmp_path):
     """Before: model.pretrained and metric.reference_stats entered the keys as paths, so new weights (or
     statistics) at the same path skipped the cell as "resume" and gave a fresh run the same keys with another FID."""
-    from reliability_helpers import compose
-    from bench.run import cell_key
     from bench.keys import model_key
+    from bench.run import cell_key
+    from reliability_helpers import compose
 
     weights, stats = tmp_path / "pipe", tmp_path / "ref.npz"
     weights.mkdir()

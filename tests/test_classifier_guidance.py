@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from bench.data import build_dataset, get_data_info
+from bench.keys import classifier_key
 from bench.metrics.cost import CostMeter
 from bench.models.classifier import NoisyClassifier
 from bench.sampling import ClassifierGuidance, build_sampler, classifier_guided, sample
 from bench.sampling.oracles import GMMClassifier, GMMOracle
 from bench.schema import ConfigError
-from bench.keys import classifier_key
 from bench.training import load_or_train_classifier, objectives as obj
 from bench.validate import validate
 from test_run import bench, rows

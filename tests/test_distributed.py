@@ -155,9 +155,8 @@ def test_two_process_training_takes_the_steps_of_one_and_resumes(compose_cfg, tm
 
     from bench import cell
     from bench.data import get_data_info
-    from bench.training import load_or_train
     from bench.keys import model_key
-    from bench.training import fit
+    from bench.training import fit, load_or_train
     from bench.training.module import DiffusionModule
 
     def train(devices, steps, work):

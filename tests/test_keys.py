@@ -183,11 +183,10 @@ def test_the_row_records_every_setting_in_the_cell_key(compose_cfg, override, ke
 
 
 def test_a_run_row_holds_its_key_settings(tmp_path, capsys, monkeypatch):
-    from reliability_helpers import TOY, compose
-    from test_bad_inputs import cli
-
     from bench import keys
     from bench.results import read_rows
+    from reliability_helpers import TOY, compose
+    from test_bad_inputs import cli
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     code, err, root = cli(tmp_path, capsys, monkeypatch, *TOY, "hydra.mode=RUN", "sampler.solver_order=3")

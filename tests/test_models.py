@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from bench.data import build_dataset, get_data_info
-from bench.keys import cell_key
+from bench.keys import cell_key, model_key, model_key_config
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import images_fid
 from bench.models import (
@@ -23,7 +23,6 @@ from bench.models import (
 )
 from bench.sampling import build_sampler, sample
 from bench.schema import ConfigError
-from bench.keys import model_key, model_key_config
 from bench.training import load_or_train, load_or_train_vae
 from bench.validate import validate
 from test_run import bench, rows

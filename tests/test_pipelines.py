@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import get_data_info
 from bench.data.prompts import load_prompts
 from bench.metrics.cost import CostMeter
 from bench.models import tiny

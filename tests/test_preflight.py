@@ -1,16 +1,11 @@
 """The cells each documented command expands to (what Hydra's multirun will launch), checked before any work."""
-import pytest
-
 import dataclasses
 
+import pytest
 from omegaconf import OmegaConf
 
 from bench.preflight import CompositionError, compose_cfg, expand
 from bench.schema import MODEL_SCHEMAS
-
-
-
-
 
 
 @pytest.mark.parametrize("argv,n", [([], 6), (["-m", "sweep=scheduler_steps"], 30), (["-m", "sweep=ddim_eta"], 9),

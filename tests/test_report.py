@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from report_rows import row, study, write  # noqa: E402
-
-from bench.report import ReportError, build_report, main  # noqa: E402
-from bench.report.load import load  # noqa: E402
-from bench.report.formatting import decimals  # noqa: E402
-from bench.report.plan import plan_study  # noqa: E402
-from bench.report.tables import build_tables, first_stage_table  # noqa: E402
+from bench.report import ReportError, build_report, main
+from bench.report.formatting import decimals
+from bench.report.load import load
+from bench.report.plan import plan_study
+from bench.report.tables import build_tables, first_stage_table
+from report_rows import row, study, write
 
 
 def tables_for(tmp_path, data, **kw):

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from report_rows import row, write  # noqa: E402
-
-from bench.report import build_report  # noqa: E402
+from bench.report import build_report
+from report_rows import row, write
 
 
 def _rows():

@@ -137,9 +137,9 @@ def test_training_curves_go_to_a_wandb_train_run(tmp_path, monkeypatch):
     from lightning.pytorch.loggers import WandbLogger
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from reliability_helpers import compose
     from bench.keys import model_key
     from bench.training import load_or_train
+    from reliability_helpers import compose
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     logged, inits = [], []

@@ -9,9 +9,9 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DMode
 from safetensors.torch import load_file
 
 from bench.data import get_data_info
+from bench.keys import model_key
 from bench.schedule import ddpm_scheduler
 from bench.schema import ConfigError
-from bench.keys import model_key
 from bench.training import DiffusionModule, fit, load_or_train, objectives as obj, partial_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,8 +129,7 @@ def test_model_key_covers_training_config_only(compose_cfg):
 def test_keys_added_later_are_elided_at_their_default(compose_cfg):
     """train.accumulate_grad_batches=1 (the default) leaves model and cell keys as they were before the key existed;
     any other value is a new model and a new cell."""
-    from bench.keys import cell_config, cell_key
-    from bench.keys import model_key_config as key_config
+    from bench.keys import cell_config, cell_key, model_key_config as key_config
 
     cfg = compose_cfg()
     assert "accumulate_grad_batches" not in key_config(cfg)["train"]

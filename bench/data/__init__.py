@@ -9,8 +9,7 @@ label or -1 (unlabelled). Labels stay in the items even when ``data.class_condit
 """
 from .catalog import DATA, DataInfo, build_dataset, data_key, get_data_info
 from .datamodule import BenchDataModule, MirroredDataset, StepBatchSampler
-from .shapes import (SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, render_shape, shapes_caption,
-                     shapes_class)
+from .shapes import SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, render_shape, shapes_caption, shapes_class
 from .toy2d import sample_true
 
 __all__ = ["DATA", "DataInfo", "data_key", "get_data_info", "build_dataset", "sample_true", "BenchDataModule",

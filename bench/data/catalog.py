@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
 
 from torch.utils.data import Dataset
 
@@ -23,9 +23,9 @@ SPLITS = ("train", "test")
 @dataclass
 class DataInfo:
     kind: str  # "points" | "images"
-    shape: Tuple[int, ...]  # one item's x: (2,) or (C, H, W)
+    shape: tuple[int, ...]  # one item's x: (2,) or (C, H, W)
     num_classes: int  # classes the model is conditioned on; 0 = unconditional
-    class_names: List[str] = field(default_factory=list)  # the data set's label names (shapes: captions)
+    class_names: list[str] = field(default_factory=list)  # the data set's label names (shapes: captions)
     id: str = ""  # e.g. "digits-8px-c1"; names reference statistics
 
 
@@ -88,7 +88,7 @@ class DataSet(Entry):
     """``build(data_cfg, split)`` -> the items; ``info(data_cfg)`` -> :class:`DataInfo` (validates with one-line
     errors); ``check(cfg, info)`` runs before ``info`` (cheap config checks)."""
 
-    info: Optional[Callable] = None
+    info: Callable | None = None
     # the items live outside the config (a folder on disk): DataInfo.id fingerprints them and joins the model and
     # cell keys (data_key), so new contents under the same config make new keys
     content_keyed: bool = False

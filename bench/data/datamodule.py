@@ -1,7 +1,7 @@
 """Training batches whose order is a pure function of (seed, step), so an interrupted training resumes exactly."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import numpy as np

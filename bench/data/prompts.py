@@ -18,7 +18,6 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -32,7 +31,7 @@ COLUMNS = ("caption", "prompt", "Prompt", "Prompts", "text")
 class PromptSet:
     id: str
     texts: tuple  # the selected prompts, in order
-    labels: Optional[tuple]  # shapes: each prompt's class (CLIP score against that class's caption)
+    labels: tuple | None  # shapes: each prompt's class (CLIP score against that class's caption)
     negative_prompt: str
     images_per_prompt: int
 
@@ -119,7 +118,7 @@ def _file(p, data_cfg):
     return texts, None
 
 
-def load_prompts(prompts_cfg, data_cfg) -> Optional[PromptSet]:
+def load_prompts(prompts_cfg, data_cfg) -> PromptSet | None:
     """The prompt set a config selects (None for ``prompts=none``); a bad file or key is a ConfigError."""
     p = prompts_cfg
     if p.name == "none":

@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 
 from bench import keys, training
 from bench.data import get_data_info
+from bench.env import resolve_device
 from bench.registry import Entry, Registry
 from bench.sampling import check_guidance
 from bench.schema import ConfigError
-from bench.env import resolve_device
 from bench.utils import config_hash, to_plain
 
 from .consistency import ConsistencyDistillation

@@ -14,8 +14,7 @@ import copy
 import torch
 
 from bench.sampling import build_sampler
-from bench.training import DiffusionModule
-from bench.training import objectives as obj
+from bench.training import DiffusionModule, objectives as obj
 
 from .progressive import ddim_step
 

@@ -13,8 +13,7 @@ import copy
 import torch
 
 from bench.sampling import build_sampler, guided
-from bench.training import DiffusionModule
-from bench.training import objectives as obj
+from bench.training import DiffusionModule, objectives as obj
 
 
 def ddim_grid(cfg, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

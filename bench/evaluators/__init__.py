@@ -14,8 +14,16 @@ from __future__ import annotations
 from bench.schema import ConfigError
 
 from .clip import load_clip
-from .common import (PINNED_SHA256, SHIPPED, EvaluatorError, FeatureNet, find_evaluator, one_thread, publish,
-                     verified_meta)
+from .common import (
+    PINNED_SHA256,
+    SHIPPED,
+    EvaluatorError,
+    FeatureNet,
+    find_evaluator,
+    one_thread,
+    publish,
+    verified_meta,
+)
 from .digits_cnn import load_digits_cnn
 from .inception import load_inception
 

@@ -5,7 +5,7 @@ import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Protocol
 
 import torch
 
@@ -33,7 +33,7 @@ class FeatureNet(Protocol):
     dim: int
     meta: dict  # extra provenance (accuracy of an offline evaluator, weights path, ...)
 
-    def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(features (B, dim), logits (B, K) or None)."""
 
 
@@ -60,7 +60,7 @@ def publish(tmp, path, weights: str, meta: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def find_evaluator(cache_dir, name: str, shipped: bool = True) -> Optional[Path]:
+def find_evaluator(cache_dir, name: str, shipped: bool = True) -> Path | None:
     """The directory holding evaluator ``name`` (e.g. ``digits_cnn-<key>``): the shipped copy when the package
     has one for this key, else the cache entry if it was trained before, else None (train it)."""
     if shipped and (SHIPPED / name / "meta.json").is_file():

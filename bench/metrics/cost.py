@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Dict, Iterator, List
 
 import numpy as np
 import psutil
@@ -52,13 +52,13 @@ class CostMeter:
         self.rows = 0  # rows (image-forwards) pushed through the model
         self.images = 0
         self.classifier_rows = 0  # rows pushed through a guiding classifier (forward + backward)
-        self.batch_seconds: List[float] = []
-        self.batch_sizes: List[int] = []
-        self.call_batch: List[int] = []  # index of the batch each timed call belongs to
-        self.call_rows: List[int] = []
-        self._call_seconds: List[float] = []
+        self.batch_seconds: list[float] = []
+        self.batch_sizes: list[int] = []
+        self.call_batch: list[int] = []  # index of the batch each timed call belongs to
+        self.call_rows: list[int] = []
+        self._call_seconds: list[float] = []
         self._call_events: list = []  # CUDA (start, end) events, read once at summary time
-        self.extra_timings: List[dict] = []  # re-timings of the same cell (cost.repeats), pooled into latency
+        self.extra_timings: list[dict] = []  # re-timings of the same cell (cost.repeats), pooled into latency
         self._rss_peak = 0
         self._proc = psutil.Process()
         self.load_before = load_average()
@@ -127,11 +127,11 @@ class CostMeter:
         return {"per_image": sec[w:] / size[w:], "seconds": sec[w:], "images": size[w:],
                 "per_row": calls[timed_call] if len(calls) == len(timed_call) else calls, "warmup_excluded": w}
 
-    def add_timing(self, other: "CostMeter") -> None:
+    def add_timing(self, other: CostMeter) -> None:
         """Pool the timed batches of a re-timing of the same cell (``cost.repeats``) into this meter's latency."""
         self.extra_timings.append(other.timings())
 
-    def summary(self) -> Dict[str, float | str]:
+    def summary(self) -> dict[str, float | str]:
         """nfe (per image); latency_p50/p95/iqr (s per image, over the timed batches) and latency_batches;
         per_call_s (median s per image-forward); images_per_s (timed batches); peak_mem_mb, mem_kind; sample_s
         (seconds producing all images, warm-up included); num_threads; load_before/after, cost_under_load."""

@@ -18,7 +18,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ import torch
 from bench.data import build_dataset
 from bench.evaluators import SHIPPED
 from bench.images import QUANTIZE, quantize_uint8
-from bench.metrics.stats import FeatureStats, save_npz_atomic
+from bench.metrics.stats import FeatureStats
 from bench.schema import ConfigError
 from bench.utils import atomic_write_json, config_hash, file_sha256
 
@@ -43,7 +42,7 @@ class RefStats:
     mu: np.ndarray
     sigma: np.ndarray
     n: int
-    features: Optional[np.ndarray]  # None for imported mu/sigma-only files (no KID then)
+    features: np.ndarray | None  # None for imported mu/sigma-only files (no KID then)
     meta: dict = field(default_factory=dict)  # ref_id, ref_hash, feature_net, feature_net_hash, resize, source...
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Optional
 
 import numpy as np
 import torch
 
 from bench.utils import atomic_write_bytes
+
 
 class FeatureStats:
     """Running mean / covariance of features in float64 (Heusel et al. 2017 fit a Gaussian to these).
@@ -24,8 +24,8 @@ class FeatureStats:
 
     def __init__(self, keep_features: bool = True):
         self.n = 0
-        self.mean: Optional[np.ndarray] = None
-        self.m2: Optional[np.ndarray] = None  # centred scatter sum_i (f_i - mean)(f_i - mean)^T
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None  # centred scatter sum_i (f_i - mean)(f_i - mean)^T
         self.keep_features = keep_features
         self._features: list[np.ndarray] = []
 
@@ -74,7 +74,7 @@ class FeatureStats:
             raise ValueError(f"need at least {n} feature vectors, have {self.n}")
 
     @classmethod
-    def from_features(cls, feats, keep_features: bool = True) -> "FeatureStats":
+    def from_features(cls, feats, keep_features: bool = True) -> FeatureStats:
         s = cls(keep_features)
         s.update(feats)
         return s

@@ -8,8 +8,6 @@ Everything in float64.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 from scipy.stats import wasserstein_distance
 
@@ -43,7 +41,7 @@ def _kernel_sum(a, b, gamma: float, chunk: int = 2048, exclude_diagonal: bool = 
     return float(total)
 
 
-def mmd_rbf(x, y, bandwidth: Optional[float] = None, seed: int = 0) -> tuple[float, float]:
+def mmd_rbf(x, y, bandwidth: float | None = None, seed: int = 0) -> tuple[float, float]:
     """Unbiased MMD²_u with k(a, b) = exp(-|a - b|² / (2 h²)). Returns (mmd2, h); h = median heuristic if None."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     n, m = len(x), len(y)

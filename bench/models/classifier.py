@@ -33,7 +33,7 @@ class NoisyClassifier(nn.Module):
         self.head = nn.Linear(blocks[-1], num_classes)
 
     @classmethod
-    def from_config(cls, classifier_cfg, info) -> "NoisyClassifier":
+    def from_config(cls, classifier_cfg, info) -> NoisyClassifier:
         """The classifier of ``classifier_cfg`` (``cfg.classifier``) for the labelled image data ``info``."""
         check_classifier(classifier_cfg, info, scale=1.0)
         return cls(info.shape[0], info.num_classes, classifier_cfg.block_out_channels, classifier_cfg.norm_num_groups)

@@ -12,7 +12,6 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -86,7 +85,7 @@ class Checkpoint:
     objective: str  # eps | v | x0 | flow
     denoiser: str  # unet | transformer | prior
     call_params: tuple  # the parameters of the pipeline class's __call__
-    sample_size: Optional[int]  # unconditional pipelines: the denoiser's sample_size (image size)
+    sample_size: int | None  # unconditional pipelines: the denoiser's sample_size (image size)
 
     @property
     def takes_prompt(self) -> bool:

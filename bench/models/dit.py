@@ -40,7 +40,7 @@ class DiTDenoiser(nn.Module):
                 m.dropout_prob = 0.0
 
     @classmethod
-    def from_config(cls, model_cfg, info) -> "DiTDenoiser":
+    def from_config(cls, model_cfg, info) -> DiTDenoiser:
         check_dit(model_cfg, info)
         ch, size = info.shape[0], info.shape[-1]
         dit = DiTTransformer2DModel(num_attention_heads=int(model_cfg.num_attention_heads),

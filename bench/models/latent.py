@@ -94,7 +94,7 @@ class LatentDenoiser(nn.Module):
         self.register_buffer("scaling_factor", torch.tensor(float(scaling_factor)))
 
     @classmethod
-    def from_config(cls, inner, model_cfg, info) -> "LatentDenoiser":
+    def from_config(cls, inner, model_cfg, info) -> LatentDenoiser:
         """``inner.from_config(model_cfg, latent info)`` (UNetDenoiser / DiTDenoiser) over :func:`build_vae`."""
         lat = latent_info(model_cfg, info)
         return cls(inner.from_config(model_cfg, lat), build_vae(model_cfg, info), lat.shape)

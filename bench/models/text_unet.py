@@ -131,7 +131,7 @@ class TextUNetDenoiser(nn.Module):
         self.register_buffer("text_states", text_states)  # (num_classes + 1, tokens, width); last row: ""
 
     @classmethod
-    def from_config(cls, model_cfg, info) -> "TextUNetDenoiser":
+    def from_config(cls, model_cfg, info) -> TextUNetDenoiser:
         check_text_unet(model_cfg, info)
         clip = text_encoder(model_cfg.text_encoder or None)
         states = clip.encode_text_tokens(list(info.class_names)[: info.num_classes] + [""])

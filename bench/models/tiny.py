@@ -19,9 +19,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, PNDMScheduler,
-                       SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DConditionModel,
-                       UNet2DModel)
+from diffusers import (
+    AutoencoderKL,
+    DDPMPipeline,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
 
 KINDS = ("ddpm", "ddpm-cosine-v", "sd", "sd3")
 

@@ -20,7 +20,7 @@ class UNetDenoiser(nn.Module):
         self.num_classes = int(n) - 1 if n else 0  # the last embedding is the null class
 
     @classmethod
-    def from_config(cls, model_cfg, info) -> "UNetDenoiser":
+    def from_config(cls, model_cfg, info) -> UNetDenoiser:
         check_unet(model_cfg, info)
         ch, size = info.shape[0], info.shape[-1]
         blocks = list(model_cfg.block_out_channels)

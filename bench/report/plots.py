@@ -9,17 +9,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import pandas as pd
 
-from bench.metric_spec import METRICS, spec  # noqa: E402
+from bench.metric_spec import METRICS, spec
 
-from .formatting import ERR_WORDS, arrow, fmt_value, label  # noqa: E402
-from .load import norm, sort_key  # noqa: E402
-from .plan import Plan  # noqa: E402
-from .speedup import pareto_front, speedup_at_matched_fid  # noqa: E402
-from .stats import aggregate, groups  # noqa: E402
+from .formatting import ERR_WORDS, arrow, fmt_value, label
+from .load import norm, sort_key
+from .plan import Plan
+from .speedup import pareto_front, speedup_at_matched_fid
+from .stats import aggregate, groups
 
 META = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}}
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,

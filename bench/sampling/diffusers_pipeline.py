@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -36,7 +36,6 @@ from bench.sampling.rng import image_generators
 from bench.sampling.samplers import SAMPLERS, _err, lcm_grid
 from bench.sampling.subject import Provenance, SamplingCall
 from bench.schedule import SCHEDULES
-
 
 # --------------------------------------------------------------------------------------------------- the scheduler
 
@@ -145,8 +144,8 @@ def check_pretrained(cfg, info) -> None:
         g = float(cfg.sampling.guidance_scale)
         if g != 1:
             _err("sampling.guidance_scale", g, f"1 for model.pretrained={cfg.model.pretrained} (an unconditional "
-                 f"UNet)", f"it has no class embedding: the data's labels would be ignored, the samples unguided "
-                 f"and the cost doubled")
+                 f"UNet)", "it has no class embedding: the data's labels would be ignored, the samples unguided "
+                 "and the cost doubled")
     if not (root / "scheduler" / "scheduler_config.json").is_file():
         return
     sched = ckpt.scheduler_config(root)
@@ -175,12 +174,12 @@ class LoadedPipeline:
 
     pipe: object
     checkpoint: Checkpoint
-    prompts: Optional[PromptSet]
+    prompts: PromptSet | None
     scheduler: object
     compile_s: float = 0.0
     options: dict = field(default_factory=dict)  # the GPU options it was loaded with (model.*), recorded in the row
 
-    def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: Optional[int] = None,
+    def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: int | None = None,
                 progress: bool = False) -> Iterator[Batch]:
         stop = call.num_samples if stop is None else stop
         return sample(self, num_samples=stop - start, batch_size=call.batch_size, seed=call.seed,
@@ -202,7 +201,7 @@ class LoadedPipeline:
         return Provenance(c.objective, sc.get("beta_schedule", "flow"), sc.get("timestep_spacing", ""),
                           (ClassifierColumns(nfe_classifier=0.0), columns))
 
-    def prompts_of(self, call: SamplingCall) -> Optional[list]:
+    def prompts_of(self, call: SamplingCall) -> list | None:
         """Each image's prompt when the images are scored against their prompts (not when sampled unconditionally,
         at guidance 0, or by a pipeline without prompts)."""
         p = self.prompts
@@ -210,7 +209,7 @@ class LoadedPipeline:
             return None
         return [p.texts[p.of(i)] for i in range(call.num_samples)]
 
-    def to(self, device) -> "LoadedPipeline":
+    def to(self, device) -> LoadedPipeline:
         if not self.options.get("cpu_offload"):  # offloaded components are moved by diffusers as they run
             self.pipe.to(device)
         return self

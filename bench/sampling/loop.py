@@ -3,8 +3,8 @@ counters."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -29,9 +29,9 @@ class NonFiniteError(RuntimeError):
 @dataclass
 class Batch:
     x: torch.Tensor  # float32 (B, *shape) in model space, on the CPU
-    labels: Optional[torch.Tensor]  # int64 (B,) class of each image; None when not class-conditioned
+    labels: torch.Tensor | None  # int64 (B,) class of each image; None when not class-conditioned
     index: torch.Tensor  # int64 (B,) image indices i (image i was seeded with seed + i)
-    prompts: Optional[list] = None  # text-to-image pipelines: each image's prompt when it has no class (labels)
+    prompts: list | None = None  # text-to-image pipelines: each image's prompt when it has no class (labels)
 
 
 def guided(model, x, t, labels, guidance_scale: float, num_classes: int):
@@ -60,10 +60,10 @@ class ClassifierGuidance:
     scale: float
     objective: str
     num_train_timesteps: int
-    log_sigmas: Optional[torch.Tensor] = None
+    log_sigmas: torch.Tensor | None = None
 
     @classmethod
-    def from_config(cls, classifier, cfg, scale: float) -> "ClassifierGuidance":
+    def from_config(cls, classifier, cfg, scale: float) -> ClassifierGuidance:
         flow = cfg.objective.name == "flow"
         return cls(classifier, float(scale), cfg.objective.name, int(cfg.schedule.num_train_timesteps),
                    None if flow else train_sigmas(cfg.schedule).log())
@@ -102,9 +102,9 @@ def classifier_guided(out, x, t, labels, guide: ClassifierGuidance, cost: CostMe
 
 def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_size: int, seed: int,
            num_inference_steps: int, guidance_scale: float, num_classes: int, device, cost: CostMeter,
-           eta: float = 0.0, class_labels: Optional[Sequence[int]] = None, progress: bool = True,
+           eta: float = 0.0, class_labels: Sequence[int] | None = None, progress: bool = True,
            inference_mode: bool = True, channels_last: bool = False, check_every_step: bool = False,
-           start: int = 0, classifier_guidance: Optional[ClassifierGuidance] = None) -> Iterator[Batch]:
+           start: int = 0, classifier_guidance: ClassifierGuidance | None = None) -> Iterator[Batch]:
     """Generate ``num_samples`` images of ``shape``, streaming one :class:`Batch` per ``batch_size`` images.
     ``start``: the images are i = start, ..., start + num_samples - 1 (a shard of a larger cell, bench.distributed).
 

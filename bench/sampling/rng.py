@@ -10,12 +10,12 @@ gives the same noise on any device; tensors are moved to the device afterwards.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 
 
-def image_generators(seed: int, start: int, stop: int) -> List[torch.Generator]:
+def image_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
     """One CPU generator per image index i in [start, stop), seeded with seed + i."""
     return [torch.Generator("cpu").manual_seed(int(seed) + i) for i in range(start, stop)]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any
 
 from diffusers import (
     DDIMScheduler,
@@ -54,11 +54,11 @@ SIGMA_MAX_POLICIES = ("clip", "error", "allow")
 DEFAULT_LCM_GRID = 50  # LCMScheduler's original_inference_steps when no distillation grid is given
 
 
-def _common(smp, sch, objective: str) -> Dict[str, Any]:
+def _common(smp, sch, objective: str) -> dict[str, Any]:
     return dict(beta_kwargs(sch), prediction_type=PREDICTION_TYPE[objective], timestep_spacing=smp.timestep_spacing)
 
 
-def _flow(sch) -> Dict[str, Any]:
+def _flow(sch) -> dict[str, Any]:
     """dpmpp / unipc on a flow model: diffusers' flow sigmas, sigma_t = t, alpha_t = 1 - t (shifted by flow_shift)."""
     return dict(num_train_timesteps=sch.num_train_timesteps, prediction_type="flow_prediction",
                 use_flow_sigmas=True, flow_shift=sch.flow_shift)
@@ -76,7 +76,7 @@ def _ddim(smp, sch, objective, lcm_grid):
     return DDIMScheduler(**_common(smp, sch, objective), clip_sample=False, thresholding=False, set_alpha_to_one=True)
 
 
-def _multistep_kwargs(smp, sch, objective) -> Dict[str, Any]:
+def _multistep_kwargs(smp, sch, objective) -> dict[str, Any]:
     return _flow(sch) if objective == "flow" else dict(_common(smp, sch, objective),
                                                        use_karras_sigmas=smp.use_karras_sigmas)
 
@@ -122,7 +122,7 @@ def _flow_euler(smp, sch, objective, lcm_grid):
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=sch.num_train_timesteps, shift=sch.flow_shift)
 
 
-def _sigma_space_kwargs(smp, sch, objective) -> Dict[str, Any]:
+def _sigma_space_kwargs(smp, sch, objective) -> dict[str, Any]:
     """Constructor kwargs for euler/heun, applying sampler.sigma_max_policy.
 
     The cosine schedule (squaredcos_cap_v2, beta capped at 0.999) has abar_{T-1} ~ 2e-9, so sigma_max ~ 2e4: the
@@ -266,7 +266,7 @@ def build_scheduler(cfg):
     return build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name, lcm_grid(cfg))
 
 
-def scheduler_config(scheduler) -> Dict[str, Any]:
+def scheduler_config(scheduler) -> dict[str, Any]:
     """JSON-able resolved config of a scheduler, ``_class_name`` included (diffusers' save_config format)."""
     out = {"_class_name": type(scheduler).__name__}
     for k, v in dict(scheduler.config).items():

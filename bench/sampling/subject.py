@@ -13,8 +13,9 @@ cell, its sharded path and ``bench-perf`` never ask which kind they got.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -76,14 +77,14 @@ class Subject(Protocol):
 
     scheduler: Any
 
-    def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: Optional[int] = None,
+    def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: int | None = None,
                 progress: bool = False) -> Iterator[Batch]: ...
 
     def columns(self) -> Provenance: ...
 
-    def prompts_of(self, call: SamplingCall) -> Optional[list]: ...
+    def prompts_of(self, call: SamplingCall) -> list | None: ...
 
-    def to(self, device) -> "Subject": ...
+    def to(self, device) -> Subject: ...
 
 
 @dataclass
@@ -95,9 +96,9 @@ class Denoiser:
     scheduler: Any
     num_classes: int
     provenance: Provenance
-    guide: Optional[ClassifierGuidance] = None
+    guide: ClassifierGuidance | None = None
 
-    def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: Optional[int] = None,
+    def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: int | None = None,
                 progress: bool = False) -> Iterator[Batch]:
         stop = call.num_samples if stop is None else stop
         return sample(self.model, self.scheduler, shape=call.shape, num_samples=stop - start,
@@ -113,7 +114,7 @@ class Denoiser:
     def prompts_of(self, call: SamplingCall) -> None:
         return None  # class labels, not prompts: the scorer maps them to captions itself
 
-    def to(self, device) -> "Denoiser":
+    def to(self, device) -> Denoiser:
         self.model.to(device)
         if self.guide is not None:
             self.guide.classifier.to(device)

@@ -7,8 +7,15 @@ from .classifier import ClassifierModule, load_or_train_classifier
 from .denoiser import load_or_train
 from .fit import TrainingStopped, check_trainer, fit, processes
 from .module import DiffusionModule, VAEModule
-from .store import (ModelCacheError, cached_model_dir, load_model_dir, models_root, partial_dir, read_meta,
-                    write_model_dir)
+from .store import (
+                    ModelCacheError,
+                    cached_model_dir,
+                    load_model_dir,
+                    models_root,
+                    partial_dir,
+                    read_meta,
+                    write_model_dir,
+)
 from .vae import held_out_reconstructions, latent_columns, load_or_train_vae
 
 __all__ = ["objectives", "DiffusionModule", "fit", "check_trainer", "processes", "load_or_train", "load_model_dir",

@@ -18,9 +18,9 @@ from bench.utils import config_hash
 
 from . import objectives as obj
 from .fit import fit
+from .module import DiffusionModule
 from .store import cached_model_dir, load_model_dir, models_root, write_model_dir
 from .vae import load_or_train_vae
-from .module import DiffusionModule
 
 
 class ClassifierModule(DiffusionModule):
@@ -30,7 +30,7 @@ class ClassifierModule(DiffusionModule):
     and exact resume are DiffusionModule's; ``cfg.classifier`` plays the part of ``cfg.train``. ``first_stage``: a
     latent family's frozen encoder (:class:`FirstStage`): x0 is then the image's scaled latent, as the denoiser's is."""
 
-    def __init__(self, cfg, info, first_stage: "FirstStage | None" = None):
+    def __init__(self, cfg, info, first_stage: FirstStage | None = None):
         super().__init__(cfg.model, cfg.objective, cfg.schedule, cfg.classifier, info,
                          model=NoisyClassifier.from_config(cfg.classifier, input_info(cfg, info)))
         self.first_stage = first_stage

@@ -7,8 +7,8 @@ import logging
 import os
 import typing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import torch

@@ -36,7 +36,7 @@ class DiffusionModule(L.LightningModule):
         self._t0: float | None = None
 
     @classmethod
-    def from_config(cls, cfg, info) -> "DiffusionModule":
+    def from_config(cls, cfg, info) -> DiffusionModule:
         """The module a composed config trains (its model, objective, schedule and train groups)."""
         return cls(cfg.model, cfg.objective, cfg.schedule, cfg.train, info)
 

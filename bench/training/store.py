@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import torch
