@@ -125,8 +125,9 @@ def _sweep_values(o) -> list[str]:
     if isinstance(value, Glob):
         options = _group_options(key)
         if not options:
+            groups = ", ".join(sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()))
             raise CompositionError(f"{o.input_line}: glob() selects options of a config group; '{key}' is not one "
-                                   f"(groups: {', '.join(sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()))})")
+                                   f"(groups: {groups})")
         names = value.filter(options)
         if not names:
             raise CompositionError(f"{o.input_line}: matches no option of '{key}' (options: {', '.join(options)})")

@@ -55,7 +55,8 @@ def split_row(row: dict) -> tuple[dict, dict]:
     """(settings and provenance, measurements) of a results row: hyperparameters belong in a W&B run's config,
     scores in its summary (the measured columns of bench.metric_spec), so neither becomes a one-point history
     chart."""
-    metrics = {k: v for k, v in row.items() if is_measured(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics = {k: v for k, v in row.items()
+               if is_measured(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {k: v for k, v in row.items() if k not in metrics}, metrics
 
 
@@ -114,7 +115,8 @@ class Tracker:
         def _do():
             import wandb  # lazy: optional and slow to import; only an enabled tracker needs it
 
-            name = f"{row.get('sampler')}-{row.get('num_inference_steps')}-g{row.get('guidance_scale')}-{row['cell_key'][:6]}"
+            name = (f"{row.get('sampler')}-{row.get('num_inference_steps')}-g{row.get('guidance_scale')}-"
+                    f"{row['cell_key'][:6]}")
             settings, metrics = split_row(row)
             agent_env = _claim_agent_run()
             run = self._init(agent_env, group=row.get("name"), name=name, job_type="cell",

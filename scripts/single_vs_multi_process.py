@@ -32,7 +32,8 @@ def main(work: Path) -> None:
         print(f"| digits smoke UNet | {n} | {time.perf_counter() - t0:.1f} | {info['train_steps']} |")
     diff = max(float((models[1][k] - models[2][k]).abs().max()) for k in models[1])
     print(f"\nmax |EMA weight difference| between the 1- and 2-process models: {diff:.2e}\n")
-    print("| model trained on | sampled on | wall s | FID | KID | IS | samples = (1, 1)'s |\n|---|---|---|---|---|---|---|")
+    print("| model trained on | sampled on | wall s | FID | KID | IS | samples = (1, 1)'s |")
+    print("|---|---|---|---|---|---|---|")
     ref = None
     for train_n in (1, 2):
         for sample_n in (1, 2):

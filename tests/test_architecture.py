@@ -1,6 +1,7 @@
 """The import graph of ``bench/`` (every module parsed with ast: top-level, relative and in-function imports) has no
 cycles and no edge from a lower floor to a higher one (imports point down); ``bench/report`` reads only the results
-row module and the metric spec. The floor table below is the architecture: a new module gets a floor here or the test fails."""
+row module and the metric spec. The floor table below is the architecture: a new module gets a floor here or the
+test fails."""
 from __future__ import annotations
 
 import ast

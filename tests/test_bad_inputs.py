@@ -115,8 +115,8 @@ CONFIG_CASES = {
     "kid_subsets = 0": (["metric.kid_subsets=0"], ["metric.kid_subsets=0 is not allowed"]),
     "test_fraction = 0": (["data.test_fraction=0"], ["data.test_fraction=0", "(0, 1)"]),
     "test_fraction > 1": (["data.test_fraction=1.5"], ["data.test_fraction=1.5", "(0, 1)"]),
-    "reversed betas": (["schedule.beta_start=0.03"], ["schedule.beta_start=0.03 is not allowed: < schedule.beta_end=0.02",
-                                                       "reversed"]),
+    "reversed betas": (["schedule.beta_start=0.03"],
+                       ["schedule.beta_start=0.03 is not allowed: < schedule.beta_end=0.02", "reversed"]),
     "beta_end = 1": (["schedule.beta_end=1.0"], ["schedule.beta_end=1.0 is not allowed: a number in (0, 1)"]),
     "accumulate_grad_batches = 0": (["train.accumulate_grad_batches=0"], ["train.accumulate_grad_batches=0"]),
     "max_time not DD:HH:MM:SS": (["trainer.max_time=90min"], ["trainer.max_time='90min' is not allowed",
@@ -124,7 +124,8 @@ CONFIG_CASES = {
     "max_steps = 0": (["train.max_steps=0"], ["train.max_steps=0 is not allowed"]),
     "negative weight decay": (["train.weight_decay=-1"], ["train.weight_decay=-1"]),
     "distill lr NaN": (["distill.lr=nan"], ["distill.lr=nan is not allowed"]),
-    "kid_subset_size = 1": (["metric.kid_subset_size=1"], ["metric.kid_subset_size=1 is not allowed: an integer in [2, inf)"]),
+    "kid_subset_size = 1": (["metric.kid_subset_size=1"],
+                            ["metric.kid_subset_size=1 is not allowed: an integer in [2, inf)"]),
     "swd_projections = 0": (["metric.swd_projections=0"], ["metric.swd_projections=0 is not allowed"]),
     "negative shard_size": (["sampling.shard_size=-1"], ["sampling.shard_size=-1 is not allowed"]),
     "NaN max_sigma": (["sampler.max_sigma=nan"], ["sampler.max_sigma=nan is not allowed: a finite number"]),
@@ -140,8 +141,8 @@ CONFIG_CASES = {
     "multi-process training with ddp": (["trainer.devices=2", "trainer.strategy=ddp"],
                                         ["trainer.strategy='ddp' is not allowed: auto or ddp_spawn",
                                          "re-launches the whole bench job per rank"]),
-    "batch not divisible by processes": (["trainer.devices=3"],
-                                         ["is not allowed: a multiple of trainer.devices=3", "an equal share of every batch"]),
+    "batch not divisible by processes": (["trainer.devices=3"], ["is not allowed: a multiple of trainer.devices=3",
+                                                                 "an equal share of every batch"]),
 }
 
 
@@ -407,7 +408,8 @@ def test_finished_cell_from_another_evaluator_is_not_skipped_silently(tmp_path, 
     append_row(out / "smoke" / "results.jsonl", {"cell_key": key, "status": "ok", "name": "smoke", "fid": 1.0,
                                                  "feature_net": "digits_cnn", "feature_net_hash": "0000deadbeef0000"})
     code, err, _ = cli(tmp_path, capsys, monkeypatch, *args, out=out)
-    assert code == 2 and f"cell {key} was scored with feature net digits_cnn #0000deadbeef0000, this run's is #" in err[-1]
+    assert code == 2
+    assert f"cell {key} was scored with feature net digits_cnn #0000deadbeef0000, this run's is #" in err[-1]
     assert len(rows(out / "smoke" / "results.jsonl")) == 1  # nothing removed, nothing added
 
 

@@ -14,7 +14,7 @@ TABLES = ("report.md", "report.tex")
 
 def _regen_command(study: str) -> list[str]:
     md = (ROOT / "reports" / study / "report.md").read_text()
-    line = next(l for l in md.splitlines() if l.startswith("Regenerate: `bench-report "))
+    line = next(x for x in md.splitlines() if x.startswith("Regenerate: `bench-report "))
     return shlex.split(line.split("`")[1])[1:]  # a shell command: quoted arguments (--where 'k!=v') stay whole
 
 

@@ -1,5 +1,5 @@
-"""model=pipeline: local diffusers pipelines benchmarked as saved (bench/sampling/diffusers_pipeline.py), tested with tiny
-random-weight pipelines built offline (bench/models/tiny.py): DDPM (linear/eps and cosine/v), Stable Diffusion
+"""model=pipeline: local diffusers pipelines benchmarked as saved (bench/sampling/diffusers_pipeline.py), tested with
+tiny random-weight pipelines built offline (bench/models/tiny.py): DDPM (linear/eps and cosine/v), Stable Diffusion
 (UNet2DConditionModel + CLIPTextModel + AutoencoderKL + a CLIP tokenizer from local vocabulary files) and SD3 (flow
 matching, FlowMatchEulerDiscreteScheduler)."""
 import json

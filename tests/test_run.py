@@ -24,7 +24,7 @@ def bench(tmp_path, *args, check=True, env=None):
 
 
 def rows(path):
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def test_toy2d_ddpm_1000_steps_beats_noise(tmp_path):
@@ -33,7 +33,8 @@ def test_toy2d_ddpm_1000_steps_beats_noise(tmp_path):
     from bench.preflight import compose_cfg
 
     bench(tmp_path, "experiment=toy2d", "hydra.mode=RUN", "sampler=ddpm", "sampling.num_inference_steps=1000",
-          "sampling.num_samples=2000", "sampling.batch_size=2000", "tracker=none", "train.max_steps=2000", "trainer.enable_progress_bar=false")
+          "sampling.num_samples=2000", "sampling.batch_size=2000", "tracker=none", "train.max_steps=2000",
+          "trainer.enable_progress_bar=false")
     (row,) = rows(tmp_path / "runs" / "toy2d" / "results.jsonl")
     assert row["status"] == "ok" and row["nfe"] == 1000 and row["num_samples"] == 2000
     cfg = compose_cfg(["experiment=toy2d"])

@@ -4,8 +4,8 @@ image-text cosine for CLIPScore (Hessel et al. 2021).
 Two sources, chosen by ``metric.clip_model``:
 - ``offline`` (default): a tiny CLIP — open_clip's own ``CLIP`` model (a 2-layer ViT on 16x16 images with 4x4
   patches, a 2-layer text transformer, open_clip's tokenizer) trained with open_clip's ``ClipLoss`` (Radford et al.
-  2021) by the harness on the ``shapes`` train split (600 steps, ~30 s on one CPU thread). Its held-out image->text top-1
-  retrieval over the 48 captions must reach ``MIN_RETRIEVAL``. Cached under ``<cache_dir>/evaluators/`` as an
+  2021) by the harness on the ``shapes`` train split (600 steps, ~30 s on one CPU thread). Its held-out image->text
+  top-1 retrieval over the 48 captions must reach ``MIN_RETRIEVAL``. Cached under ``<cache_dir>/evaluators/`` as an
   open_clip ``local-dir:`` model (``open_clip_config.json`` + ``open_clip_model.safetensors``) with its sha256.
   Scores with it are "shapes-CLIP" scores: meaningful within this harness only.
 - an open_clip model name (``ViT-B-32``...) with ``metric.clip_pretrained`` = a local checkpoint file (or a
@@ -146,7 +146,8 @@ def train_offline_clip(data_cfg, model_dir: Path) -> dict:
     # The token embedding (49408 x 64, open_clip's full BPE vocabulary) stays at its seeded random init: our
     # captions use ~20 tokens, and skipping its dense gradient / AdamW update makes a step several times cheaper.
     model.token_embedding.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=TRAIN["lr"],
+                            weight_decay=TRAIN["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / TRAIN["warmup"]) * 0.5 * (
         1 + math.cos(math.pi * min(s, TRAIN["steps"]) / TRAIN["steps"])))
     t0 = time.time()
@@ -162,7 +163,8 @@ def train_offline_clip(data_cfg, model_dir: Path) -> dict:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
     model.eval()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(model_dir / "open_clip_model.safetensors"))
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(model_dir / "open_clip_model.safetensors"))
     return {"train_seconds": round(time.time() - t0, 1), "final_loss": float(loss.detach()), "n_train": len(ds)}
 
 

@@ -164,4 +164,5 @@ def load_digits_cnn(cfg, info=None, use_shipped: bool = True) -> DigitsFeatureNe
     model = DigitsCNN()
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     shape = tuple(info.shape) if info is not None else (1, NATIVE_SIZE, NATIVE_SIZE)
-    return DigitsFeatureNet(model, meta["weights_sha256"][:16], shape, {"test_accuracy": meta["test_accuracy"], "path": str(path)})
+    return DigitsFeatureNet(model, meta["weights_sha256"][:16], shape,
+                            {"test_accuracy": meta["test_accuracy"], "path": str(path)})

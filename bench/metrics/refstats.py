@@ -148,7 +148,8 @@ def import_reference(file: str, net) -> RefStats:
                                 f"(clean-fid / pytorch-fid) or arr_0 (ADM reference batch, uint8 NHWC)")
         images = z["arr_0"]
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise RefStatsError(f"metric.reference_stats={file}: arr_0 is {images.dtype} {images.shape}, expected uint8 NHWC")
+        raise RefStatsError(f"metric.reference_stats={file}: arr_0 is {images.dtype} {images.shape}, "
+                            "expected uint8 NHWC")
     stats = FeatureStats()
     for s in range(0, len(images), 500):
         stats.update(net(torch.from_numpy(images[s:s + 500]).permute(0, 3, 1, 2).contiguous())[0])

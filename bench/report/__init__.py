@@ -77,10 +77,12 @@ def _options(args: argparse.Namespace) -> dict:
         try:
             opts = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True) or {}
         except Exception as e:
-            raise ReportError(f"--config {args.config}: cannot read ({type(e).__name__}: {e})".splitlines()[0]) from None
+            why = f"{type(e).__name__}: {e}".splitlines()[0]
+            raise ReportError(f"--config {args.config}: cannot read ({why})") from None
         unknown = set(opts) - set(CONFIG_KEYS)
         if unknown:
-            raise ReportError(f"--config {args.config}: unknown keys {sorted(unknown)}; allowed: {', '.join(CONFIG_KEYS)}")
+            raise ReportError(f"--config {args.config}: unknown keys {sorted(unknown)}; "
+                              f"allowed: {', '.join(CONFIG_KEYS)}")
         if isinstance(opts.get("where"), str):
             opts["where"] = [opts["where"]]
         for k in ("rows", "cols", "metric", "split_by"):
@@ -110,7 +112,8 @@ def _where(df: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
 
 
 def _uniq(df: pd.DataFrame, *cols: str, sep=" ") -> str:
-    vals = sorted({tuple(norm(r.get(c)) for c in cols) for _, r in df.iterrows()}, key=lambda t: tuple(map(sort_key, t)))
+    vals = sorted({tuple(norm(r.get(c)) for c in cols) for _, r in df.iterrows()},
+                  key=lambda t: tuple(map(sort_key, t)))
     return "; ".join(sep.join(fmt_value(v) for v in t) for t in vals) or "—"
 
 
@@ -148,14 +151,16 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     command = command or "bench-report " + shlex.join(results + (["--out", str(out)] if out else []))
     var = set(varying(df))
     fixed = [(label(f), fmt_value(df[f].iloc[0])) for f in FACTORS
-             if f in df and f not in var and f not in ("name", "method", "model_key") and norm(df[f].iloc[0]) is not None]
+             if f in df and f not in var and f not in ("name", "method", "model_key")
+             and norm(df[f].iloc[0]) is not None]
     n_ok = int((df["status"] == "ok").sum())
     summary = (f"Study: {KIND_TITLES[plan.kind]} (--kind {plan.kind}); {n_ok} ok rows, "
                f"{len(df) - n_ok} failed, from {len(sources)} results file{'s' * (len(sources) != 1)}. "
                "Numbers are read from the result rows, never recomputed.")
     failed = failed_table(df[df["status"] == "failed"], plan.split_by + plan.rows + plan.cols)
+    published = published_tables(plan.kind if _image_study(df) else None)
     report = Report(title or f"{'+'.join(names)}: {KIND_TITLES[plan.kind]}", summary, command, fixed, tables, csvs,
-                    [], published_tables(plan.kind if _image_study(df) else None), failed, provenance(df, sources, command, plan), plan.notes)
+                    [], published, failed, provenance(df, sources, command, plan), plan.notes)
     _check_out(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))

@@ -7,7 +7,8 @@ DDIM_T1 = ("DDIM (Song et al. 2021, Table 1)", "CIFAR-10", ["η \\ S", "10", "20
     ["0 (DDIM)", "13.36", "6.84", "4.67", "4.16", "4.04"],
     ["1", "41.07", "18.36", "8.01", "5.78", "4.73"],
     ["σ̂ (DDPM, larger variance)", "367.43", "133.37", "32.72", "9.99", "3.17"]],
-    "At few steps deterministic DDIM (η = 0) beats stochastic sampling by a wide margin; the gap closes near 1000 steps.")
+    "At few steps deterministic DDIM (η = 0) beats stochastic sampling by a wide margin; "
+    "the gap closes near 1000 steps.")
 DPM_SOLVER = ("DPM-Solver (Lu et al. 2022)", "CIFAR-10", ["sampler \\ NFE", "10", "12", "15", "20"], [
     ["DPM-Solver", "4.70", "3.75", "3.24", "2.87"]],
     "Higher-order solvers reach low FID in 10–20 NFE; EDM (Karras et al. 2022) reports 1.79 at 35 NFE (Heun).")

@@ -3,7 +3,8 @@ units, prediction types, sigma scaling) without training anything. A correct sam
 must return samples of std ``std`` up to its discretisation error.
 
 Diffusion (x_t = sqrt(abar) x0 + sqrt(1 - abar) eps): x_t ~ N(0, abar s^2 + 1 - abar), so (Tweedie)
-    E[eps | x_t] = sqrt(1 - abar) x_t / (abar s^2 + 1 - abar),  E[x0 | x_t] = sqrt(abar) s^2 x_t / (abar s^2 + 1 - abar),
+    E[eps | x_t] = sqrt(1 - abar) x_t / (abar s^2 + 1 - abar),
+    E[x0 | x_t] = sqrt(abar) s^2 x_t / (abar s^2 + 1 - abar),
     v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
 Rectified flow (x_t = (1 - t) x0 + t eps, velocity eps - x0):
     E[v | x_t] = (t - (1 - t) s^2) x_t / ((1 - t)^2 s^2 + t^2).
