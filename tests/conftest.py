@@ -80,16 +80,3 @@ def _no_log_handler_on_a_closed_stream():
             if isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False):
                 h.stream = sys.stderr
     yield
-
-
-def pytest_collection_modifyitems(items):
-    """Under `--dist loadgroup` each test goes to any worker, except a group's tests, which go to one: the tests that
-    use a module- or class-scoped fixture are grouped by their module or class, so the fixture is built once."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        scopes = {d.scope for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs}
-        if "module" in scopes:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-        elif "class" in scopes:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.rsplit("::", 1)[0]))
