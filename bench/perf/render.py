@@ -202,10 +202,12 @@ def render(run: Run, m: Measurements) -> str:
         L.append(f"| {i} | {ratio_name(r)} | {r.value:.3f} | ≤ {r.goal} | {'pass' if r.passed else '**miss**'} | "
                  f"{ratio_detail(r)} |")
     d = s["defaults"]
+    number = {r.key: i for i, r in enumerate(m.ratios, 1)}  # the table's numbering, which depends on the sizes run
     L += ["", f"Each ratio alternates its sides for {P['rounds']} timed rounds (order rotating, after one uncounted "
           "warm-up round) and divides the *minimum* times (other processes on a shared machine only ever add time); "
-          "the ratio of medians is shown beside it. Ratio 4 runs one fresh process per N and reads its resident set "
-          "size after every batch; ratio 5 compares median step times.", "",
+          f"the ratio of medians is shown beside it. Ratio {number.get('memory')} runs one fresh process per N and "
+          f"reads its resident set size after every batch; ratio {number.get('lightning')} compares median step "
+          "times.", "",
           "## Optimisations, each on/off (harness sampling, same batch as ratio 1)", "",
           f"Harness defaults: `cost.inference_mode={str(d['inference_mode']).lower()}`, "
           f"`cost.channels_last={str(d['channels_last']).lower()}`, one finite check (host sync) per batch.", "",
