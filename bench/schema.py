@@ -250,11 +250,12 @@ class ClassifierConfig(FitConfig):
 
 @dataclass
 class TrainerConfig:
-    """Lightning Trainer arguments that do not change the trained weights (not in the cache key)."""
+    """Lightning Trainer arguments. They only say where and how fast a training runs (no key), except ``precision``,
+    which changes the trained weights and so the model key (bench.keys)."""
 
     accelerator: str = "auto"
     devices: Any = 1
-    precision: str = "32-true"
+    precision: str = "32-true"  # in the model key (left out at 32-true, so older keys hold)
     strategy: str = "auto"
     log_every_n_steps: int = bounded(50, "[1, inf)")
     enable_progress_bar: bool = True
