@@ -39,8 +39,9 @@ from bench.utils import config_hash, path_fingerprint, to_plain
 
 MODEL, CELL, RUN = "model", "cell", "run"
 ROLES = (MODEL, CELL, RUN)
-KEY_VERSION = 4  # 1: the first frame; 2: families, guidance, pipelines and prompts; 3: trainer.precision;
-# 4: the scores beyond FID (metric.prdc, cmmd, fd_inf, sfid, fd_dinov2 and their settings)
+KEY_VERSION = 5  # 1: the first frame; 2: families, guidance, pipelines and prompts; 3: trainer.precision;
+# 4: the scores beyond FID (metric.prdc, cmmd, fd_inf, sfid, fd_dinov2 and their settings);
+# 5: tasks (invert, edit), adapters, models of the user's own code and the standard data sets
 REQUIRED = object()  # a frame setting every config sets (a group's name)
 
 
