@@ -110,9 +110,9 @@ def official_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def blocks_root(tmp_path_factory):
-    """An MNIST-format set a small CNN learns in a few steps: 1024 train, 200 test images."""
-    x, y = blocks(1224)
-    return write_mnist(tmp_path_factory.mktemp("blocks"), (x[:1024], y[:1024]), (x[1024:], y[1024:]), gz=True)
+    """An MNIST-format set a small CNN learns in a few steps: 640 train, 200 test images."""
+    x, y = blocks(840)
+    return write_mnist(tmp_path_factory.mktemp("blocks"), (x[:640], y[:640]), (x[640:], y[640:]), gz=True)
 
 
 # ------------------------------------------------------------------------------------------------------ readers
@@ -331,7 +331,7 @@ def test_evaluator_trained_on_first_use_and_a_smoke_cell(blocks_root, tmp_path, 
     _, logits = net(quantize_uint8(test.x))
     assert float((logits.argmax(1) == test.y).float().mean()) == pytest.approx(net.meta["test_accuracy"])
     meta = json.loads((Path(net.meta["path"]) / "meta.json").read_text())
-    assert meta["data_id"] == info.id and meta["n_train"] == 1024 and meta["n_test"] == 200
+    assert meta["data_id"] == info.id and meta["n_train"] == 640 and meta["n_test"] == 200
     with pytest.raises(SystemExit):
         evaluator_cli(["list", "--cache-dir", str(bench_cache)])
     listed = capsys.readouterr().out
