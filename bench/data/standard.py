@@ -119,7 +119,7 @@ def locate(name: str, data_cfg) -> dict[str, list[Path]]:
 
 def _download(name: str, root: Path) -> None:
     """torchvision's own downloader (mirrors, md5 checks, extraction); its failure is one line."""
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # lazy: torchvision (and its image stack) only when asked to download
 
     s = SETS[name]
     try:
