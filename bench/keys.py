@@ -33,6 +33,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bench.data import data_key
+from bench.data.standard import SETS as STANDARD_SETS
 from bench.models import MODELS, diffusers_checkpoint as checkpoints, text_encoder, text_encoder_fingerprint
 from bench.schema import ConfigError
 from bench.utils import config_hash, path_fingerprint, to_plain
@@ -97,7 +98,13 @@ def _local_files(path, _group) -> str | None:
 
 
 def _data_files(_path, data_cfg) -> str | None:
-    return data_key(data_cfg).get("content_id")  # a folder: DataInfo.id, which fingerprints its images
+    return data_key(data_cfg).get("content_id")  # DataInfo.id, which fingerprints a folder's or a standard set's files
+
+
+def _published_split(cfg) -> str | None:
+    if cfg.data.name in STANDARD_SETS:
+        return f"data={cfg.data.name} has its published train/test split"
+    return None
 
 
 def _cosine(cfg) -> str | None:
@@ -131,8 +138,11 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "data": {
         "name": _m(REQUIRED), "toy": _m("moons"), "num_train": _m(0), "image_size": _m(8), "channels": _m(1),
         "path": _m(None, content=Content(_data_files, "content_id")), "center_crop": _m(True), "hflip": _m(False),
-        "class_conditional": _m(True), "test_fraction": _m(0.2), "split_seed": _m(0),
+        "class_conditional": _m(True), "test_fraction": _m(0.2, no_effect=_published_split),
+        "split_seed": _m(0, no_effect=_published_split),
         "num_workers": _r(0, frozen=True),  # loader speed only: the batch order is fixed by (train.seed, step)
+        "root": _m(None, 5, content=Content(_data_files, "content_id")),  # the standard sets' files, by content
+        "download": Setting(RUN, False, 5),  # torchvision's downloader checks its md5s; the files are keyed as read
     },
     "model": {
         "name": _m(REQUIRED), "hidden": _m(128), "layers": _m(3), "time_embed_dim": _m(64),

@@ -54,6 +54,8 @@ class DataConfig:
     test_fraction: float = bounded(0.2, "(0, 1)")  # held-out split for reference statistics / evaluators
     split_seed: int = bounded(0, SEED)
     num_workers: int = bounded(0, "[0, inf)")
+    root: str | None = None  # mnist / fashion_mnist / cifar10: torchvision's root (MNIST/raw, cifar-10-batches-py)
+    download: bool = False  # mnist / fashion_mnist / cifar10: fetch missing files with torchvision's downloader
 
 
 @dataclass
@@ -292,7 +294,7 @@ class MetricConfig:
     kid: bool = True
     inception_score: bool = True
     clip_score: bool = False
-    feature_net: str = "auto"  # auto | digits_cnn | inception | clip
+    feature_net: str = "auto"  # auto | inception | clip | <set>_cnn (digits, mnist, fashion_mnist, cifar10)
     inception_weights: str | None = None  # local file; or env BENCH_INCEPTION_WEIGHTS
     clip_model: str = "offline"  # offline | an open_clip model name
     clip_pretrained: str | None = None  # open_clip pretrained tag or local checkpoint path

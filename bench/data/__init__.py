@@ -1,4 +1,5 @@
-"""Data sets: toy2d (exact 2-D distributions), digits (scikit-learn 8x8), shapes (captioned renders), folder.
+"""Data sets: toy2d (exact 2-D distributions), digits (scikit-learn 8x8), shapes (captioned renders), folder,
+mnist / fashion_mnist / cifar10 (torchvision's files on disk).
 
 One entry point per question: :func:`get_data_info` (what the data looks like, cheap), :func:`build_dataset`
 (the items), :func:`sample_true` (toy2d's exact sampler), :class:`BenchDataModule` (training batches); the

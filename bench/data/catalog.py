@@ -15,6 +15,7 @@ from bench.schema import ConfigError
 from .digits import DigitsDataset
 from .folder import FolderDataset, folder_fingerprint, scan_folder
 from .shapes import SHAPES_COLOURS, SHAPES_KINDS, SHAPES_POSITIONS, ShapesDataset, shapes_caption
+from .standard import SETS, StandardDataset, fingerprint, locate
 from .toy2d import TOYS, PointsDataset
 
 SPLITS = ("train", "test")
@@ -78,6 +79,16 @@ def _folder_info(d) -> DataInfo:
                     f"folder-{root_id}-{size}px-c{ch}{crop}{cap}{_split_suffix(d)}")
 
 
+def _standard_info(d) -> DataInfo:
+    size, ch = int(d.image_size), int(d.channels)
+    _check_channels(ch)
+    s = SETS[d.name]
+    cap = f"-n{d.num_train}" if d.num_train else ""
+    # published splits (test_fraction / split_seed have no effect); the files are parsed and fingerprinted here
+    return DataInfo("images", (ch, size, size), len(s.classes) if d.class_conditional else 0, list(s.classes),
+                    f"{d.name}-{fingerprint(d.name, locate(d.name, d))}-{size}px-c{ch}{cap}")
+
+
 def _check_folder(cfg, info) -> None:
     if not cfg.data.path:
         raise ConfigError("data.path", cfg.data.path, "a directory of images (data.path=/path/to/images)")
@@ -99,19 +110,22 @@ DATA = Registry("data", "data.name", {
     "digits": DataSet(DigitsDataset, info=_digits_info),
     "folder": DataSet(FolderDataset, _check_folder, info=_folder_info, content_keyed=True),
     "shapes": DataSet(ShapesDataset, info=_shapes_info),
+    **{name: DataSet(StandardDataset, info=_standard_info, content_keyed=True) for name in SETS},
 })
 
 
 def data_key(data_cfg) -> dict:
     """What the model and cell keys add for the data beyond its config: {"content_id": DataInfo.id} for data sets
-    whose items live on disk (folder), {} for the built-in ones (their items follow from the config)."""
+    whose items live on disk (folder, mnist, fashion_mnist, cifar10), {} for the built-in ones (their items follow
+    from the config)."""
     if not DATA[data_cfg.name].content_keyed:
         return {}
     return {"content_id": get_data_info(data_cfg).id}
 
 
 def get_data_info(data_cfg) -> DataInfo:
-    """Shape, classes and id of the data set named by ``data_cfg`` (without building it, except folder scans)."""
+    """Shape, classes and id of the data set named by ``data_cfg`` (without building it, except folder scans and
+    the standard sets' file checks)."""
     return DATA[data_cfg.name].info(data_cfg)
 
 

@@ -1,6 +1,7 @@
 """`bench-evaluator`: the shipped frozen evaluators, and the reproducible way they were made.
 
-    bench-evaluator list                  shipped evaluators / reference statistics with their sha256
+    bench-evaluator list                  shipped evaluators / reference statistics with their sha256, the
+                                          evaluators trained on first use and those in the cache
     bench-evaluator train digits|clip     retrain one from scratch (in a temp cache) and compare with the shipped file
     bench-evaluator train digits --install   maintainer: replace the shipped files (then update PINNED_SHA256)
     bench-evaluator refstats [--install]  reference statistics of the built-in data sets from the shipped networks
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +27,7 @@ from safetensors.torch import load_file
 from bench.data import get_data_info
 from bench.evaluators import PINNED_SHA256, SHIPPED, EvaluatorError, one_thread
 from bench.evaluators.clip import load_offline_clip
-from bench.evaluators.digits_cnn import load_digits_cnn
+from bench.evaluators.digits_cnn import CNN_SPECS, cnn_name, load_digits_cnn
 from bench.metrics.refstats import compute_reference, load_reference, ref_id, ref_key
 from bench.schema import DataConfig
 from bench.utils import file_sha256
@@ -46,7 +48,7 @@ def _load(which: str, cache_dir: str, use_shipped: bool):
                              use_shipped=use_shipped)
 
 
-def cmd_list(_args) -> int:
+def cmd_list(args) -> int:
     for d in sorted(SHIPPED.glob("*/meta.json")):
         meta = json.loads(d.read_text())
         pinned = PINNED_SHA256.get(d.parent.name)
@@ -55,6 +57,15 @@ def cmd_list(_args) -> int:
         print(f"{d.parent.name}: sha256 {meta['weights_sha256'][:16]}… ({ok}) {extra}")
     for f in sorted((SHIPPED / "refstats").glob("*.npz")):
         print(f"refstats/{f.name}: sha256 {file_sha256(f)[:16]}…")
+    for data, spec in CNN_SPECS.items():
+        if data != "digits":
+            print(f"{cnn_name(data)}: trained on first use on data={data}'s train split (held-out accuracy >= "
+                  f"{spec.min_accuracy}), cached as evaluators/{cnn_name(data)}-<key>")
+    cache = Path(args.cache_dir) / "evaluators"
+    for d in sorted(cache.glob("*/meta.json")):
+        meta = json.loads(d.read_text())
+        extra = {k: meta[k] for k in ("test_accuracy", "test_retrieval_top1", "data_id") if k in meta}
+        print(f"cached {d.parent.name}: sha256 {meta['weights_sha256'][:16]}… {extra}")
     return 0
 
 
@@ -115,7 +126,9 @@ def cmd_refstats(args) -> int:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="bench-evaluator", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="shipped evaluators and reference statistics")
+    ls = sub.add_parser("list", help="shipped evaluators and reference statistics, and the cached evaluators")
+    ls.add_argument("--cache-dir", default=os.environ.get("BENCH_CACHE", ".cache/bench"),
+                    help="the cache to list (default: $BENCH_CACHE or .cache/bench, as cache_dir)")
     t = sub.add_parser("train", help="retrain an evaluator and compare it with the shipped one")
     t.add_argument("which", choices=sorted(WEIGHTS))
     t.add_argument("--install", action="store_true", help="maintainer: replace the shipped files")
