@@ -166,7 +166,7 @@ class TorchModelConfig(ModelConfig):
     schedule_buffer: str | None = None
     schedule_values: str = "alphas_cumprod"  # alphas_cumprod | betas
     time_input: str = "index"  # index | fraction (index / time_scale) | sigma | log_sigma | c_noise (log(sigma) / 4)
-    time_offset: float = bounded(0.0, "(-inf, inf)")  # added to the index (index, fraction)
+    time_offset: float = bounded(0.0, "[-1e6, 1e6]")  # added to the index (index, fraction)
     # fraction's T; null: the table's last index when its first entry is the clean image (alphas_cumprod 1), else
     # its length (num_train_timesteps without a table)
     time_scale: float | None = bounded(None, "(0, inf)")
@@ -176,7 +176,7 @@ class TorchModelConfig(ModelConfig):
     channels: int | None = bounded(None, "[1, inf)")  # null: the data's (a set value must match it)
     image_size: int | None = bounded(None, "[1, inf)")
     # the label of classifier-free guidance's null class; null: the number of classes (the harness's convention)
-    null_label: int | None = bounded(None, "(-inf, inf)")
+    null_label: int | None = bounded(None, "[-1, inf)")
     # forward's arguments: an int is a position, a string a keyword; label_arg null: the model takes no labels
     x_arg: Any = 0
     t_arg: Any = 1

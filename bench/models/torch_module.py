@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 from torch import nn
 
 from bench.schedule import abar_at, train_sigmas
@@ -172,8 +173,6 @@ def read_state(m) -> dict:
         _err("model.weights", m.weights, "a safetensors or torch.save file", f"no such file: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
