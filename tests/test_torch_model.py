@@ -289,3 +289,22 @@ def test_distillation_trains_a_student_of_the_adapter(compose_cfg, one_thread, t
     student, info = load_or_distill(cfg)
     assert info["distill_train_steps"] == 2 and info["teacher_key"] != info["model_key"]
     assert all(k.startswith("net.") for k in student.state_dict())
+
+
+def test_the_adapter_pickles_for_sharded_sampling(compose_cfg):
+    """A sharded cell's ranks get the subject pickled: the user's class (from a file the child never imported) is
+    built again from the adapter's recipe, with the pickled weights."""
+    import copy
+    import pickle
+
+    from bench.data import get_data_info
+    from bench.models import build_model
+
+    cfg = _torch(compose_cfg, *OWN)
+    den = build_model(cfg.model, get_data_info(cfg.data)).eval()
+    with torch.no_grad():
+        den.net.inp.bias.add_(0.5)  # weights of its own, as a student's
+        x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 500.0)
+        want = den(x, t, torch.arange(4))
+        for other in (pickle.loads(pickle.dumps(den)), copy.deepcopy(den)):
+            assert torch.equal(other(x, t, torch.arange(4)), want)

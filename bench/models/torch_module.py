@@ -18,6 +18,7 @@ call through unchanged: a harness model exported as a state dict samples bit for
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -364,8 +365,19 @@ def adapter(m, schedule_cfg, objective: str, info, declaration: Declaration | No
     conditional = m.label_arg is not None and info.num_classes > 0
     null = info.num_classes if m.null_label is None else int(m.null_label)
     places = {"x": m.x_arg, "t": m.t_arg, "labels": m.label_arg if conditional else None}
-    return TorchDenoiser(net, decl, train_sigmas(schedule_cfg), model_alphas_cumprod(m, net),
-                         info.num_classes if conditional else 0, null, places)
+    den = TorchDenoiser(net, decl, train_sigmas(schedule_cfg), model_alphas_cumprod(m, net),
+                        info.num_classes if conditional else 0, null, places)
+    den.recipe = (to_plain(m), to_plain(schedule_cfg), objective, info, decl)
+    return den
+
+
+def _rebuild(recipe: tuple, state: dict) -> TorchDenoiser:
+    """An adapter unpickled in another process (a sharded cell's rank): built again from its recipe (the user's class
+    may live in a file only this module knows how to import), with the pickled weights (a student's, say)."""
+    m, schedule, objective, info, decl = recipe
+    den = adapter(OmegaConf.create(m), OmegaConf.create(schedule), objective, info, decl)
+    den.load_state_dict(state)
+    return den.eval()
 
 
 # ---------------------------------------------------------------------------------------------------- the adapter
@@ -398,6 +410,16 @@ class TorchDenoiser(nn.Module):
                  "a sampling schedule within the noise levels the model was trained on",
                  f"the samplers would start at sigma {top:.4g} in the model's space, its training table ends at "
                  f"{float(sigmas[-1]):.4g}")
+
+    def __reduce__(self):
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return _rebuild, (self.recipe, state)
+
+    def __deepcopy__(self, memo):  # the default copy of every attribute (pickling is :func:`_rebuild`'s)
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def sigma_to_index(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional index of ``sigma`` in the model's training table (log σ interpolated, clamped to it)."""
