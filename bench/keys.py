@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.data import data_key
 from bench.data.standard import SETS as STANDARD_SETS
 from bench.models import MODELS, diffusers_checkpoint as checkpoints, text_encoder, text_encoder_fingerprint
+from bench.models.torch_module import target_fingerprint
 from bench.schema import ConfigError
 from bench.utils import config_hash, path_fingerprint, to_plain
 
@@ -158,6 +159,17 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "path": _m(None, 2, content=Content(_pipeline_files, "path_content")),
         "dtype": _m("fp32", 2), "attention_slicing": _m(False, 2), "vae_tiling": _m(False, 2), "compile": _m(False, 2),
         "cpu_offload": _r(False),  # moves whole components to the GPU in turn: the same kernels on the same values
+        # model=torch: the user's module (its factory's source file, its weights, its schedule table by content) and
+        # every declaration of how it is called
+        "target": _m(None, 5, content=Content(target_fingerprint, "target_content")), "kwargs": _m(None, 5),
+        "weights": _m(None, 5, content=Content(_files, "weights_content")), "weights_key": _m(None, 5),
+        "strip_prefix": _m("", 5), "schedule_file": _m(None, 5, content=Content(_files, "schedule_file_content")),
+        "schedule_buffer": _m(None, 5), "schedule_values": _m("alphas_cumprod", 5), "time_input": _m("index", 5),
+        "time_offset": _m(0.0, 5), "time_scale": _m(None, 5), "time_dtype": _m("float", 5),
+        "data_range": _m([-1.0, 1.0], 5), "input_scaling": _m("vp", 5), "channels": _m(None, 5),
+        "image_size": _m(None, 5), "null_label": _m(None, 5), "x_arg": _m(0, 5), "t_arg": _m(1, 5),
+        "label_arg": _m("class_labels", 5),
+        "probe": Setting(RUN, True, 5),  # refuses or not; measured and recorded either way (probe_bypassed)
     },
     "objective": {"name": _m(REQUIRED), "loss_weighting": _m("uniform"), "min_snr_gamma": _m(5.0)},
     "schedule": {
@@ -372,6 +384,9 @@ def key_settings(cfg: DictConfig) -> dict:
 def model_key_config(cfg) -> dict:
     """What changes a harness model's weights (resolved): ``model_key`` hashes it and its config.yaml records it.
     ``model.pretrained``: that checkpoint's content with the forward process it is sampled by."""
+    if MODELS[cfg.model.name].loaded:  # the user's own module: its files and declarations, never trained here
+        return {"data": _data(cfg), "model": section(cfg, "model", roles=(MODEL,)),
+                "objective": section(cfg, "objective"), "schedule": section(cfg, "schedule")}
     if cfg.model.get("pretrained"):  # model=unet loaded, not trained
         m = section(cfg, "model", roles=(MODEL,))
         return {"pretrained": str(cfg.model.pretrained), "pretrained_content": m["pretrained_content"],

@@ -149,9 +149,45 @@ class PipelineConfig(ModelConfig):
     compile: bool = False  # torch.compile the denoiser; compile time is reported apart (compile_s)
 
 
+@dataclass
+class TorchModelConfig(ModelConfig):
+    """torch: the user's own ``nn.Module`` (bench/models/torch_module.py), built by a factory or loaded as TorchScript,
+    never trained here; what it expects is declared below and adapted to the harness's conventions (docs/own_model.md).
+    Its prediction type is ``objective``; the noise levels the samplers visit are ``schedule``'s."""
+
+    target: str | None = None  # package.module:factory | path/to/file.py:factory | a TorchScript file
+    kwargs: dict[str, Any] | None = None  # the factory's keyword arguments
+    weights: str | None = None  # a safetensors file, or a torch.load(weights_only=True) one; null: the factory's own
+    weights_key: str | None = None  # the entry of a checkpoint dict that holds the state dict (ema, state_dict, ...)
+    strip_prefix: str = ""  # removed from the front of every weight name (e.g. "module.")
+    # the model's own training schedule, when it is not `schedule`: a 1-D table of any length (.npy, .pt, .txt) or a
+    # buffer of the module; schedule_values says what the table holds
+    schedule_file: str | None = None
+    schedule_buffer: str | None = None
+    schedule_values: str = "alphas_cumprod"  # alphas_cumprod | betas
+    time_input: str = "index"  # index | fraction (index / time_scale) | sigma | log_sigma | c_noise (log(sigma) / 4)
+    time_offset: float = bounded(0.0, "[-1e6, 1e6]")  # added to the index (index, fraction)
+    # fraction's T; null: the table's last index when its first entry is the clean image (alphas_cumprod 1), else
+    # its length (num_train_timesteps without a table)
+    time_scale: float | None = bounded(None, "(0, inf)")
+    time_dtype: str = "float"  # float | long (the index rounded: an embedding table of integer steps)
+    data_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # the pixel range it was trained on
+    input_scaling: str = "vp"  # vp: it sees alpha x0 + sigma eps (DDPM); ve: x0 + sigma eps (EDM, k-diffusion)
+    channels: int | None = bounded(None, "[1, inf)")  # null: the data's (a set value must match it)
+    image_size: int | None = bounded(None, "[1, inf)")
+    # the label of classifier-free guidance's null class; null: the number of classes (the harness's convention)
+    null_label: int | None = bounded(None, "[-1, inf)")
+    # forward's arguments: an int is a position, a string a keyword; label_arg null: the model takes no labels
+    x_arg: Any = 0
+    t_arg: Any = 1
+    label_arg: Any = "class_labels"
+    probe: bool = True  # check the declarations on real training images before sampling (false: bypassed, recorded)
+
+
 # one schema per model family (conf/model/<name>.yaml ↔ bench.models.MODELS[name]), stored as model/<name>_schema
 MODEL_SCHEMAS = {"mlp": MLPConfig, "unet": UNetConfig, "dit": DiTConfig, "latent_unet": LatentUNetConfig,
-                 "latent_dit": LatentDiTConfig, "text_unet": TextUNetConfig, "pipeline": PipelineConfig}
+                 "latent_dit": LatentDiTConfig, "text_unet": TextUNetConfig, "pipeline": PipelineConfig,
+                 "torch": TorchModelConfig}
 
 
 @dataclass

@@ -63,6 +63,8 @@ def load_denoiser(cfg, info: DataInfo, device: str) -> tuple[Denoiser, dict]:
         groups.append(TextTowerColumns(model.text_encoder_id))
     if MODELS[cfg.model.name].latent:
         groups.append(latent_columns(cfg, info))
+    if MODELS[cfg.model.name].probe is not None:  # the family's probe of the loaded model (validated already)
+        groups.append(MODELS[cfg.model.name].probe(cfg, info))
     scheduler = build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name, lcm_grid=cfg.distill.num_ddim_timesteps)
     provenance = Provenance(cfg.objective.name, cfg.schedule.name, cfg.sampler.timestep_spacing, tuple(groups))
     num_classes = getattr(model, "num_classes", info.num_classes)  # the model's own conditioning

@@ -147,6 +147,8 @@ def validate(cfg, info: DataInfo | None = None) -> DataInfo:
         elif cfg.model.get("pretrained"):  # model=unet loaded from a local directory
             pipelines.check_pretrained(cfg, info)
         check_bounds(cfg)
+        if (probe := MODELS[cfg.model.name].probe) is not None:
+            probe(cfg, info)  # last: it builds the model and runs it on real images
     except MissingMandatoryValue as e:
         raise ConfigError(str(e.full_key), "???", "a value (it has no default)") from None
     return info

@@ -6,6 +6,7 @@ guidance, Ho & Salimans 2022); ``None`` means the null class.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -17,9 +18,12 @@ from .dit import DiTDenoiser, check_dit
 from .latent import LatentDenoiser, build_vae, check_latent
 from .mlp import MLPDenoiser
 from .text_unet import TextUNetDenoiser, check_text_unet, text_encoder, text_encoder_fingerprint
+from .torch_module import TorchDenoiser, build as build_torch, check as check_torch
+from .torch_probe import probe as probe_torch
 from .unet import UNetDenoiser, check_unet, load_pretrained_unet
 
 __all__ = ["MODELS", "build_model", "DiTDenoiser", "LatentDenoiser", "MLPDenoiser", "TextUNetDenoiser", "UNetDenoiser",
+           "TorchDenoiser",
            "build_vae", "load_pretrained_unet", "num_params", "text_encoder",
            "text_encoder_fingerprint"]
 
@@ -74,12 +78,16 @@ class Family(Entry):
     ``channels_last``: a convolutional network that ``cost.channels_last`` puts in that memory format;
     ``sampled_as``: the kind of subject a cell samples it as (``bench.subjects.LOADERS``): ``denoiser``, the
     harness's own model (trained here, or distilled) in its own loop; ``diffusers_pipeline``, a saved pipeline
-    loaded as is and sampled through its own ``__call__``."""
+    loaded as is and sampled through its own ``__call__``; ``loaded``: its builder loads the user's own files (never
+    trained here: its key is those files and its declarations); ``probe(cfg, info)``: a check of the built model on
+    real data, run last in validation, whose result is a column group of the row."""
 
     latent: bool = False
     text: bool = False
     channels_last: bool = False
     sampled_as: str = "denoiser"
+    loaded: bool = False
+    probe: Callable | None = None
 
 
 MODELS = Registry("model", "model.name", {
@@ -92,6 +100,9 @@ MODELS = Registry("model", "model.name", {
     # a local diffusers pipeline, loaded as saved and sampled through its own __call__ (bench.sampling.
     # diffusers_pipeline, which also checks it against the checkpoint); never built from config or trained here
     "pipeline": Family(None, _needs("images", "mlp"), sampled_as="diffusers_pipeline"),
+    # the user's own nn.Module (a factory or TorchScript, its weights file), adapted to the harness's conventions by
+    # what its config declares and probed on real images before any work (bench.models.torch_module, torch_probe)
+    "torch": Family(build_torch, check_torch, loaded=True, probe=probe_torch),
 })
 
 

@@ -32,9 +32,10 @@ def load_or_train(cfg) -> tuple[torch.nn.Module, dict]:
     info = get_data_info(cfg.data)
     device = resolve_device(cfg.device)
     key = keys.model_key(cfg)
-    if cfg.model.get("pretrained"):  # model=unet loaded, not trained
+    if cfg.model.get("pretrained") or MODELS[cfg.model.name].loaded:  # loaded (model=unet's pretrained, model=torch)
         model = build_model(cfg.model, info).eval().to(device)
-        return model, {"model_key": key, "path": str(cfg.model.pretrained), "train_steps": 0, "train_seconds": 0.0,
+        path = cfg.model.get("pretrained") or cfg.model.get("target")
+        return model, {"model_key": key, "path": str(path), "train_steps": 0, "train_seconds": 0.0,
                        "cached": True, "num_params": num_params(model)}
     latent = MODELS[cfg.model.name].latent
     vae, vae_info = load_or_train_vae(cfg) if latent else (None, {})  # the first stage, trained (and cached) first
