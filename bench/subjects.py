@@ -77,9 +77,20 @@ def load_denoiser(cfg, info: DataInfo, device: str) -> tuple[Denoiser, dict]:
     return compiled.compile_denoiser(eager, cfg.cost.compile, train_info["model_key"], call), train_info
 
 
+def load_pipeline(cfg, info: DataInfo, device: str) -> tuple[Subject, dict]:
+    """A saved diffusers pipeline (:func:`diffusers_pipeline.load`), with the LoRA file of ``adapter.path`` loaded
+    into it when ``adapter=lora`` (the row's model_key is then the adapted pipeline's)."""
+    loaded, train_info = diffusers_pipeline.load(cfg, info, device)
+    if cfg.adapter.kind == "none":
+        return loaded, train_info
+    columns = adapt.lora.load_into_pipeline(cfg, loaded.pipe, train_info["model_key"])
+    loaded.extra = (columns,)
+    return loaded, {**train_info, "model_key": columns.adapter_key}
+
+
 LOADERS = Registry("subject", "model.name", {
     "denoiser": Entry(load_denoiser, doc="the harness's own model (trained or distilled) in its own loop"),
-    "diffusers_pipeline": Entry(diffusers_pipeline.load, doc="a saved diffusers pipeline through its __call__"),
+    "diffusers_pipeline": Entry(load_pipeline, doc="a saved diffusers pipeline through its __call__"),
 })
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from bench.schema import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 OLD, NEW = "[0,1,2,3,4]", "[5,6,7,8,9]"
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _base_and_lora(compose_cfg, *overrides):
@@ -129,7 +131,6 @@ def adapted_rows(tmp_path_factory):
 
     from bench.cell import run_cell
     from bench.schema import register
-    from tests.conftest import CONF_DIR
 
     register()
     root = tmp_path_factory.mktemp("adapt")
@@ -140,7 +141,7 @@ def adapted_rows(tmp_path_factory):
             "adapter.warmup_steps=2"]
 
     def run(*overrides):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return run_cell(compose("bench", overrides=[*common, *overrides]))
 
     return {"base_old": run(), "new": run(*lora), "old": run(*lora, f"sampling.classes={OLD}"),
@@ -176,3 +177,75 @@ def test_lora_scale_zero_samples_the_base_model(adapted_rows):
     assert zero["lora_scale"] == 0.0 and zero["cell_key"] != old["cell_key"]
     assert zero["fid"] == base["fid"] and zero["kid"] == base["kid"]
     assert old["fid"] != base["fid"]
+
+
+# ------------------------------------------------------------------------------ a given LoRA file on a pipeline
+
+@pytest.fixture(scope="module")
+def tiny_sd_lora(tmp_path_factory):
+    """The tiny random-weight Stable Diffusion pipeline (built offline) and a rank-2 LoRA file for its UNet whose B
+    is random (not zero), written by diffusers' own save_lora_weights."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from bench.models import tiny
+
+    root = tmp_path_factory.mktemp("pipeline_lora")
+    path = tiny.save("sd", root / "sd")
+    unet = StableDiffusionPipeline.from_pretrained(path).unet
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(root / "lora", unet_lora_layers=state)
+    return path, root / "lora", sum(v.numel() for v in state.values())
+
+
+def _pipeline_images(compose_cfg, path, *overrides):
+    from bench.metrics.cost import CostMeter
+    from bench.sampling.subject import sampling_call
+    from bench.subjects import load_subject
+    from bench.validate import validate
+
+    cfg = compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", "device=cpu",
+                      "sampling.num_inference_steps=2", "sampling.num_samples=4", "sampling.batch_size=4", *overrides)
+    info = validate(cfg)
+    subject, train_info = load_subject(cfg, info, "cpu")
+    call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
+    x = torch.cat([b.x for b in subject.batches(call, CostMeter("cpu"))])
+    return x, train_info, {k: v for g in subject.columns().groups for k, v in g.columns().items()}
+
+
+def test_a_lora_file_on_a_pipeline_at_each_lora_scale(tiny_sd_lora, compose_cfg):
+    """load_lora_weights + set_adapters(lora_scale): scale 0 samples the pipeline itself, bit for bit; scale 1 other
+    images; the row names the file's rank, parameters and bytes, and a key of the pipeline and the file."""
+    path, lora_dir, params = tiny_sd_lora
+    base, base_info, _ = _pipeline_images(compose_cfg, path)
+    zero, zero_info, cols = _pipeline_images(compose_cfg, path, "adapter=lora", f"adapter.path={lora_dir}",
+                                             "adapter.lora_scale=0")
+    one, one_info, cols1 = _pipeline_images(compose_cfg, path, "adapter=lora", f"adapter.path={lora_dir}")
+    assert torch.equal(zero, base)
+    assert (one - base).abs().max() > 1e-3
+    assert cols["lora_scale"] == 0.0 and cols1["lora_scale"] == 1.0 and cols1["adapter_rank"] == 2
+    assert cols1["adapter_trainable_params"] == params
+    assert cols1["adapter_bytes"] == (lora_dir / "pytorch_lora_weights.safetensors").stat().st_size
+    assert cols1["base_model_key"] == base_info["model_key"] != one_info["model_key"] == zero_info["model_key"]
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (("adapter=lora",), "adapter.path=None is not allowed: a LoRA file or directory with model=pipeline"),
+    (("adapter=lora", "adapter.path=/nonexistent/lora.safetensors"), "found 0"),
+    (("adapter=full",), "adapter.kind='full' is not allowed: none or lora"),
+])
+def test_bad_pipeline_adapters_are_one_line(tiny_sd_lora, compose_cfg, overrides, fragment):
+    from bench.validate import validate
+
+    path, _, _ = tiny_sd_lora
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
+        validate(compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", *overrides))

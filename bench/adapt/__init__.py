@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from bench.registry import Registry
+from bench.schema import ConfigError
 
 from . import lora
 from .common import (
@@ -44,11 +45,18 @@ def _check_none(cfg, info) -> None:
     check_classes_settings(cfg, info)
 
 
+def _check_full(cfg, info) -> None:
+    check_common(cfg, info)
+    if cfg.model.name == "pipeline":
+        raise ConfigError("adapter.kind", "full", "none or lora (a given LoRA file) with model=pipeline",
+                          "the harness fine-tunes its own families")
+
+
 KINDS = Registry("adapter", "adapter.kind", {
     "none": Kind(check=_check_none, doc="the model itself"),
     "lora": Kind(lora.inject, lora.check, fields=lora.FIELDS, for_sampling=lora.scaled, rank="rank", scaled=True,
                  doc="low-rank updates through peft (diffusers' conventions)"),
-    "full": Kind(_full, check_common, fields=OPTIM_FIELDS, doc="every weight of the denoiser fine-tuned"),
+    "full": Kind(_full, _check_full, fields=OPTIM_FIELDS, doc="every weight of the denoiser fine-tuned"),
 })
 
 

@@ -9,12 +9,21 @@ the same layers from ``peft.inject_adapter_in_model``.
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import diffusers
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
 from torch import nn
 
+from bench import keys
 from bench.models import build_model
+from bench.models.diffusers_checkpoint import read_checkpoint
+from bench.results import AdapterColumns
 from bench.schema import ConfigError
+from bench.utils import config_hash
 
 from .common import check_common, network
 
@@ -75,9 +84,7 @@ def check(cfg, info) -> None:
     if int(a.rank) < 1:
         raise ConfigError("adapter.rank", a.rank, "an integer >= 1 (the LoRA rank r)")
     if cfg.model.name == "pipeline":
-        if not a.path:
-            raise ConfigError("adapter.path", a.path, "a LoRA file or directory with model=pipeline",
-                              "a pipeline's LoRA is given (load_lora_weights), not trained here")
+        _check_pipeline(cfg)
         return
     targets = target_modules(a)
     if not targets:
@@ -93,3 +100,52 @@ def check(cfg, info) -> None:
 
 FIELDS = ("rank", "alpha", "target_modules", "conv", "max_steps", "batch_size", "lr", "warmup_steps", "ema_decay",
           "seed")
+
+
+# ------------------------------------------------------------------------------ a given LoRA file on a pipeline
+
+PIPELINE_ADAPTER = "bench"  # the adapter name the file is loaded under
+DOWN = ("lora_A", "lora_down", "lora.down")  # the A (in -> r) matrices in peft, kohya and diffusers files
+
+
+def lora_file(path) -> Path:
+    """The safetensors file of ``adapter.path``: the file itself, or the one ``*.safetensors`` of a directory
+    (``save_lora_weights`` writes ``pytorch_lora_weights.safetensors``)."""
+    p = Path(str(path)).expanduser()
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p] if p.suffix == ".safetensors" and p.is_file() else []
+    if len(files) != 1:
+        raise ConfigError("adapter.path", str(path), "a LoRA .safetensors file, or a directory holding one",
+                          f"found {len(files)}")
+    return files[0]
+
+
+def _check_pipeline(cfg) -> None:
+    """model=pipeline: a given LoRA file, a pipeline class that loads one (diffusers' LoRA loader mixin), no
+    compiled denoiser (its graph would be traced before the LoRA layers exist)."""
+    a = cfg.adapter
+    if not a.path:
+        raise ConfigError("adapter.path", a.path, "a LoRA file or directory with model=pipeline",
+                          "a pipeline's LoRA is given (load_lora_weights), not trained here")
+    lora_file(a.path)
+    cls = read_checkpoint(cfg.model).pipeline_class
+    if not hasattr(getattr(diffusers, cls, None), "load_lora_weights"):
+        raise ConfigError("adapter", "lora", f"none for {cls}", "it has no load_lora_weights")
+    if cfg.model.compile:
+        raise ConfigError("model.compile", True, "false with adapter=lora", "the LoRA layers are loaded after load")
+
+
+def load_into_pipeline(cfg, pipe, base_key: str) -> AdapterColumns:
+    """``pipe`` with the LoRA of ``adapter.path`` (``load_lora_weights``) weighted by ``adapter.lora_scale``
+    (``set_adapters``); its columns: key = the pipeline's key + the file's content, rank and parameters read from
+    the file."""
+    a, file = cfg.adapter, lora_file(cfg.adapter.path)
+    pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=PIPELINE_ADAPTER)
+    pipe.set_adapters([PIPELINE_ADAPTER], adapter_weights=[float(a.lora_scale)])
+    with safe_open(str(file), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    ranks = [s[0] for k, s in shapes.items() if any(d in k for d in DOWN)]
+    key = config_hash(keys.adapter_key_config(cfg, base_key, ("path",), None))
+    params = sum(math.prod(s) for s in shapes.values())
+    return AdapterColumns(adapter="lora", adapter_key=key, base_model_key=base_key,
+                          adapter_rank=max(ranks) if ranks else None, adapter_trainable_params=params,
+                          adapter_bytes=file.stat().st_size, lora_scale=float(a.lora_scale))
