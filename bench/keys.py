@@ -127,6 +127,12 @@ def _no_adapter(cfg) -> str | None:
     return None
 
 
+def _not_lora(cfg) -> str | None:
+    if cfg.get("adapter") is not None and cfg.adapter.kind != "lora":
+        return f"adapter.kind={cfg.adapter.kind}: a LoRA setting"
+    return None
+
+
 def _m(default=None, since: int = 1, **kw) -> Setting:
     return Setting(MODEL, default, since, **kw)
 
@@ -224,11 +230,12 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     },
     # an adapter on the base model (bench.adapt): its settings enter the adapter's key (bench.adapt.adapter_key)
     "adapter": {**{k: _m(v, 5, no_effect=_no_adapter) for k, v in (
-        ("kind", "none"), ("rank", 4), ("alpha", None), ("target_modules", ["to_k", "to_q", "to_v", "to_out.0"]),
-        ("conv", False), ("classes", None), ("max_steps", 300), ("batch_size", 64), ("lr", 1e-3),
+        ("kind", "none"), ("classes", None), ("max_steps", 300), ("batch_size", 64), ("lr", 1e-3),
         ("warmup_steps", 20), ("ema_decay", 0.99), ("seed", 0))},
+        **{k: _m(v, 5, no_effect=_not_lora) for k, v in (
+            ("rank", 4), ("alpha", None), ("target_modules", ["to_k", "to_q", "to_v", "to_out.0"]), ("conv", False))},
         "path": _m(None, 5, content=Content(_files, "path_content"), no_effect=_no_adapter),
-        "lora_scale": _c(1.0, 5, no_effect=_no_adapter)},
+        "lora_scale": _c(1.0, 5, no_effect=_not_lora)},
     "cost": {k: _r(v) for k, v in (("warmup_batches", 1), ("min_timed_batches", 5), ("repeats", 1),
                                    ("num_threads", 0), ("inference_mode", True))} | {
         # channels_last rounds differently (~1e-3 after 50 steps, as another batch size does): recorded in the row

@@ -119,6 +119,11 @@ def test_no_adapter_leaves_every_key_as_it_was(compose_cfg):
     assert keys.cell_key(plain) == keys.cell_key(keys.normalise(compose_cfg("adapter.rank=16", "adapter.lr=1")))
     assert "adapter" not in keys.cell_config(plain)
     assert keys.model_key(compose_cfg(f"data.classes={OLD}")) != keys.model_key(plain)
+    # LoRA's settings have no effect on a full fine-tune: one cell, whatever rank a sweep sets
+    full = keys.cell_key(keys.normalise(compose_cfg("adapter=full")))
+    assert keys.cell_key(keys.normalise(compose_cfg("adapter=full", "adapter.rank=32"))) == full
+    assert keys.cell_key(keys.normalise(compose_cfg("adapter=lora", "adapter.rank=32"))) != keys.cell_key(
+        keys.normalise(compose_cfg("adapter=lora")))
 
 
 # ----------------------------------------------------------------------------------- trained, cached, scored
@@ -177,6 +182,26 @@ def test_lora_scale_zero_samples_the_base_model(adapted_rows):
     assert zero["lora_scale"] == 0.0 and zero["cell_key"] != old["cell_key"]
     assert zero["fid"] == base["fid"] and zero["kid"] == base["kid"]
     assert old["fid"] != base["fid"]
+
+
+def test_the_report_tabulates_adapters_on_new_and_old_classes(adapted_rows, tmp_path):
+    """bench-report's adapter table: one row per adapter (the base first) with its cost beside FID on the taught
+    classes and on the old ones, read from the rows."""
+    import pandas as pd
+
+    from bench.report import main as report
+
+    out = tmp_path / "report"
+    report([str(adapted_rows["root"] / "runs" / "smoke"), "--out", str(out), "--no-plots", "--metric", "fid,kid"])
+    table = pd.read_csv(out / "table_adapter.csv")
+    base, lora_1, lora_0 = (table.iloc[i] for i in range(3))
+    assert list(table["adapter"]) == ["none", "lora", "lora"] and list(table["lora_scale"].fillna(-1)) == [-1, 1, 0]
+    new, old, zero = adapted_rows["new"], adapted_rows["old"], adapted_rows["scale0_old"]
+    assert lora_1["fid_new"] == pytest.approx(new["fid"]) and lora_1["fid_old"] == pytest.approx(old["fid"])
+    assert lora_0["fid_old"] == pytest.approx(zero["fid"]) and base["fid_old"] == pytest.approx(zero["fid"])
+    assert lora_1["adapter_trainable_params"] == new["adapter_trainable_params"]
+    assert lora_1["base_model_key"] == base["base_model_key"] == adapted_rows["base_old"]["model_key"]
+    assert "adapters on a base model" in (out / "report.md").read_text()
 
 
 # ------------------------------------------------------------------------------ a given LoRA file on a pipeline
@@ -249,3 +274,13 @@ def test_bad_pipeline_adapters_are_one_line(tiny_sd_lora, compose_cfg, overrides
     path, _, _ = tiny_sd_lora
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
         validate(compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", *overrides))
+
+
+@pytest.mark.parametrize("adapter", ["none", "lora", "full"])
+def test_the_lora_rank_study_composes_and_validates(compose_cfg, adapter):
+    """sweeps/lora_rank.yaml: a base on digits 0-4, adapters taught 5-9 (one cell of its grid per kind)."""
+    from bench.validate import validate
+
+    cfg = compose_cfg("sweep=lora_rank", f"adapter={adapter}", "adapter.rank=32", f"sampling.classes={OLD}")
+    assert list(cfg.data.classes) == [0, 1, 2, 3, 4] and list(cfg.adapter.classes) == [5, 6, 7, 8, 9]
+    assert validate(cfg).id == "digits-8px-c1-cls0.1.2.3.4"
