@@ -19,8 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench import distributed, sampling
+from bench.adapt import scored
 from bench.artifacts import save_npz, write_grid, write_prompt_scores, write_scatter
-from bench.data import DataInfo, sample_true
+from bench.data import DataInfo, get_data_info, sample_true
 from bench.env import hardware, resolve_device, set_determinism, versions
 from bench.evaluators import load_feature_net
 from bench.images import to_uint8_nhwc
@@ -187,6 +188,8 @@ def run_cell(cfg: DictConfig) -> dict | None:
         torch.set_num_threads(int(cfg.cost.num_threads))  # pinned for the cell; the row records num_threads
     device = resolve_device(cfg.device)
     subject, train_info = load_subject(cfg, info, device)
+    scoring = scored(cfg)  # the data of the classes the cell samples: its labels, reference statistics, data id
+    info = get_data_info(scoring.data) if scoring is not cfg else info
     cell_dir = root / "cells" / key
     work = work_dir(cell_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -198,7 +201,7 @@ def run_cell(cfg: DictConfig) -> dict | None:
     t0 = time.perf_counter()
     while True:
         try:
-            row.scores, row.cost = _sample_and_score(cfg, info, subject, call, work)
+            row.scores, row.cost = _sample_and_score(scoring, info, subject, call, work)
             row.sampled, row.status, row.batch_size = sampled.groups, "ok", call.batch_size
             break
         except sampling.NonFiniteError as e:

@@ -122,6 +122,18 @@ def _no_cfg_pass(cfg) -> str | None:
     return None
 
 
+def _no_adapter(cfg) -> str | None:
+    if cfg.get("adapter") is not None and cfg.adapter.kind == "none":
+        return "adapter.kind=none: the base model is sampled as it is"
+    return None
+
+
+def _not_lora(cfg) -> str | None:
+    if cfg.get("adapter") is not None and cfg.adapter.kind != "lora":
+        return f"adapter.kind={cfg.adapter.kind}: a LoRA setting"
+    return None
+
+
 def _m(default=None, since: int = 1, **kw) -> Setting:
     return Setting(MODEL, default, since, **kw)
 
@@ -144,6 +156,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "num_workers": _r(0, frozen=True),  # loader speed only: the batch order is fixed by (train.seed, step)
         "root": _m(None, 5, content=Content(_data_files, "content_id")),  # the standard sets' files, by content
         "download": Setting(RUN, False, 5),  # torchvision's downloader checks its md5s; the files are keyed as read
+        "classes": _m(None, 5),
     },
     "model": {
         "name": _m(REQUIRED), "hidden": _m(128), "layers": _m(3), "time_embed_dim": _m(64),
@@ -208,7 +221,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     },
     "sampling": {
         "num_inference_steps": _c(20), "guidance_scale": _c(1.0), "num_samples": _c(1000), "seed": _c(0),
-        "deterministic": _c(False), "classifier_scale": _c(0.0, 2),
+        "deterministic": _c(False), "classifier_scale": _c(0.0, 2), "classes": _c(None, 5),
         # per-image seeds make samples independent of the batch size and of how the images are split
         "batch_size": _r(250), "save_samples": _r(False), "grid_size": _r(100), "devices": _r(1), "shard_size": _r(0),
     },
@@ -227,6 +240,14 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "num_prompts": _c(0, 2), "seed": _c(0, 2), "images_per_prompt": _c(1, 2),
         "negative_prompt": _c("", 2, no_effect=_no_cfg_pass),
     },
+    # an adapter on the base model (bench.adapt): its settings enter the adapter's key (bench.adapt.adapter_key)
+    "adapter": {**{k: _m(v, 5, no_effect=_no_adapter) for k, v in (
+        ("kind", "none"), ("classes", None), ("max_steps", 300), ("batch_size", 64), ("lr", 1e-3),
+        ("warmup_steps", 20), ("ema_decay", 0.99), ("seed", 0))},
+        **{k: _m(v, 5, no_effect=_not_lora) for k, v in (
+            ("rank", 4), ("alpha", None), ("target_modules", ["to_k", "to_q", "to_v", "to_out.0"]), ("conv", False))},
+        "path": _m(None, 5, content=Content(_files, "path_content"), no_effect=_no_adapter),
+        "lora_scale": _c(1.0, 5, no_effect=_not_lora)},
     "cost": {k: _r(v) for k, v in (("warmup_batches", 1), ("min_timed_batches", 5), ("repeats", 1),
                                    ("num_threads", 0), ("inference_mode", True))} | {
         # channels_last rounds differently (~1e-3 after 50 steps, as another batch size does): recorded in the row
@@ -240,7 +261,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
                                ("fail_fast", False))},
 }
 CELL_GROUPS = ("data", "model", "objective", "schedule", "sampler", "metric", "train", "sampling", "distill",
-               "classifier", "prompts", "trainer")  # the cell key's sections, in the order of the first frame
+               "classifier", "prompts", "trainer", "adapter")  # the cell key's sections (first frame's order first)
 
 
 def setting(dotted: str) -> Setting:
@@ -410,6 +431,20 @@ def pipeline_key_config(cfg) -> dict:
 def model_key(cfg) -> str:
     """The key of the model a config names (before distillation): a loaded pipeline's, else the harness model's."""
     return config_hash(pipeline_key_config(cfg) if cfg.model.get("path") else model_key_config(cfg))
+
+
+def adapter_key_config(cfg, base_key: str, fields, classes) -> dict:
+    """What an adapter's weights depend on: the base model's key, its kind's ``fields`` of ``adapter.*``, the classes
+    it is trained on and the ``train.*`` settings it takes from the base's (label dropout, clipping, weight decay)."""
+    a, t = section(cfg, "adapter", elide=False), section(cfg, "train")
+    out = {"base": base_key, "kind": a["kind"], "adapter": {k: a[k] for k in fields},
+           "classes": None if classes is None else list(classes),
+           "train": {k: t[k] for k in ("cond_drop_prob", "grad_clip", "weight_decay")}}
+    if a.get("path_content"):
+        out["adapter"]["path_content"] = a["path_content"]
+    if trainer := _trainer(cfg):
+        out["trainer"] = trainer
+    return out
 
 
 def vae_train(cfg) -> dict:

@@ -69,6 +69,23 @@ class ClassifierColumns(Columns):
 
 
 @dataclass(frozen=True)
+class AdapterColumns(Columns):
+    """An adapter on the base model (bench.adapt): its kind, key and base model's key, its size (rank, trainable
+    parameters, bytes stored), its training cost and data, and the weight of its update when sampled."""
+
+    adapter: str
+    adapter_key: str | None = None
+    base_model_key: str | None = None
+    adapter_rank: int | None = None
+    adapter_trainable_params: int | None = None
+    adapter_bytes: int | None = None
+    adapter_train_steps: int | None = None
+    adapter_train_seconds: float | None = None
+    adapter_classes: list | None = None
+    lora_scale: float | None = None
+
+
+@dataclass(frozen=True)
 class PipelineColumns(Columns):
     """A loaded diffusers pipeline: what its checkpoint decided, the options it was loaded with, the scheduler it
     was sampled with and its prompt set (text-to-image pipelines)."""

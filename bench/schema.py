@@ -56,6 +56,9 @@ class DataConfig:
     num_workers: int = bounded(0, "[0, inf)")
     root: str | None = None  # mnist / fashion_mnist / cifar10: torchvision's root (MNIST/raw, cifar-10-batches-py)
     download: bool = False  # mnist / fashion_mnist / cifar10: fetch missing files with torchvision's downloader
+    # only the items of these classes (labels), in both splits; null = all. A model trained on part of the classes
+    # keeps the data set's label space (an adapter can then teach it the rest: conf/adapter/)
+    classes: list[int] | None = None
 
 
 @dataclass
@@ -232,6 +235,9 @@ class SamplingConfig:
     save_samples: bool = False  # samples.npz (uint8 NHWC) per cell
     grid_size: int = bounded(100, "[1, inf)")  # images in grid.png
     deterministic: bool = False  # torch.use_deterministic_algorithms + no TF32 (GPU)
+    # the classes a cell samples (image i: classes[i % len]) and is scored on (reference statistics of the data's items
+    # of these classes); null = the classes its model was trained on (adapter.classes, else data.classes, else all)
+    classes: list[int] | None = None
     # scale-out (bench/distributed.py); neither is part of the cell key: per-image seeds make the numbers independent
     # processes (GPUs, or CPU processes with gloo) that share a cell's images: Lightning Fabric DDP
     devices: int = bounded(1, "[1, inf)")
@@ -400,6 +406,31 @@ class DistillConfig(OptimConfig):
 
 
 @dataclass
+class AdapterConfig(OptimConfig):
+    """An adapter trained on top of the model a config names (the base; bench/adapt): its kind (a conf/adapter/ name,
+    registry bench.adapt.KINDS), what it changes (``target_modules``, ``rank``), the data it is trained on
+    (``classes``) and its optimisation (``max_steps`` ... ``seed``; weight decay, gradient clipping and label dropout
+    are ``train``'s). Cached like a model under a key = the base model's key + these settings + its data."""
+
+    kind: str = "none"  # none | lora | full (every weight of the base, the baseline)
+    rank: int = bounded(4, "[1, inf)")  # lora: r
+    alpha: float | None = bounded(None, "(0, inf)")  # lora: lora_alpha (null = rank: scaling alpha / r = 1)
+    # lora: the modules (name suffixes) that get a low-rank update; diffusers' attention projections by default
+    target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    conv: bool = False  # lora: also the ResNet blocks' 3x3 convolutions (conv1, conv2)
+    classes: list[int] | None = None  # the classes it is trained on (null = data.classes)
+    max_steps: int = bounded(300, "[1, inf)")
+    batch_size: int = bounded(64, "[1, inf)")
+    lr: float = bounded(1e-3, "(0, inf)")
+    warmup_steps: int = bounded(20, "[0, inf)")
+    ema_decay: float = bounded(0.99, "[0, 1)")
+    seed: int = bounded(0, SEED)
+    # model=pipeline: a given LoRA file or directory (diffusers' load_lora_weights), not trained here
+    path: str | None = None
+    lora_scale: float = bounded(1.0, "[0, inf)")  # the low-rank update's weight when sampling (0 = the base model)
+
+
+@dataclass
 class PromptsConfig:
     """Prompts of a text-to-image pipeline (bench/data/prompts.py): image i gets prompt (i // images_per_prompt)
     mod the set's size."""
@@ -429,6 +460,7 @@ class BenchConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     distill: DistillConfig = MISSING
     prompts: PromptsConfig = MISSING
+    adapter: AdapterConfig = MISSING
     name: str = "default"  # results go to ${out_dir}/${name}
     out_dir: str = "runs"
     cache_dir: str = "${oc.env:BENCH_CACHE,.cache/bench}"
@@ -445,6 +477,7 @@ GROUPS = {
     "tracker": TrackerConfig,
     "distill": DistillConfig,
     "prompts": PromptsConfig,
+    "adapter": AdapterConfig,
 }  # the model group has one schema per family: MODEL_SCHEMAS
 
 

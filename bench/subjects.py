@@ -1,8 +1,9 @@
 """What a cell samples, loaded the way its model family's registry entry says (``MODELS[name].sampled_as``):
 
-- ``denoiser``: the harness's own model — trained (or loaded from ``model.pretrained``) and cached, or its distilled
-  student when ``distill.method`` is set — in the harness's loop, classifier-guided when
-  ``sampling.classifier_scale`` > 0, with its family's columns (text tower; a latent family's VAE);
+- ``denoiser``: the harness's own model — trained (or loaded from ``model.pretrained``) and cached, its distilled
+  student when ``distill.method`` is set, or with its adapter when ``adapter.kind`` is (:mod:`bench.adapt`) — in
+  the harness's loop, classifier-guided when ``sampling.classifier_scale`` > 0, with its family's columns (text
+  tower; a latent family's VAE);
 - ``diffusers_pipeline``: a saved diffusers pipeline, loaded as is (:mod:`bench.sampling.diffusers_pipeline`).
 
 Each loader returns ``(subject, train_info)``: a :class:`bench.sampling.subject.Subject` and the model's cache
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from bench import distill, training
+from bench import adapt, distill, training
 from bench.data import DataInfo
 from bench.metrics.scorer import images_fid
 from bench.models import MODELS
@@ -53,12 +54,17 @@ def latent_columns(cfg, info: DataInfo) -> LatentColumns:
 def load_denoiser(cfg, info: DataInfo, device: str) -> tuple[Denoiser, dict]:
     """The trained model, or its distilled student when ``distill.method`` is set, on the configured sampler;
     compiled with ``cost.compile`` (:func:`bench.sampling.compiled.compile_denoiser`: warmed up, checked)."""
-    model, train_info = (distill.load_or_distill(cfg) if cfg.distill.method != "none"
-                         else training.load_or_train(cfg))
+    if cfg.adapter.kind != "none":
+        model, train_info = adapt.load_adapted(cfg)
+    else:
+        model, train_info = (distill.load_or_distill(cfg) if cfg.distill.method != "none"
+                             else training.load_or_train(cfg))
     if uses_channels_last(cfg.cost, cfg.model):
         model = model.to(memory_format=torch.channels_last)
     guide, groups = classifier_guidance(cfg, device)
     groups = [groups]
+    if "adapter" in train_info:
+        groups.append(train_info["adapter"])
     if getattr(model, "text_encoder_id", ""):
         groups.append(TextTowerColumns(model.text_encoder_id))
     if MODELS[cfg.model.name].latent:
@@ -73,9 +79,20 @@ def load_denoiser(cfg, info: DataInfo, device: str) -> tuple[Denoiser, dict]:
     return compiled.compile_denoiser(eager, cfg.cost.compile, train_info["model_key"], call), train_info
 
 
+def load_pipeline(cfg, info: DataInfo, device: str) -> tuple[Subject, dict]:
+    """A saved diffusers pipeline (:func:`diffusers_pipeline.load`), with the LoRA file of ``adapter.path`` loaded
+    into it when ``adapter=lora`` (the row's model_key is then the adapted pipeline's)."""
+    loaded, train_info = diffusers_pipeline.load(cfg, info, device)
+    if cfg.adapter.kind == "none":
+        return loaded, train_info
+    columns = adapt.lora.load_into_pipeline(cfg, loaded.pipe, train_info["model_key"])
+    loaded.extra = (columns,)
+    return loaded, {**train_info, "model_key": columns.adapter_key}
+
+
 LOADERS = Registry("subject", "model.name", {
     "denoiser": Entry(load_denoiser, doc="the harness's own model (trained or distilled) in its own loop"),
-    "diffusers_pipeline": Entry(diffusers_pipeline.load, doc="a saved diffusers pipeline through its __call__"),
+    "diffusers_pipeline": Entry(load_pipeline, doc="a saved diffusers pipeline through its __call__"),
 })
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf.errors import MissingMandatoryValue
 
+from bench.adapt import KINDS
 from bench.data import DATA, DataInfo, get_data_info
 from bench.data.prompts import PROMPTS
 from bench.distill import METHODS
@@ -26,7 +27,7 @@ from bench.training.fit import check_trainer, processes
 from bench.training.objectives import OBJECTIVES
 
 # one registry per config group, checked in this order (data first: the others need its DataInfo)
-REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS, PROMPTS)
+REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS, PROMPTS, KINDS)
 # model=pipeline: the checkpoint decides objective, schedule and what the sampler may do; bench.sampling.pipelines
 # checks the config against it in place of these groups' own rules (an explicit objective= is compared, not used)
 CHECKPOINT_DECIDES = (OBJECTIVES, SCHEDULES, SAMPLERS)

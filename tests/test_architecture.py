@@ -18,7 +18,7 @@ FLOORS = {
     "bench.data": 1, "bench.models": 1, "bench.evaluators": 1, "bench.schedule": 1, "bench.tracking": 1,
     "bench.artifacts": 1, "bench.keys": 1,
     "bench.training": 2, "bench.sampling": 2, "bench.metrics": 2,
-    "bench.distill": 3,
+    "bench.distill": 3, "bench.adapt": 3,
     "bench.validate": 4, "bench.distributed": 4, "bench.subjects": 4,
     "bench.cell": 5, "bench.preflight": 5, "bench.summary": 5,
     "bench.run": 6,

@@ -44,6 +44,7 @@ def test_every_committed_row_keeps_its_cell_key_and_model_key(tiny_sd, monkeypat
     import diffusers
 
     from bench import keys
+    from bench.adapt import KINDS, adapter_key
     from bench.distill import student_keys
     from bench.models import diffusers_checkpoint as checkpoints
 
@@ -59,6 +60,8 @@ def test_every_committed_row_keeps_its_cell_key_and_model_key(tiny_sd, monkeypat
         model_key = keys.model_key(cfg)
         if cfg.distill.method != "none":  # the row's model is the last student (none: the teacher at its own steps)
             model_key = ([model_key] + [key for _, _, key in student_keys(cfg, model_key)])[-1]
+        if cfg.adapter.kind != "none":  # the row's model is the adapter on its base model
+            model_key = adapter_key(cfg, KINDS[cfg.adapter.kind], model_key)[1]
         got = {"cell_key": keys.cell_key(cfg), "model_key": model_key}
         if row.get("classifier_key"):
             got["classifier_key"] = keys.classifier_key(cfg)
@@ -76,7 +79,7 @@ def test_every_committed_row_keeps_its_cell_key_and_model_key(tiny_sd, monkeypat
 
 CONF = REPO / "conf"
 GROUPS = ("data", "model", "objective", "schedule", "sampler", "metric", "tracker", "distill", "prompts", "experiment",
-          "family", "sweep")
+          "family", "sweep", "adapter")
 
 
 def leaves(node, prefix=""):

@@ -4,10 +4,12 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, default_collate
 
 from bench.registry import Entry, Registry
 from bench.schema import ConfigError
@@ -28,6 +30,7 @@ class DataInfo:
     num_classes: int  # classes the model is conditioned on; 0 = unconditional
     class_names: list[str] = field(default_factory=list)  # the data set's label names (shapes: captions)
     id: str = ""  # e.g. "digits-8px-c1"; names reference statistics
+    classes: tuple[int, ...] | None = None  # data.classes: the only labels its items have (None: all)
 
 
 def _split_suffix(data_cfg) -> str:
@@ -125,8 +128,44 @@ def data_key(data_cfg) -> dict:
 
 def get_data_info(data_cfg) -> DataInfo:
     """Shape, classes and id of the data set named by ``data_cfg`` (without building it, except folder scans and
-    the standard sets' file checks)."""
-    return DATA[data_cfg.name].info(data_cfg)
+    the standard sets' file checks); ``data.classes`` set: only those labels' items (the id says which)."""
+    info = DATA[data_cfg.name].info(data_cfg)
+    classes = data_cfg.get("classes")
+    if classes is None:
+        return info
+    classes = check_classes(classes, info, "data.classes")
+    return dataclasses.replace(info, id=f"{info.id}-cls{'.'.join(map(str, classes))}", classes=classes)
+
+
+def check_classes(classes, info: DataInfo, key: str) -> tuple[int, ...]:
+    """A subset of the data set's labels: a non-empty, increasing list of labels in [0, number of labels)."""
+    n = len(info.class_names)
+    classes = tuple(int(c) for c in classes)
+    if not n:
+        raise ConfigError(key, list(classes), "null", f"data {info.id} has no labels")
+    if not classes or any(c < 0 or c >= n for c in classes) or list(classes) != sorted(set(classes)):
+        raise ConfigError(key, list(classes), f"an increasing, non-empty list of labels in [0, {n - 1}] (or null)")
+    return classes
+
+
+class ClassSubset(Dataset):
+    """The items of ``base`` (whose labels are ``base.y``) with a label in ``classes``, in their order."""
+
+    def __init__(self, base, classes):
+        self.base = base
+        self.index = torch.nonzero(torch.isin(base.y, torch.as_tensor(classes))).flatten().tolist()
+        self.y = base.y[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return self.base[self.index[i]]
+
+    def get_batch(self, indices):
+        idx = [self.index[i] for i in indices]
+        get_batch = getattr(self.base, "get_batch", None)  # in-memory data: one indexing op
+        return get_batch(idx) if get_batch is not None else default_collate([self.base[i] for i in idx])
 
 
 def build_dataset(data_cfg, split: str) -> Dataset:
@@ -136,5 +175,6 @@ def build_dataset(data_cfg, split: str) -> Dataset:
     """
     if split not in SPLITS:
         raise ConfigError("split", split, " | ".join(SPLITS))
-    get_data_info(data_cfg)  # validates name / toy / channels with one-line errors
-    return DATA[data_cfg.name].build(data_cfg, split)
+    info = get_data_info(data_cfg)  # validates name / toy / channels / classes with one-line errors
+    ds = DATA[data_cfg.name].build(data_cfg, split)
+    return ds if info.classes is None else ClassSubset(ds, info.classes)

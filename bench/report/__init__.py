@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from .adapter import adapter_table
 from .distill import speedup_table
 from .formatting import fmt_value, label
 from .load import ReportError, Source, load, norm, sort_key
@@ -33,7 +34,8 @@ from .tables import build_tables, first_stage_table
 __all__ = ["ReportError", "build_report", "main"]
 
 
-STUDY_TABLES = {"distill": (speedup_table,)}  # tables a study kind adds to the ablation tables
+# tables a study kind adds to the ablation tables
+STUDY_TABLES = {"distill": (speedup_table,), "adapter": (adapter_table,)}
 CONFIG_KEYS = ("rows", "cols", "metric", "kind", "title", "split_by", "where", "err")
 
 

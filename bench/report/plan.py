@@ -16,16 +16,16 @@ from .stats import groups
 # and `model_key` are, so two sweeps or two trained models are never averaged together as if they were seeds.
 FACTORS = ("name", "data", "model", "objective", "schedule", "sampler", "method", "eta", "timestep_spacing",
            "num_inference_steps", "guidance_scale", "classifier_scale", "distill_method", "distill_steps", "batch_size",
-           "train_steps", "model_key")
+           "train_steps", "model_key", "lora_scale")
 # Settings that rows written before `key_settings` record beside the factors and that change their numbers.
 RECORDED_SETTINGS = ("classifier_key", "vae_key", "text_encoder", "model_dtype", "prompts_sha256", "negative_prompt",
                      "num_prompts", "images_per_prompt")
 # Entries of a row's `key_settings` (bench.keys: every setting in the cell key, by dotted config key) in which two
 # seed blocks of one configuration differ. Not metric.seed: rows differing in it alone score the same images.
 SEED_KEYS = ("sampling.seed",)
-KINDS = ("auto", "steps", "eta", "guidance", "distill", "generic")
+KINDS = ("auto", "steps", "eta", "guidance", "distill", "adapter", "generic")
 KIND_TITLES = {"steps": "sampler × steps", "eta": "DDIM η × steps", "guidance": "classifier-free guidance scale",
-               "distill": "distillation vs DDIM", "generic": "ablation"}
+               "distill": "distillation vs DDIM", "adapter": "adapters on a base model", "generic": "ablation"}
 
 
 @dataclass
@@ -47,6 +47,10 @@ def has_distill(df: pd.DataFrame) -> bool:
     return "distill_method" in df and any(norm(v) not in (None, "none") for v in df["distill_method"])
 
 
+def has_adapter(df: pd.DataFrame) -> bool:
+    return "adapter" in df and any(norm(v) not in (None, "none") for v in df["adapter"])
+
+
 def key_setting_columns(df: pd.DataFrame) -> list[str]:
     """The `key_settings` entries (columns named by dotted config key, from bench.report.load) other than seeds."""
     return sorted(c for c in df.columns if isinstance(c, str) and "." in c and c not in SEED_KEYS)
@@ -66,12 +70,15 @@ def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None
         raise ReportError(f"no row has status 'ok' ({len(df)} failed); nothing to tabulate")
     var = varying(df)
     if kind == "auto":
-        kind = ("distill" if has_distill(df) else "guidance" if "guidance_scale" in var else
+        kind = ("distill" if has_distill(df) else "adapter" if has_adapter(df) else
+                "guidance" if "guidance_scale" in var else
                 "eta" if "eta" in var else "steps" if {"sampler", "num_inference_steps"} & set(var) else "generic")
     steps = ["num_inference_steps"] if "num_inference_steps" in var else []
     auto_rows = {"steps": ["sampler"] if "sampler" in var else [], "eta": ["eta"], "guidance": ["guidance_scale"],
-                 "distill": ["method"], "generic": []}[kind]
-    auto_cols = [] if kind == "guidance" else [c for c in steps if c not in auto_rows]
+                 "distill": ["method"], "adapter": ["model_key", *(["lora_scale"] if "lora_scale" in var else [])],
+                 "generic": []}[kind]
+    auto_cols = ([] if kind == "guidance" else ["data"] if kind == "adapter" and "data" in var else
+                 [c for c in steps if c not in auto_rows])
     if err not in ("se", "std", "ci95"):
         raise ReportError(f"--err={err!r} is not allowed: se, std or ci95")
     plan = Plan(kind, list(rows) if rows is not None else auto_rows, list(cols) if cols is not None else auto_cols,

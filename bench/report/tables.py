@@ -115,9 +115,11 @@ def build_tables(df: pd.DataFrame, plan: Plan, study_tables=()) -> tuple[list[Ta
     split_groups = [(split, part, [m for m in plan.metrics if present(part, m)])
                     for split, part in groups(ok, plan.split_by)]
     for split, part, metrics in split_groups:
-        for m in metrics:
+        # columns of different data sets (an adapter study's new and old classes) have their own reference sets
+        by_data = ["data"] if "data" in plan.cols else []
+        for m, (_, cpart) in ((m, c) for m in metrics for c in groups(part, by_data)):
             try:
-                guard_settings(part, m)
+                guard_settings(cpart, m)
             except ReportError as e:
                 if split:
                     raise ReportError(f"{e} (within {split_title(split)[3:]})") from None

@@ -178,6 +178,7 @@ class LoadedPipeline:
     scheduler: object
     compile_s: float = 0.0
     options: dict = field(default_factory=dict)  # the GPU options it was loaded with (model.*), recorded in the row
+    extra: tuple = ()  # column groups of what was loaded into it (a LoRA: bench.adapt)
 
     def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: int | None = None,
                 progress: bool = False) -> Iterator[Batch]:
@@ -199,7 +200,7 @@ class LoadedPipeline:
             **{k: bool(self.options.get(k)) for k in ("attention_slicing", "vae_tiling", "cpu_offload", "compile")},
             scheduler_class=type(self.scheduler).__name__, **prompts)
         return Provenance(c.objective, sc.get("beta_schedule", "flow"), sc.get("timestep_spacing", ""),
-                          (ClassifierColumns(nfe_classifier=0.0), columns))
+                          (ClassifierColumns(nfe_classifier=0.0), columns, *self.extra))
 
     def prompts_of(self, call: SamplingCall) -> list | None:
         """Each image's prompt when the images are scored against their prompts (not when sampled unconditionally,

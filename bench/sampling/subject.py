@@ -43,6 +43,7 @@ class SamplingCall:
     inference_mode: bool = True
     channels_last: bool = False
     check_every_step: bool = False
+    classes: tuple | None = None  # the labels images cycle through (image i: classes[i % len]); None: all
 
 
 def uses_channels_last(cost_cfg, model_cfg) -> bool:
@@ -52,13 +53,13 @@ def uses_channels_last(cost_cfg, model_cfg) -> bool:
 
 def sampling_call(sampling_cfg, sampler_cfg, cost_cfg, metric_cfg, model_cfg, info, device: str) -> SamplingCall:
     """The cell's :class:`SamplingCall`: ``sampling.num_samples`` x ``metric.repeats`` images (repeat r = images
-    [r N, (r + 1) N): disjoint per-image seeds) of the data's shape."""
+    [r N, (r + 1) N): disjoint per-image seeds) of the data's shape, labelled by its classes (``info.classes``)."""
     s = sampling_cfg
     return SamplingCall(shape=tuple(info.shape), num_samples=int(s.num_samples) * int(metric_cfg.repeats),
                         batch_size=int(s.batch_size), seed=int(s.seed), num_inference_steps=int(s.num_inference_steps),
                         guidance_scale=float(s.guidance_scale), eta=float(sampler_cfg.eta), device=str(device),
                         inference_mode=bool(cost_cfg.inference_mode),
-                        channels_last=uses_channels_last(cost_cfg, model_cfg))
+                        channels_last=uses_channels_last(cost_cfg, model_cfg), classes=info.classes)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ class Subject(Protocol):
     def to(self, device) -> Subject: ...
 
 
+@dataclass(frozen=True)
+class _Cycle:
+    """Image i's label ``classes[i % len(classes)]``: a class subset in the loop's ``i % num_classes`` order."""
+
+    classes: tuple
+
+    def __getitem__(self, i: int) -> int:
+        return self.classes[i % len(self.classes)]
+
+
 @dataclass
 class Denoiser:
     """The harness's own model (any family, a distilled student) sampled by the one loop (:func:`sample`) with
@@ -106,7 +117,8 @@ class Denoiser:
                       guidance_scale=call.guidance_scale, num_classes=self.num_classes, device=call.device, cost=cost,
                       eta=call.eta, progress=progress, inference_mode=call.inference_mode,
                       channels_last=call.channels_last, check_every_step=call.check_every_step, start=start,
-                      classifier_guidance=self.guide)
+                      classifier_guidance=self.guide,
+                      class_labels=None if call.classes is None else _Cycle(call.classes))
 
     def columns(self) -> Provenance:
         return self.provenance

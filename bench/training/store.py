@@ -72,9 +72,10 @@ def cached_model_dir(root: Path, key: str, train: Callable[[Path], dict]) -> tup
 
 
 def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str,
-                   model: torch.nn.Module | None = None) -> torch.nn.Module:
+                   model: torch.nn.Module | None = None, strict: bool = True) -> torch.nn.Module:
     """``build_model(model_cfg, info)`` (or ``model``, another network such as a classifier) with the weights of
-    ``path/model.safetensors``, in eval mode on ``device``."""
+    ``path/model.safetensors``, in eval mode on ``device``. ``strict=False``: the file holds part of the model's
+    weights (an adapter's), each of which the model must have."""
     model = build_model(model_cfg, info) if model is None else model
     file = Path(path) / WEIGHTS
     try:
@@ -85,7 +86,10 @@ def load_model_dir(path: str | os.PathLike, model_cfg, info, device: str,
                               f"({type(e).__name__}: {first_line(e)}); delete "
                               f"{Path(path)} to train it again") from None
     _verify_weights(Path(path), file, hashlib.sha256(data).hexdigest())
-    model.load_state_dict(state, strict=True)
+    unexpected = model.load_state_dict(state, strict=strict).unexpected_keys
+    if unexpected:
+        raise ModelCacheError(f"{file}: holds weights the model does not have ({', '.join(unexpected[:3])}, ...); "
+                              f"delete {Path(path)} to train it again")
     return model.eval().to(device)
 
 
@@ -118,10 +122,12 @@ def read_meta(path: Path) -> dict:
 
 
 def write_model_dir(module: L.LightningModule, cfg, info, workdir: Path, key: str | None = None,
-                    config: dict | None = None, **extra) -> dict:
-    """model.safetensors (EMA weights), config.yaml (``config``, default :func:`bench.keys.model_key_config`) and
-    meta.json (``extra`` added) of a trained module in ``workdir``; returns the meta."""
-    state = {k: v.detach().cpu().contiguous() for k, v in module.ema.state_dict().items()}
+                    config: dict | None = None, names=None, **extra) -> dict:
+    """model.safetensors (EMA weights; ``names``: only those, an adapter's), config.yaml (``config``, default
+    :func:`bench.keys.model_key_config`) and meta.json (``extra`` added) of a trained module in ``workdir``; returns
+    the meta."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.ema.state_dict().items()
+             if names is None or k in names}
     save_file(state, str(workdir / WEIGHTS))
     extra = {"weights_sha256": file_sha256(workdir / WEIGHTS), **extra}  # verified on every load
     config = keys.model_key_config(cfg) if config is None else config

@@ -1,0 +1,69 @@
+"""Adapters trained on a base model, benchmarked like models: one registry entry per ``conf/adapter/<kind>.yaml``.
+
+- ``none``: the model itself;
+- ``lora``: low-rank updates of the attention projections (and optionally the ResNet convolutions), through peft
+  (:mod:`bench.adapt.lora`); with ``model=pipeline``, a given LoRA file (``adapter.path``) at ``lora_scale``;
+- ``full``: every weight of the denoiser fine-tuned: the baseline an adapter's parameters and forgetting are
+  measured against.
+
+Every kind trains through the Lightning runner and the model store (:func:`load_or_adapt`), is keyed by the base
+model's key + its settings + its data (:func:`adapter_key`) and is sampled by the cell as its model
+(``bench.subjects``). A new kind is one entry here (:class:`Kind`) plus one YAML file.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from bench.registry import Registry
+from bench.schema import ConfigError
+
+from . import lora
+from .common import (
+    OPTIM_FIELDS,
+    AdapterModule,
+    Kind,
+    adapter_key,
+    check_classes_settings,
+    check_common,
+    load_or_adapt,
+    network,
+    scored,
+    scored_classes,
+    trainable,
+    trained_classes,
+)
+
+
+def _full(adapter_cfg, model: nn.Module) -> nn.Module:
+    """Every weight of the denoising network trainable (a latent family's VAE stays frozen)."""
+    model.requires_grad_(False)
+    network(model).requires_grad_(True)
+    return model
+
+
+def _check_none(cfg, info) -> None:
+    check_classes_settings(cfg, info)
+
+
+def _check_full(cfg, info) -> None:
+    check_common(cfg, info)
+    if cfg.model.name == "pipeline":
+        raise ConfigError("adapter.kind", "full", "none or lora (a given LoRA file) with model=pipeline",
+                          "the harness fine-tunes its own families")
+
+
+KINDS = Registry("adapter", "adapter.kind", {
+    "none": Kind(check=_check_none, doc="the model itself"),
+    "lora": Kind(lora.inject, lora.check, fields=lora.FIELDS, for_sampling=lora.scaled, rank="rank", scaled=True,
+                 doc="low-rank updates through peft (diffusers' conventions)"),
+    "full": Kind(_full, _check_full, fields=OPTIM_FIELDS, doc="every weight of the denoiser fine-tuned"),
+})
+
+
+def load_adapted(cfg):
+    """(the model a cell samples with ``cfg.adapter`` on its base, train_info): :func:`load_or_adapt` by kind."""
+    return load_or_adapt(cfg, KINDS[cfg.adapter.kind])
+
+
+__all__ = ["KINDS", "Kind", "AdapterModule", "adapter_key", "check_common", "load_adapted", "load_or_adapt",
+           "network", "scored", "scored_classes", "trainable", "trained_classes"]
