@@ -374,6 +374,10 @@ class Scorer:
                 row.update(clip_net=self.clip.name, clip_net_hash=self.clip.weights_hash)
         return row
 
+    def own_space_features(self, name: str) -> np.ndarray:
+        """The generated features of a score in a feature space of its own, in the order the images came."""
+        return np.concatenate([f for _, f in self.score_feats[name]])
+
     def _score(self, name: str, blocks: list) -> dict:
         """A score of ``SCORES`` on each seed block (N = ``sampling.num_samples`` images, as FID): one block, its
         fields; several, the mean of each value over the blocks with its std (``<value>_std``, ``_std_over`` =
@@ -384,7 +388,7 @@ class Scorer:
         else:
             ref = get_reference(self.cfg, self.info, net)
             block = np.concatenate([b for b, _ in self.score_feats[name]])
-            f = np.concatenate([f for _, f in self.score_feats[name]])
+            f = self.own_space_features(name)
             per_block = [f[block == b] for b in np.unique(block)]
         outs = [score.compute(self, g, ref) for g in per_block]
         if len(outs) == 1:
