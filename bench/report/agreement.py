@@ -83,7 +83,9 @@ def agreement_table(ok: pd.DataFrame, plan: Plan, split: dict, asked: bool | Non
     stats = {m: cell_stats(ok, keys, m) for m in metrics}
     if len(metrics) < 2 or len(stats[metrics[0]]) < MIN_CELLS:
         return None
-    oriented = {m: st["mean"].to_numpy(float) * (1 if spec(m).higher_is_better else -1) for m, st in stats.items()}
+    # ranked on 6 significant digits (the CSVs' precision): a last-bit difference between machines swaps no ranks
+    oriented = {m: np.array([float(f"{v:.6g}") for v in st["mean"]]) * (1 if spec(m).higher_is_better else -1)
+                for m, st in stats.items()}
     body, recs = [], []
     for m in metrics:
         tau = {o: _tau(oriented[m], oriented[o]) for o in metrics}
