@@ -33,8 +33,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
+from bench.adapt import scored
 from bench.artifacts import samples_digest
 from bench.cell import check_same_evaluator, prepare, work_dir
+from bench.data import get_data_info
 from bench.env import versions
 from bench.keys import cell_key, key_settings, normalise, samples_key
 from bench.metrics.refstats import RefStatsError
@@ -118,8 +120,11 @@ def batches(arrays: dict, batch_size: int):
 
 
 def score(cfg: DictConfig, info, arrays: dict, cell_dir: Path | None = None) -> dict:
-    """The Scorer's row fields for the kept images under ``cfg`` (``cell_dir``: where it writes gen_stats.npz)."""
-    scorer = Scorer(cfg, info, cell_dir)
+    """The Scorer's row fields for the kept images under ``cfg`` (``cell_dir``: where it writes gen_stats.npz),
+    against the data of the classes the cell samples, as bench.cell scores them (:func:`bench.adapt.scored`)."""
+    scoring = scored(cfg)
+    info = get_data_info(scoring.data) if scoring is not cfg else info
+    scorer = Scorer(scoring, info, cell_dir)
     if scorer.mode == "images" and scorer.clip is not None and "labels" not in arrays and "prompts" not in arrays:
         raise ConfigError("metric.clip_score", True, "a cell whose samples.npz keeps labels or prompts",
                           "these kept images have neither, and CLIP score scores them against their captions")
