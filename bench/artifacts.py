@@ -4,6 +4,7 @@ Every file is written atomically (temp file + rename), so a killed run leaves wh
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from pathlib import Path
@@ -49,6 +50,16 @@ def write_scatter(path: Path, points: np.ndarray, reference: np.ndarray | None, 
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def samples_digest(arrays: dict) -> str:
+    """sha256 of a samples.npz's arrays (names, dtypes, shapes and bytes), independent of the file's compression."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save_npz(path: Path, **arrays) -> None:

@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import distributed, sampling
 from bench.adapt import scored
-from bench.artifacts import save_npz, write_grid, write_prompt_scores, write_scatter
+from bench.artifacts import samples_digest, save_npz, write_grid, write_prompt_scores, write_scatter
 from bench.data import DataInfo, get_data_info, sample_true
 from bench.env import hardware, resolve_device, set_determinism, versions
 from bench.evaluators import load_feature_net
 from bench.images import to_uint8_nhwc
-from bench.keys import cell_config, cell_key, key_settings, normalise, results_root
+from bench.keys import cell_config, cell_key, key_settings, normalise, results_root, samples_key
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
 from bench.results import ResultsError, Row, append_row, is_finished, read_rows
@@ -57,35 +57,41 @@ def _sample_and_score(cfg, info: DataInfo, subject: Subject, call: SamplingCall,
     s = cfg.sampling
     scorer = Scorer(cfg, info, cell_dir)
     progress = bool(cfg.trainer.enable_progress_bar)
+    labels = None  # each kept image's class label (what CLIP score scores against), where this path keeps them
     if distributed.enabled(s):
         metrics, cost, samples = distributed.sample_and_score(subject, call, scorer, cfg, info, cell_dir, s, progress)
     else:
-        metrics, cost, samples = _sample_and_score_here(subject, call, scorer, s, cfg.cost, progress)
+        metrics, cost, samples, labels = _sample_and_score_here(subject, call, scorer, s, cfg.cost, progress)
     grid_x = samples[: s.grid_size]
+    prompts = subject.prompts_of(call)
     if info.kind == "images":
         write_grid(cell_dir / "grid.png", to_uint8_nhwc(grid_x))
-        if s.save_samples:
-            save_npz(cell_dir / "samples.npz", images=to_uint8_nhwc(samples))
+        kept = {"images": to_uint8_nhwc(samples)}
     else:
         ref = sample_true(cfg.data, len(grid_x), seed=10_000 + s.seed)
         title = f"{cfg.sampler.name} {s.num_inference_steps} steps"
         write_scatter(cell_dir / "grid.png", grid_x.numpy(), ref, title)
-        if s.save_samples:
-            save_npz(cell_dir / "samples.npz", points=samples.numpy().astype(np.float32))
-    prompts = subject.prompts_of(call)
+        kept = {"points": samples.numpy().astype(np.float32)}
+    if s.save_samples:  # what bench.rescore scores again: the images as scored, with their labels or prompts
+        kept.update({"labels": labels} if labels is not None else {})
+        kept.update({"prompts": np.asarray(prompts, dtype=str)} if prompts else {})
+        save_npz(cell_dir / "samples.npz", **kept)
+        metrics.update(samples_key=samples_key(cfg), samples_sha256=samples_digest(kept),
+                       samples_n=len(samples))
     if prompts:
         write_prompt_scores(cell_dir / "prompts.csv", prompts, scorer.clip_scores)
     return metrics, cost
 
 
 def _sample_and_score_here(subject: Subject, call: SamplingCall, scorer: Scorer, sampling_cfg, cost_cfg,
-                           progress: bool) -> tuple[dict, dict, torch.Tensor]:
-    """One process, streamed: (scores, cost, the samples kept: all with sampling.save_samples, else the grid's).
+                           progress: bool) -> tuple[dict, dict, torch.Tensor, np.ndarray | None]:
+    """One process, streamed: (scores, cost, the samples kept: all with sampling.save_samples, else the grid's, and
+    their class labels where the batches have them).
     Cost follows the protocol of bench.metrics.cost (untimed warm-up, median over timed batches, cost.repeats
     re-timings)."""
     c = cost_cfg
     meter = CostMeter(call.device, c.warmup_batches, c.min_timed_batches)
-    kept, kept_n = [], 0
+    kept, kept_n, labels = [], 0, []
     score_s = 0.0
     for batch in subject.batches(call, meter, progress=progress):
         t0 = time.perf_counter()
@@ -95,6 +101,8 @@ def _sample_and_score_here(subject: Subject, call: SamplingCall, scorer: Scorer,
         if need > 0:
             kept.append(batch.x[:need].cpu())
             kept_n += len(kept[-1])
+            if batch.labels is not None:
+                labels.append(batch.labels[:need].cpu().numpy())
     t0 = time.perf_counter()
     metrics = scorer.compute()
     score_s += time.perf_counter() - t0
@@ -105,7 +113,7 @@ def _sample_and_score_here(subject: Subject, call: SamplingCall, scorer: Scorer,
         meter.add_timing(again)
     cost = {**meter.summary(), "score_s": score_s, "inference_mode": bool(c.inference_mode),
             "channels_last": call.channels_last}
-    return metrics, cost, torch.cat(kept)
+    return metrics, cost, torch.cat(kept), np.concatenate(labels) if len(labels) == len(kept) else None
 
 
 def base_row(cfg: DictConfig, info: DataInfo, key: str, train_info: dict, sampled: Provenance, root: Path,

@@ -385,6 +385,19 @@ def cell_key(cfg: DictConfig) -> str:
     return config_hash(cell_config(cfg))
 
 
+# The metric settings that decide which images a cell samples (how many seed blocks); every other metric.* setting
+# only changes how those images are scored.
+SAMPLING_METRIC_SETTINGS = ("repeats",)
+
+
+def samples_key(cfg: DictConfig) -> str:
+    """The sampling part of the cell key: the cell config without the settings that only score the images. Cells
+    with one samples key sample the same images (bench.rescore scores a kept set of them again)."""
+    out = cell_config(cfg)
+    out["metric"] = {k: v for k, v in out.get("metric", {}).items() if k in SAMPLING_METRIC_SETTINGS}
+    return config_hash(out)
+
+
 def key_settings(cfg: DictConfig) -> dict:
     """{dotted key: value} of every setting the cell key holds, after normalisation (content fingerprints as
     ``<group>.<entry>``): what the row records so that rows are only ever pooled within one configuration."""

@@ -39,6 +39,19 @@ METRICS: dict[str, Metric] = {
     "clip_score": Metric("CLIP score", "quality", higher_is_better=True, decimals=2,
                          settings=("clip_net", "clip_net_hash", "feature_net_hash", "resize", "num_samples"),
                          default=True, console=True, role="alignment"),
+    # the scores beyond FID (metric.prdc, cmmd, fd_inf, sfid, fd_dinov2), each with the settings its row records
+    **{m: Metric(m.capitalize(), "quality", higher_is_better=True, decimals=3,
+                 settings=_IMAGE + (k, "prdc_n_gen", "prdc_n_ref"), default=True, role="score")
+       for m, k in (("precision", "pr_k"), ("recall", "pr_k"), ("density", "dc_k"), ("coverage", "dc_k"))},
+    "cmmd": Metric("CMMD", "quality", decimals=3, settings=("cmmd_net", "cmmd_net_hash", "cmmd_sigma", "cmmd_resize",
+                                                           "cmmd_ref_id", "cmmd_n_ref", "cmmd_n_gen", "quantize",
+                                                           "num_samples", "repeats"), default=True, role="distance"),
+    "fd_inf": Metric("FD∞", "quality", decimals=2, settings=_IMAGE + ("fd_inf_points", "fd_inf_n_min", "fd_inf_n_max",
+                                                                      "fd_inf_seed"), default=True, role="distance"),
+    **{m: Metric(lab, "quality", decimals=2, settings=(f"{m}_net", f"{m}_net_hash", f"{m}_resize", f"{m}_ref_id",
+                                                       f"{m}_n_ref", f"{m}_n_gen", "quantize", "num_samples",
+                                                       "repeats"), default=True, role="distance")
+       for m, lab in (("sfid", "sFID"), ("fd_dinov2", "FD-DINOv2"))},
     "swd": Metric("SWD", "quality", settings=_TOY + ("swd_projections",), default=True, console=True,
                   role="distance"),
     "mmd": Metric("MMD", "quality", settings=_TOY + ("mmd_bandwidth_rule",), default=True, console=True,

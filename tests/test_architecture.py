@@ -25,6 +25,7 @@ FLOORS = {
     "bench.report": 6,
     "bench.evaluators.cli": 6,  # the bench-evaluator console entry: lives with its package, sits on the entry floor
     "bench.perf": 6, "bench.wandb_sweep": 6,  # the bench-perf and bench-wandb-sweep console entries
+    "bench.rescore": 6,  # the bench-rescore console entry: scores kept samples through bench.cell
 }
 ENTRY_MODULES = {"bench.evaluators.cli"}  # units of their own (not part of their package's unit)
 # report/ reads rows (through the results schema) and what their metric columns mean, nothing else

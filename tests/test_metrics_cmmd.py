@@ -118,7 +118,7 @@ def test_open_clip_from_a_local_file_on_other_data(tmp_path):
     METRICS["auto"].check(cfg, info)
     x = build_dataset(cfg.data, "test").x[:100]
     sc, row = score(cfg, info, x)
-    assert sc.score_nets["cmmd"] is not sc.net and len(np.concatenate(sc.score_feats["cmmd"])) == 100
+    assert sc.score_nets["cmmd"] is not sc.net and len(sc.own_space_features("cmmd")) == 100
     assert row["cmmd_net"] == "bench-tiny-cmmd-vit" and row["cmmd_net_hash"] == file_sha256(weights)[:16]
     assert row["cmmd_n_ref"] == 200 and row["cmmd"] > 0 and "fid" not in row
     # the same numbers from the embeddings themselves

@@ -3,7 +3,6 @@ position-embedding resampling of the torch.hub model, dgm-eval's transform, the 
 refusal and the row."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms as TF
@@ -91,7 +90,7 @@ def test_small_images_refused_unless_asked_and_the_row(tiny, tmp_path):
     for b in batches(build_dataset(cfg.data, "test").x[:16], batch_size=8):
         sc.update(b)
     row = sc.compute()
-    gen = np.concatenate(sc.score_feats["fd_dinov2"])
+    gen = sc.own_space_features("fd_dinov2")
     assert gen.shape == (16, 32) and row["fd_dinov2_dim"] == 32 and row["fd_dinov2_n_ref"] == 16
     assert row["fd_dinov2_net"] == "dinov2-tiny" and "PIL bicubic to 224x224" in row["fd_dinov2_resize"]
     assert row["fd_dinov2"] > 0 and row["fd_dinov2_net_hash"] == digest[:16]

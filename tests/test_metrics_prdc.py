@@ -135,3 +135,25 @@ def test_a_score_that_would_not_be_computed_is_refused():
     none = compose("data=digits", "metric=none", "metric.fd_inf=true")
     with pytest.raises(ConfigError, match=r"^metric.fd_inf=True is not allowed: false here \(metric=none computes"):
         METRICS["none"].check(none, get_data_info(none.data))
+
+
+def test_seed_blocks_give_the_mean_and_the_spread_over_blocks(tmp_path):
+    """metric.repeats=2: each new score is computed per block of N images, as FID is; the row holds the mean, the
+    std over the blocks and what that std is over; FD∞'s subset sizes are per block."""
+    cfg = compose("data=digits", "sampling.num_samples=150", "metric.repeats=2", "metric.prdc=true",
+                  "metric.fd_inf=true", "metric.kid=false", "metric.inception_score=false")
+    info = get_data_info(cfg.data)
+    x = build_dataset(cfg.data, "test").x[:300]
+    sc = Scorer(cfg, info)
+    for b in batches(x):
+        sc.update(b)
+    row = sc.compute()
+    per = [prdc_mod.prdc(sc.ref.features, b.features()) for b in sc.blocks]
+    for k in ("precision", "recall", "density", "coverage"):
+        vals = [p[k] for p in per]
+        assert row[k] == pytest.approx(np.mean(vals), abs=1e-15) and row[f"{k}_std"] == pytest.approx(
+            np.std(vals, ddof=1), abs=1e-15)
+        assert row[f"{k}_std_over"] == "seeds" and row[f"{k}_repeats"] == 2
+    assert row["prdc_n_gen"] == 150 and row["fid_n"] == 150 and row["fd_inf_n_max"] == 150
+    assert row["fd_inf_n_min"] == 30 and row["fd_inf_std_over"] == "seeds" and row["fd_inf_std"] > 0
+    assert row["precision_std"] > 0 and row["prdc_zero_radii_ref"] == per[0]["prdc_zero_radii_ref"]

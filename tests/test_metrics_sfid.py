@@ -61,7 +61,7 @@ def test_scorer_row(random_inception, tmp_path, monkeypatch):
     for b in batches(x, batch_size=6):
         sc.update(b)
     row = sc.compute()
-    gen = np.concatenate(sc.score_feats["sfid"])
+    gen = sc.own_space_features("sfid")
     ref = get_reference(cfg, info, sc.score_nets["sfid"])
     s = FeatureStats.from_features(gen)
     assert np.array_equal(gen, net_feats(sc.score_nets["sfid"], x))

@@ -16,7 +16,8 @@ More scores, each off by default and an entry of ``SCORES`` switched on by ``met
 recall, density / coverage), ``cmmd``, ``fd_inf`` (FID at N = infinity), ``sfid``, ``fd_dinov2``. A score in a
 feature space of its own (CMMD's CLIP where the cell's network is not that CLIP, sFID's Inception layer, DINOv2)
 gets its own forward pass per batch and reference statistics from the same registry; every row holds each
-score's settings (k, sigma, sizes, network and hash, N) beside it.
+score's settings (k, sigma, sizes, network and hash, N) beside it. With seed blocks each is computed per block, as
+FID is: the row holds the mean and the std over blocks.
 """
 from __future__ import annotations
 
@@ -119,10 +120,10 @@ def _check_cmmd(cfg, info) -> None:
 
 
 def _check_fd_inf(cfg, info) -> None:
-    points, n = int(cfg.metric.fd_inf_points), int(cfg.sampling.num_samples) * int(cfg.metric.repeats)
+    points, n = int(cfg.metric.fd_inf_points), int(cfg.sampling.num_samples)  # per seed block
     if n < 5 * points:
-        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} images",
-                          f"sampling.num_samples x metric.repeats = {n}: too few distinct sizes between N/5 and N")
+        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} images per "
+                          f"seed block", f"sampling.num_samples = {n}: too few distinct sizes between N/5 and N")
 
 
 def _score_fd_inf(sc: Scorer, gen: np.ndarray, ref) -> dict:
@@ -151,6 +152,7 @@ class Score:
     reference comes from the same registry of statistics); ``check(cfg, info)``: its settings, before any work."""
 
     compute: Callable
+    values: tuple[str, ...]  # the row fields that are scores (averaged over seed blocks); the rest are settings
     check: Callable = lambda cfg, info: None  # ranges of its numeric keys: schema.BOUNDS
     net: Callable | None = None
     doc: str = ""
@@ -158,13 +160,16 @@ class Score:
 
 # metric.<name> switch -> Score; each row records the score's settings next to it
 SCORES = {
-    "prdc": Score(_score_prdc, doc="precision/recall (torch-fidelity prc), density/coverage (prdc)"),
-    "cmmd": Score(_score_cmmd, _check_cmmd, net=load_cmmd_clip, doc="CMMD on unit CLIP embeddings"),
-    "sfid": Score(_score_in_own_space("sfid", _frechet), _check_inception_weights,
+    "prdc": Score(_score_prdc, ("precision", "recall", "density", "coverage"),
+                  doc="precision/recall (torch-fidelity prc), density/coverage (prdc)"),
+    "cmmd": Score(_score_cmmd, ("cmmd",), _check_cmmd, net=load_cmmd_clip, doc="CMMD on unit CLIP embeddings"),
+    "sfid": Score(_score_in_own_space("sfid", _frechet), ("sfid",), _check_inception_weights,
                   net=load_inception_spatial, doc="FD on Inception Mixed_6d.branch1x1[:7] (17x17x7), as ADM's sFID"),
-    "fd_dinov2": Score(_score_in_own_space("fd_dinov2", _frechet), _check_fd_dinov2, net=load_dinov2,
+    "fd_dinov2": Score(_score_in_own_space("fd_dinov2", _frechet), ("fd_dinov2",), _check_fd_dinov2,
+                       net=load_dinov2,
                        doc="FD on DINOv2 CLS features, dgm-eval preprocessing"),
-    "fd_inf": Score(_score_fd_inf, _check_fd_inf, doc="FID extrapolated to N = infinity, the cell's feature network"),
+    "fd_inf": Score(_score_fd_inf, ("fd_inf", "fd_inf_slope", "fd_inf_fd_at_n"), _check_fd_inf,
+                    doc="FID extrapolated to N = infinity, the cell's feature network"),
 }
 
 # metric.name -> its check (conf/metric/<name>.yaml); the Scorer reads the rest of metric.*
@@ -239,8 +244,9 @@ class Scorer:
             self.score_nets[name] = self.net if same else net
         need_ref = m.fid or m.kid or any(self.score_nets[n] in (None, self.net) for n in self.scores)
         self.ref = get_reference(cfg, info, self.net) if need_ref else None
-        self.score_feats: dict[str, list[np.ndarray]] = {n: [] for n, net in self.score_nets.items()
-                                                         if net not in (None, self.net)}
+        # (seed block of each image, features) per batch of each score in a feature space of its own
+        self.score_feats: dict[str, list[tuple]] = {n: [] for n, net in self.score_nets.items()
+                                                    if net not in (None, self.net)}
         self.blocks = [FeatureStats() for _ in range(self.repeats)]
         self.logits: list[list[torch.Tensor]] = [[] for _ in range(self.repeats)]  # per seed block
         # auto: CLIP score on shapes when the samples are text(caption)-conditioned; metric.clip_score=true insists
@@ -306,9 +312,9 @@ class Scorer:
             self.points.append(np.asarray(points, dtype=np.float64))
         if feats is None:
             return
-        for name, f in score_feats.items():
-            self.score_feats[name].append(np.asarray(f))
         block = (index // self.num_samples).clamp(0, self.repeats - 1).numpy()
+        for name, f in score_feats.items():
+            self.score_feats[name].append((block, np.asarray(f)))
         for b in np.unique(block).tolist():
             self.blocks[b].update(feats[block == b])
         if logits is not None:
@@ -354,12 +360,7 @@ class Scorer:
             else:
                 row.update(self._kid(blocks, feats))
         for name in self.scores:
-            net = self.score_nets[name]
-            if net in (None, self.net):
-                row.update(SCORES[name].compute(self, feats, ref))
-            else:
-                gen_n = np.concatenate(self.score_feats[name])
-                row.update(SCORES[name].compute(self, gen_n, get_reference(self.cfg, self.info, net)))
+            row.update(self._score(name, blocks))
         block_logits = [torch.cat(lg) for lg in self.logits if lg]
         if m.inception_score and block_logits:
             row.update(self._inception_score(block_logits))
@@ -371,6 +372,35 @@ class Scorer:
                 row["clip_score_skipped"] = "no labels (unconditional samples have no caption)"
             if self.clip is not self.net:
                 row.update(clip_net=self.clip.name, clip_net_hash=self.clip.weights_hash)
+        return row
+
+    def own_space_features(self, name: str) -> np.ndarray:
+        """The generated features of a score in a feature space of its own, in the order the images came."""
+        return np.concatenate([f for _, f in self.score_feats[name]])
+
+    def _score(self, name: str, blocks: list) -> dict:
+        """A score of ``SCORES`` on each seed block (N = ``sampling.num_samples`` images, as FID): one block, its
+        fields; several, the mean of each value over the blocks with its std (``<value>_std``, ``_std_over`` =
+        seeds, ``_repeats``), and each setting once (a list per block where the blocks differ: zero-radius counts)."""
+        score, net = SCORES[name], self.score_nets[name]
+        if net in (None, self.net):
+            ref, per_block = self.ref, [b.features() for b in blocks]
+        else:
+            ref = get_reference(self.cfg, self.info, net)
+            block = np.concatenate([b for b, _ in self.score_feats[name]])
+            f = self.own_space_features(name)
+            per_block = [f[block == b] for b in np.unique(block)]
+        outs = [score.compute(self, g, ref) for g in per_block]
+        if len(outs) == 1:
+            return outs[0]
+        row = {}
+        for k in outs[0]:
+            vals = [o[k] for o in outs]
+            if k in score.values:
+                row.update({k: float(np.mean(vals)), f"{k}_std": float(np.std(vals, ddof=1)),
+                            f"{k}_std_over": "seeds", f"{k}_repeats": len(vals)})
+            else:
+                row[k] = vals[0] if all(v == vals[0] for v in vals) else vals
         return row
 
     def _kid(self, blocks: list, feats: np.ndarray) -> dict:

@@ -11,6 +11,7 @@ Reading order: load.py (rows) → plan.py (study plan, one configuration per cel
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .adapter import adapter_table
+from .agreement import agreement_table
 from .distill import speedup_table
 from .formatting import fmt_value, label
 from .load import ReportError, Source, load, norm, sort_key
@@ -61,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--err", choices=("se", "std", "ci95"),
                    help="± over seeds: standard error of the mean (default), std, or 95%% CI (Student t)")
     p.add_argument("--title", help="report title (default: <name>: <study>)")
+    p.add_argument("--agreement", action=argparse.BooleanOptionalAction, default=None,
+                   help="the metric-agreement section (default: when the rows carry a score beyond FID/KID/IS)")
     p.add_argument("--no-plots", action="store_true", help="tables only (faster)")
     p.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B (offline without API key)")
     p.add_argument("--wandb-project", default="bench")
@@ -141,13 +145,14 @@ def provenance(df: pd.DataFrame, sources: list[Source], command: str, plan) -> l
 
 
 def build_report(results: list[str], out: str | None = None, *, rows=None, cols=None, metric=None, kind=None,
-                 split_by=None, where=None, title=None, err=None, command: str | None = None, plots: bool = True
-                 ) -> tuple[Report, Path]:
+                 split_by=None, where=None, title=None, err=None, command: str | None = None, plots: bool = True,
+                 agreement: bool | None = None) -> tuple[Report, Path]:
     """Read rows, check them, and write the report to a temp dir that replaces `out` only when all went well."""
     df, sources = load(results)
     df = _where(df, where)
     plan = plan_study(df, kind or "auto", _csv(rows), _csv(cols), _csv(metric), _csv(split_by) or [], err or "se")
-    tables, csvs = build_tables(df, plan, study_tables=(*STUDY_TABLES.get(plan.kind, ()), first_stage_table))
+    tables, csvs = build_tables(df, plan, study_tables=(*STUDY_TABLES.get(plan.kind, ()), first_stage_table,
+                                                        functools.partial(agreement_table, asked=agreement)))
     names = sorted({str(v) for v in df.get("name", []) if norm(v) is not None}) or ["report"]
     out_dir = Path(out) if out else Path("reports") / "+".join(names)
     command = command or "bench-report " + shlex.join(results + (["--out", str(out)] if out else []))
@@ -246,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         report, out = build_report(args.results, args.out, rows=o.get("rows"), cols=o.get("cols"),
                                    metric=o.get("metric"), kind=o.get("kind"), split_by=o.get("split_by"),
                                    where=o.get("where"), title=o.get("title"), err=o.get("err"),
-                                   command="bench-report " + shlex.join(argv), plots=not args.no_plots)
+                                   command="bench-report " + shlex.join(argv), plots=not args.no_plots,
+                                   agreement=args.agreement)
         for n in report.notes:
             print(f"note: {n}", file=sys.stderr)
         print(f"wrote {out}/report.md, report.tex, report.html, {len(report.csvs)} CSV, {len(report.figures)} plots")
