@@ -12,8 +12,9 @@ BENCH = [sys.executable, "-m", "bench.run"]
 
 
 def bench(tmp_path, *args, check=True, env=None):
-    e = {**os.environ, "BENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-         "HYDRA_FULL_ERROR": "1", **(env or {})}
+    """`bench args...` in a subprocess, writing under tmp_path/runs. Models and reference statistics come from the
+    test run's shared cache ($BENCH_CACHE, tests/conftest.py; locked per key): a model several tests use trains once."""
+    e = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", **(env or {})}
     flags = [a for a in args if a.startswith("-")]  # Hydra wants -m before the overrides
     args = [a for a in args if not a.startswith("-")]
     p = subprocess.run([*BENCH, *flags, f"out_dir={tmp_path / 'runs'}", *args], cwd=ROOT, env=e, capture_output=True,
