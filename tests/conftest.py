@@ -14,6 +14,22 @@ if WORKER:
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+# The modules that take longest (they train models and start `bench` processes), slowest first. xdist's loadscope
+# hands a whole module to one worker; its default order (most tests first) would hand these few-test modules out
+# last, so one worker ran the slowest of them while the other sat idle. Slowest first, the short modules fill in at
+# the end (pyproject.toml turns xdist's own reordering off). Keep it roughly sorted by `--durations` when a module
+# grows; a module missing here only runs later.
+SLOW_FIRST = ("test_distributed.py", "test_models.py", "test_run.py", "test_classifier_guidance.py",
+              "test_reliability.py", "test_launchers.py", "test_sweeps.py", "test_perf.py", "test_bad_inputs.py",
+              "test_preflight.py", "test_training.py", "test_distill.py", "test_pipelines.py", "test_packaging.py",
+              "test_wandb_sweep.py", "test_determinism.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's tests stay in file order
+
+
 @pytest.fixture
 def bench_cache(tmp_path, monkeypatch):
     """A private model/reference cache: sets BENCH_CACHE (what cfg.cache_dir resolves to) to a tmp dir."""

@@ -156,8 +156,7 @@ def test_classifier_guided_cell_through_the_cli(tmp_path):
     model's and names the classifier; scale 0 keeps the row (and cell key) of a run without the feature."""
     common = ["experiment=smoke", "tracker=none", "sampling.num_samples=32", "sampling.num_inference_steps=3",
               *CLASSIFIER[2:]]
-    bench(tmp_path, *common, "sampling.classifier_scale=2", "sampling.guidance_scale=0")
-    bench(tmp_path, *common, "sampling.classifier_scale=0")
+    bench(tmp_path, *common, "-m", "sampling.classifier_scale=2,0", "sampling.guidance_scale=0")  # 2 cells, 1 process
     guided, plain = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
     assert guided["status"] == "ok" and guided["nfe"] == 3 and guided["nfe_classifier"] == 3
     assert guided["classifier_scale"] == 2.0 and len(guided["classifier_key"]) == 16
@@ -185,8 +184,7 @@ def test_latent_family_is_guided_by_a_classifier_on_its_latents(tmp_path, compos
                                                              "model.vae_kl_weight=1e-3"))  # another VAE, too
     common = ["experiment=smoke", "tracker=none", "sampling.num_samples=32", "sampling.num_inference_steps=3",
               "sampling.guidance_scale=0", *latent]
-    bench(tmp_path, *common, "sampling.classifier_scale=2")
-    bench(tmp_path, *common)
+    bench(tmp_path, *common, "-m", "sampling.classifier_scale=2,0")  # guided and plain: 2 cells, 1 process
     guided, plain = rows(tmp_path / "runs" / "smoke" / "results.jsonl")
     assert guided["status"] == "ok" and guided["nfe"] == 3 and guided["nfe_classifier"] == 3
     assert guided["vae_key"] == plain["vae_key"] and guided["fid"] != plain["fid"]
