@@ -234,7 +234,7 @@ def test_an_inversion_cell_writes_its_row_and_does_not_depend_on_the_batch_size(
     row = run_cell(compose_cfg(*args, "sampling.batch_size=6"))
     assert row["status"] == "ok" and row["task"] == "invert" and row["num_real_images"] == row["num_samples"] == 6
     assert (row["nfe_inversion"], row["nfe_reconstruction"], row["nfe"]) == (4.0, 8.0, 12.0)
-    assert row["method"] == "null_text" and row["nfe_null_text"] > 4 * 2 and row["null_text_s"] > 0
+    assert row["inversion_method"] == "null_text" and row["nfe_null_text"] > 4 * 2 and row["null_text_s"] > 0
     assert row["key_settings"]["task.method"] == "null_text" and row["key_settings"]["task.num_images"] == 6
     assert 0 < row["recon_mse"] < 1 and 0 < row["recon_ssim"] <= 1 and row["recon_fid"] > 0
     assert (tmp_path / "smoke" / row["cell_dir"] / "grid.png").is_file()
@@ -245,3 +245,52 @@ def test_an_inversion_cell_writes_its_row_and_does_not_depend_on_the_batch_size(
         assert abs(other[k] - row[k]) < 1e-4 * max(1.0, abs(row[k])), (k, other[k], row[k])
     assert len((tmp_path / "smoke" / "results.jsonl").read_text().splitlines()) == 1
     assert json.loads((tmp_path / "smoke" / "results.jsonl").read_text())["cell_key"] == row["cell_key"]
+
+
+@pytest.mark.parametrize("overrides, tables", [
+    (("model=unet",), 1), (("model=dit", "model.num_layers=2"), 2), (("model=latent_unet",), 1),
+    (("model=text_unet", "data=shapes"), 1)])
+def test_every_conditional_family_exposes_its_null_condition(compose_cfg, overrides, tables, one_thread):
+    """Null-text inversion optimises the tables a family embeds the null class with (random weights suffice): the
+    found tables, at their own null rows, give exactly the model's null-class output, and each of them moves it."""
+    import torch
+
+    from bench.data import get_data_info
+    from bench.models import build_model
+    from bench.sampling.predictor import OwnModelPredictor, null_tables
+
+    cfg = compose_cfg(*overrides)
+    info = get_data_info(cfg.data)
+    model = build_model(cfg.model, info).eval()
+    pred = OwnModelPredictor(model, info.num_classes)
+    assert len(null_tables(model, info.num_classes)) == tables
+    g = torch.Generator().manual_seed(0)
+    shape = getattr(model, "latent_shape", info.shape)
+    x, t = torch.randn(3, *shape, generator=g), torch.tensor([10.0, 500.0, 900.0])
+    cond = torch.tensor([0, 1, 2])
+    null = pred.null(cond)
+    with torch.no_grad():
+        want = model(x, t, class_labels=torch.full_like(cond, info.num_classes))
+        assert torch.allclose(pred._null_output(x, t, null), want, atol=1e-5)
+        for k in range(len(null)):
+            moved = [v + (1.0 if j == k else 0.0) for j, v in enumerate(null)]
+            assert (pred._null_output(x, t, moved) - want).abs().max() > 1e-4, k
+
+
+def test_a_diffusers_pipeline_is_inverted_through_its_own_components(compose_cfg, tmp_path, one_thread):
+    """model=pipeline: an unconditional DDPM pipeline (UNet2DModel, pixels) and a text-to-image one (its VAE, its
+    text encoder's prompt embeddings, the null condition the empty prompt's), on their own scheduler configs: the row
+    counts S model calls per image each way (CFG: 2 rows per call), null-text's apart. Random weights: the path,
+    not the quality, is what is checked."""
+    from bench.cell import run_cell
+    from bench.models import tiny
+
+    base = ("task=invert", "task.num_images=2", "data=shapes", "model=pipeline", "device=cpu", "metric=none",
+            "sampling.num_inference_steps=3", f"out_dir={tmp_path}")
+    ddpm = run_cell(compose_cfg(*base, f"model.path={tiny.save('ddpm', tmp_path / 'ddpm')}"))
+    assert (ddpm["nfe_inversion"], ddpm["nfe_reconstruction"], ddpm["task"]) == (3.0, 3.0, "invert")
+    sd = run_cell(compose_cfg(*base, f"model.path={tiny.save('sd', tmp_path / 'sd')}", "prompts=shapes",
+                              "sampling.guidance_scale=3", "task.method=null_text"))
+    assert (sd["nfe_inversion"], sd["nfe_reconstruction"]) == (3.0, 6.0) and sd["nfe_null_text"] >= 3 * 3
+    for row in (ddpm, sd):
+        assert row["status"] == "ok" and 0 < row["recon_mse"] < 4 and row["recon_psnr"] > 0

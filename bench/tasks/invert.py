@@ -8,8 +8,9 @@ back for the same S steps with the same condition → x̂0; the scores compare x
   does; built from the forward config, both directions clip, space and end alike.
 - **The grids mirror each other, S steps each way.** ``set_timesteps(S)`` gives the inverse scheduler the forward
   timesteps reversed; its first step leaves x0 (ᾱ = the forward's final ᾱ: 1 with set_alpha_to_one) for the first
-  grid point, evaluating the model at the destination timestep (diffusers' #5145: the model never sees the negative
-  "previous" timestep), so all S forward steps are inverted (#3436: not S - 1). NFE = 2 S, doubled under CFG.
+  grid point, evaluating the model at the destination timestep (never at the negative "previous" one:
+  github.com/huggingface/diffusers/pull/5145), so all S forward steps are inverted, not S - 1
+  (github.com/huggingface/diffusers/pull/3436). NFE = 2 S, doubled under CFG.
 - **Null-text inversion** (``task.method=null_text``, guidance w ≠ 1): the pivot trajectory is the inversion at
   w = 1; then, for each forward step i, the null condition is optimised by ``task.null_inner_steps`` Adam steps at lr
   ``task.null_lr`` (1 - i/100) so that the CFG step from the current latent lands on the pivot's next one, stopping
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from bench.artifacts import write_grid
 from bench.evaluators import load_feature_net
@@ -151,10 +153,11 @@ def null_text(pred, forward, traj: list, cond, guidance_scale: float, task_cfg, 
 
 @dataclass(frozen=True)
 class InversionColumns(Columns):
-    """What an inversion cell did: its method, the model calls of each direction per image (inversion, reconstruction;
-    null-text: its optimisation's forward passes, each with a backward, and its seconds), the inverse scheduler."""
+    """What an inversion cell did: its method (plain | null_text), the model calls of each direction per image
+    (inversion, reconstruction; null-text: its optimisation's forward passes, each with a backward, and its seconds)
+    and the inverse scheduler."""
 
-    method: str
+    inversion_method: str
     nfe_inversion: float
     nfe_reconstruction: float
     inverse_scheduler: str
@@ -171,8 +174,6 @@ def ssim_kernel(size: int) -> int:
 
 def pixel_scores(x, xr) -> dict:
     """Per-image reconstruction errors in [0, 1] intensity: squared error, PSNR, SSIM (torchmetrics), each (B,)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
     a, b = (x.double().clamp(-1, 1) + 1) / 2, (xr.double().clamp(-1, 1) + 1) / 2
     mse = (a - b).pow(2).flatten(1).mean(1)
     s = ssim(b, a, data_range=1.0, kernel_size=ssim_kernel(x.shape[-1]), reduction="none")
