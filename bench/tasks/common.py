@@ -74,7 +74,7 @@ def task_call(call, cfg):
 
 def check_real_images(cfg, info) -> None:
     """Every task on real images: image data (not toy2d's points), a known split holding ``task.num_images`` images,
-    one pass over them (metric.repeats = 1). Each a one-line ConfigError."""
+    one pass over them (metric.repeats = 1) in one process. Each a one-line ConfigError."""
     t = cfg.task
     if info.kind != "images":
         raise ConfigError("task", t.name, f"generate for data={cfg.data.name}",
@@ -85,6 +85,9 @@ def check_real_images(cfg, info) -> None:
     if t.num_images > have:
         raise ConfigError("task.num_images", t.num_images, f"at most {have}",
                           f"the {t.split} split of data {info.id} holds {have} images")
+    if int(cfg.sampling.devices) != 1:
+        raise ConfigError("sampling.devices", cfg.sampling.devices, f"1 with task={t.name}",
+                          "a task on real images runs in one process")
     if int(cfg.metric.repeats) != 1:
         raise ConfigError("metric.repeats", cfg.metric.repeats, f"1 with task={t.name}",
                           "the real images are one fixed set: there are no seed blocks to repeat over")
