@@ -290,6 +290,7 @@ def test_a_diffusers_pipeline_is_inverted_through_its_own_components(compose_cfg
             "sampling.num_inference_steps=3", f"out_dir={tmp_path}")
     ddpm = run_cell(compose_cfg(*base, f"model.path={tiny.save('ddpm', tmp_path / 'ddpm')}"))
     assert (ddpm["nfe_inversion"], ddpm["nfe_reconstruction"], ddpm["task"]) == (3.0, 3.0, "invert")
+    assert ddpm["nfe_null_text"] == ddpm["null_text_s"] == 0 and "null_text_inner_steps" not in ddpm
     sd = run_cell(compose_cfg(*base, f"model.path={tiny.save('sd', tmp_path / 'sd')}", "prompts=shapes",
                               "sampling.guidance_scale=3", "task.method=null_text"))
     assert (sd["nfe_inversion"], sd["nfe_reconstruction"]) == (3.0, 6.0) and sd["nfe_null_text"] >= 3 * 3

@@ -161,8 +161,8 @@ class InversionColumns(Columns):
     nfe_inversion: float
     nfe_reconstruction: float
     inverse_scheduler: str
-    nfe_null_text: float | None = None
-    null_text_s: float | None = None
+    nfe_null_text: float = 0.0  # plain: no optimisation (every row has the cost columns, so a study tabulates them)
+    null_text_s: float = 0.0
     null_text_inner_steps: float | None = None
     null_text_last_loss: float | None = None
 
