@@ -63,6 +63,9 @@ def check(cfg, info) -> None:
     if cfg.distill.method == "consistency":
         raise ConfigError("distill", cfg.distill.method, "none or progressive with task=invert",
                           "a consistency student is sampled by LCMScheduler, which has no DDIM inverse")
+    if t.method == "null_text" and cfg.model.name == "torch":
+        raise ConfigError("task.method", t.method, "plain for model=torch",
+                          "null-text optimises the null class's embedding tables, which a user's module need not have")
     if t.method == "null_text" and condition_of(cfg, info) is None:
         raise ConfigError("task.method", t.method, f"plain for model={cfg.model.name} on data {info.id}",
                           "the model is unconditional: there is no null condition to optimise")
