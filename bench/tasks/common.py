@@ -85,6 +85,9 @@ def check_real_images(cfg, info) -> None:
     if t.num_images > have:
         raise ConfigError("task.num_images", t.num_images, f"at most {have}",
                           f"the {t.split} split of data {info.id} holds {have} images")
+    if cfg.sampling.get("classes") is not None:
+        raise ConfigError("sampling.classes", cfg.sampling.classes, f"null with task={t.name}",
+                          "its images are the held-out split's, every class of it")
     if int(cfg.sampling.devices) != 1:
         raise ConfigError("sampling.devices", cfg.sampling.devices, f"1 with task={t.name}",
                           "a task on real images runs in one process")
