@@ -31,6 +31,7 @@ from bench.metrics.scorer import Scorer
 from bench.results import ResultsError, Row, append_row, is_finished, read_rows
 from bench.sampling.subject import Provenance, SamplingCall, Subject, sampling_call
 from bench.subjects import load_subject
+from bench.tasks import TASKS, task_call
 from bench.tracking import Tracker
 from bench.utils import atomic_write_json, atomic_write_text, replace_dir
 from bench.validate import validate
@@ -206,11 +207,19 @@ def run_cell(cfg: DictConfig) -> dict | None:
     sampled = subject.columns()
     row = base_row(cfg, info, key, train_info, sampled, root, cell_dir, device)
     call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, device)
+    task = TASKS[cfg.task.name]
+    if task.real_images:  # its N is task.num_images of the held-out split
+        call, row.num_samples = task_call(call, cfg), int(cfg.task.num_images)
     t0 = time.perf_counter()
     while True:
         try:
-            row.scores, row.cost = _sample_and_score(scoring, info, subject, call, work)
-            row.sampled, row.status, row.batch_size = sampled.groups, "ok", call.batch_size
+            if task.build is None:
+                row.scores, row.cost = _sample_and_score(scoring, info, subject, call, work)
+                row.sampled = sampled.groups
+            else:
+                done = task.build(cfg, info, subject, call, work)
+                row.scores, row.cost, row.sampled = done.scores, done.cost, sampled.groups + done.columns
+            row.status, row.batch_size = "ok", call.batch_size
             break
         except sampling.NonFiniteError as e:
             row.status, row.error, row.failed_step = "failed", str(e), e.step

@@ -32,7 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.data import data_key
+from bench.data import data_key, get_data_info
 from bench.data.standard import SETS as STANDARD_SETS
 from bench.models import MODELS, diffusers_checkpoint as checkpoints, text_encoder, text_encoder_fingerprint
 from bench.models.torch_module import target_fingerprint
@@ -134,6 +134,46 @@ def _not_lora(cfg) -> str | None:
     return None
 
 
+def _task_is(*names: str, why: str = ""):
+    """No effect unless ``task.name`` is one of ``names`` (a task's own settings, e.g. edit's strength)."""
+
+    def check(cfg) -> str | None:
+        task = cfg.get("task")
+        name = task.name if task is not None else "generate"
+        if name not in names:
+            return why or f"task={name} does not use it (task={' or task='.join(names)} does)"
+        return None
+
+    return check
+
+
+def _null_text_unused(cfg) -> str | None:
+    task = cfg.get("task")
+    if task is None or task.name != "invert" or task.method != "null_text":
+        return "only null-text inversion (task=invert task.method=null_text) optimises the null condition"
+    return None
+
+
+def _unconditional(cfg) -> bool:
+    """The model of ``cfg`` takes no condition (a pipeline without prompts; a data set without classes)."""
+    try:
+        if cfg.model.name == "pipeline":
+            return not checkpoints.read_checkpoint(cfg.model).takes_prompt
+        return not get_data_info(cfg.data).num_classes
+    except ConfigError:
+        return False  # validation reports the bad value itself
+
+
+def _method_unused(cfg) -> str | None:
+    if why := _task_is("invert")(cfg):
+        return why
+    # an unconditional model keeps it, so that validation refuses it (there is no null condition at all)
+    if cfg.task.method == "null_text" and float(cfg.sampling.guidance_scale) == 1 and not _unconditional(cfg):
+        return ("sampling.guidance_scale=1 never evaluates the null condition that null-text inversion optimises: "
+                "it is plain inversion")
+    return None
+
+
 def _m(default=None, since: int = 1, **kw) -> Setting:
     return Setting(MODEL, default, since, **kw)
 
@@ -220,7 +260,8 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "enable_progress_bar": _r(True), "max_time": _r(None),
     },
     "sampling": {
-        "num_inference_steps": _c(20), "guidance_scale": _c(1.0), "num_samples": _c(1000), "seed": _c(0),
+        "num_inference_steps": _c(20), "guidance_scale": _c(1.0), "num_samples": _c(1000, no_effect=_task_is(
+            "generate", why="a task on real images uses task.num_images of them")), "seed": _c(0),
         "deterministic": _c(False), "classifier_scale": _c(0.0, 2), "classes": _c(None, 5),
         # per-image seeds make samples independent of the batch size and of how the images are split
         "batch_size": _r(250), "save_samples": _r(False), "grid_size": _r(100), "devices": _r(1), "shard_size": _r(0),
@@ -257,11 +298,22 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "compile": _r("none")},
     "tracker": {k: _r(v) for k, v in (("name", "none"), ("project", "bench"), ("entity", None), ("mode", None),
                                       ("dir", None))},
+    "task": {
+        "name": _c("generate", 5),
+        "num_images": _c(64, 5, no_effect=_task_is("invert", "edit")),
+        "split": _c("test", 5, no_effect=_task_is("invert", "edit")),
+        "method": _c("plain", 5, no_effect=_method_unused),
+        **{k: _c(v, 5, no_effect=_null_text_unused) for k, v in (("null_inner_steps", 10), ("null_lr", 1e-2),
+                                                                 ("null_early_stop", 1e-5))},
+        "strength": _c(0.5, 5, no_effect=_task_is("edit")),
+        "target": _c("same", 5, no_effect=_task_is("edit")),
+    },
     "": {k: _r(v) for k, v in (("name", "default"), ("out_dir", "runs"), ("cache_dir", None), ("device", "auto"),
                                ("fail_fast", False))},
 }
 CELL_GROUPS = ("data", "model", "objective", "schedule", "sampler", "metric", "train", "sampling", "distill",
-               "classifier", "prompts", "trainer", "adapter")  # the cell key's sections (first frame's order first)
+               "classifier", "prompts", "trainer", "adapter", "task")  # the cell key's sections (first frame's order
+# first; a group added later goes last: at its defaults its section is empty and left out, so older keys hold)
 
 
 def setting(dotted: str) -> Setting:

@@ -11,6 +11,7 @@ _IMAGE = ("feature_net", "feature_net_hash", "resize", "quantize", "ref_id", "re
           "repeats")
 _TOY = ("n_ref", "num_samples")  # toy2d ref_id carries the seed (fresh true samples per seed): not a setting
 _MACHINE = ("hardware", "device")  # timings and memory are comparable on one machine only
+_REAL = ("real_split", "num_real_images")  # a task's held-out real images: which split, how many
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,18 @@ METRICS: dict[str, Metric] = {
                            deterministic=False, console=True),
     "peak_mem_mb": Metric("peak memory (MB)", "cost", decimals=0, settings=_MACHINE, deterministic=False),
     "wall_s": Metric("wall (s)", "cost", settings=_MACHINE, deterministic=False),
+    # task=invert: reconstructions of held-out real images (bench.tasks.invert), per image then averaged
+    "recon_psnr": Metric("recon PSNR (dB)", "quality", higher_is_better=True, decimals=2, settings=_REAL),
+    "recon_ssim": Metric("recon SSIM", "quality", higher_is_better=True, decimals=4, settings=_REAL + ("ssim_kernel",)),
+    "recon_mse": Metric("recon MSE", "quality", decimals=5, settings=_REAL),
+    "recon_feature_dist": Metric("recon feature distance", "quality", decimals=3,
+                                 settings=_REAL + ("feature_net", "feature_net_hash")),
+    "recon_fid": Metric("recon FID", "quality", decimals=2, settings=_IMAGE + _REAL, role="distance"),
+    "real_fid": Metric("real-image FID (floor)", "quality", decimals=2, settings=_IMAGE + _REAL, role="distance"),
+    "nfe_inversion": Metric("inversion NFE", "cost", decimals=0),
+    "nfe_reconstruction": Metric("reconstruction NFE", "cost", decimals=0),
+    "nfe_null_text": Metric("null-text NFE (+backward)", "cost", decimals=0),
+    "null_text_s": Metric("null-text optimisation (s)", "cost", settings=_MACHINE, deterministic=False),
     "num_params": Metric("parameters", "model", decimals=0),
     "classifier_num_params": Metric("classifier parameters", "model", decimals=0),
     "train_seconds": Metric("train time (s)", "training", settings=_MACHINE, deterministic=False),

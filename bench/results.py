@@ -108,6 +108,16 @@ class PipelineColumns(Columns):
     negative_prompt: str | None = None
 
 
+@dataclass(frozen=True)
+class TaskColumns(Columns):
+    """A task on real images (bench.tasks): which one, the split its images came from and how many the scores are
+    over (generated cells have none of these columns)."""
+
+    task: str
+    real_split: str
+    num_real_images: int
+
+
 @dataclass
 class Row:
     """One sweep cell. Metric columns (``scores``) are absent when not computed; see docs/design.md."""

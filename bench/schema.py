@@ -445,6 +445,25 @@ class PromptsConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What a cell does with the model (bench/tasks): ``generate`` samples from noise (the default); ``invert`` and
+    ``edit`` start from ``num_images`` held-out real images of the data set (its ``split``). invert: DDIM inversion
+    for ``sampling.num_inference_steps`` steps and back, plain or null-text (Mokady et al. 2023: the null condition
+    optimised per step by ``null_inner_steps`` Adam steps at lr ``null_lr`` (1 - i/100), stopping early once the
+    step's loss is below ``null_early_stop``); edit: SDEdit (Meng et al. 2022) at ``strength`` towards ``target``."""
+
+    name: str = "generate"  # a conf/task/ name (registry bench.tasks.TASKS): generate | invert | edit
+    num_images: int = bounded(64, "[1, inf)")  # held-out real images a task starts from (the first of the split)
+    split: str = "test"  # the split they come from: test (held out from training) | train
+    method: str = "plain"  # invert: plain | null_text
+    null_inner_steps: int = bounded(10, "[1, inf)")
+    null_lr: float = bounded(1e-2, "(0, inf)")
+    null_early_stop: float = bounded(1e-5, "[0, inf)")  # stop a step's optimisation once its loss is below this
+    strength: float = bounded(0.5, "(0, 1]")  # edit: the noise level the image is taken to (1 = pure noise)
+    target: str = "same"  # edit: same (the image's own condition) | a class index | a caption
+
+
+@dataclass
 class BenchConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -461,6 +480,7 @@ class BenchConfig:
     distill: DistillConfig = MISSING
     prompts: PromptsConfig = MISSING
     adapter: AdapterConfig = MISSING
+    task: TaskConfig = MISSING
     name: str = "default"  # results go to ${out_dir}/${name}
     out_dir: str = "runs"
     cache_dir: str = "${oc.env:BENCH_CACHE,.cache/bench}"
@@ -478,6 +498,7 @@ GROUPS = {
     "distill": DistillConfig,
     "prompts": PromptsConfig,
     "adapter": AdapterConfig,
+    "task": TaskConfig,
 }  # the model group has one schema per family: MODEL_SCHEMAS
 
 

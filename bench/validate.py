@@ -22,12 +22,13 @@ from bench.models import MODELS
 from bench.sampling import SAMPLERS, compiled, diffusers_pipeline as pipelines
 from bench.schedule import SCHEDULES
 from bench.schema import ConfigError, numeric_fields, parse_bound
+from bench.tasks import TASKS
 from bench.tracking import TRACKERS
 from bench.training.fit import check_trainer, processes
 from bench.training.objectives import OBJECTIVES
 
 # one registry per config group, checked in this order (data first: the others need its DataInfo)
-REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS, PROMPTS, KINDS)
+REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS, PROMPTS, KINDS, TASKS)
 # model=pipeline: the checkpoint decides objective, schedule and what the sampler may do; bench.sampling.pipelines
 # checks the config against it in place of these groups' own rules (an explicit objective= is compared, not used)
 CHECKPOINT_DECIDES = (OBJECTIVES, SCHEDULES, SAMPLERS)

@@ -19,7 +19,7 @@ FLOORS = {
     "bench.artifacts": 1, "bench.keys": 1,
     "bench.training": 2, "bench.sampling": 2, "bench.metrics": 2,
     "bench.distill": 3, "bench.adapt": 3,
-    "bench.validate": 4, "bench.distributed": 4, "bench.subjects": 4,
+    "bench.validate": 4, "bench.distributed": 4, "bench.subjects": 4, "bench.tasks": 4,
     "bench.cell": 5, "bench.preflight": 5, "bench.summary": 5,
     "bench.run": 6,
     "bench.report": 6,

@@ -79,7 +79,7 @@ def test_every_committed_row_keeps_its_cell_key_and_model_key(tiny_sd, monkeypat
 
 CONF = REPO / "conf"
 GROUPS = ("data", "model", "objective", "schedule", "sampler", "metric", "tracker", "distill", "prompts", "experiment",
-          "family", "sweep", "adapter")
+          "family", "sweep", "adapter", "task")
 
 
 def leaves(node, prefix=""):

@@ -16,7 +16,7 @@ def test_each_config_group_has_one_registry():
     groups = [r.group for r in REGISTRIES]
     assert len(groups) == len(set(groups))
     assert set(groups) == {"data", "model", "objective", "schedule", "sampler", "metric", "tracker", "distill",
-                           "prompts", "adapter"}
+                           "prompts", "adapter", "task"}
 
 
 @pytest.mark.parametrize("registry", REGISTRIES, ids=[r.group for r in REGISTRIES])

@@ -32,6 +32,7 @@ from bench.models import diffusers_checkpoint as ckpt
 from bench.models.diffusers_checkpoint import Checkpoint, read_checkpoint
 from bench.results import ClassifierColumns, PipelineColumns
 from bench.sampling.loop import Batch, NonFiniteError
+from bench.sampling.predictor import PipelinePredictor
 from bench.sampling.rng import image_generators
 from bench.sampling.samplers import SAMPLERS, _err, lcm_grid
 from bench.sampling.subject import Provenance, SamplingCall
@@ -214,6 +215,11 @@ class LoadedPipeline:
         if not self.options.get("cpu_offload"):  # offloaded components are moved by diffusers as they run
             self.pipe.to(device)
         return self
+
+    def predictor(self) -> PipelinePredictor:
+        """Its own components (unet, vae, text encoder) as one prediction call, for tasks on real images."""
+        p = self.prompts
+        return PipelinePredictor(self.pipe, self.checkpoint.takes_prompt, p.negative_prompt if p is not None else "")
 
 
 def model_key(cfg) -> str:

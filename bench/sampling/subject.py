@@ -7,7 +7,9 @@ cell, its sharded path and ``bench-perf`` never ask which kind they got.
   (image i seeded ``call.seed + i``), one :class:`~bench.sampling.loop.Batch` per ``call.batch_size`` images;
 - ``columns()``: what the row records about it (:class:`Provenance`: typed column groups, never free dicts);
 - ``prompts_of(call)``: the prompt each image of the cell is scored against, when it has prompts (else None);
-- ``to(device)``: itself on ``device`` (a sharded cell moves it to each rank's device).
+- ``to(device)``: itself on ``device`` (a sharded cell moves it to each rank's device);
+- ``predictor()``: its model as one prediction call on any x_t (:class:`~bench.sampling.predictor.Predictor`), for
+  tasks that start from real images (bench.tasks).
 
 :func:`sampling_call` is the one place a cell's sampling request is built from its config.
 """
@@ -23,6 +25,7 @@ from bench.metrics.cost import CostMeter
 from bench.models import MODELS
 from bench.results import Columns
 from bench.sampling.loop import Batch, ClassifierGuidance, sample
+from bench.sampling.predictor import OwnModelPredictor, Predictor
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Subject(Protocol):
 
     def to(self, device) -> Subject: ...
 
+    def predictor(self) -> Predictor: ...
+
 
 @dataclass(frozen=True)
 class _Cycle:
@@ -131,4 +136,7 @@ class Denoiser:
         if self.guide is not None:
             self.guide.classifier.to(device)
         return self
+
+    def predictor(self) -> OwnModelPredictor:
+        return OwnModelPredictor(self.model, self.num_classes)
 
