@@ -25,7 +25,8 @@ class Metric:
     deterministic: bool = True  # two runs of one cell give the same value (to machine rounding); timings do not
     default: bool = False  # tabulated when the report is not told which metrics
     console: bool = False  # a column of the console summary at the end of a run
-    role: str = ""  # quality metrics: distance (to the reference set) | alignment (with the condition) | score
+    role: str = ""  # quality metrics: distance (to the reference set) | alignment (with the condition) | score |
+    # faithfulness (to a real input image)
 
 
 # In the order tables, plots and the console list them.
@@ -57,6 +58,19 @@ METRICS: dict[str, Metric] = {
                   role="distance"),
     "mmd": Metric("MMD", "quality", settings=_TOY + ("mmd_bandwidth_rule",), default=True, console=True,
                   role="distance"),
+    # an edit against its real input (task=edit): faithfulness, and success at reaching the target condition
+    "edit_l2": Metric("L2 to input", "quality", decimals=3, settings=("quantize", "num_samples"), default=True,
+                      console=True, role="faithfulness"),
+    "edit_psnr": Metric("PSNR to input (dB)", "quality", higher_is_better=True, decimals=2,
+                        settings=("quantize", "num_samples"), default=True, role="faithfulness"),
+    "edit_ssim": Metric("SSIM to input", "quality", higher_is_better=True, decimals=3,
+                        settings=("quantize", "num_samples", "edit_ssim_kernel"), default=True, role="faithfulness"),
+    "edit_accuracy": Metric("edit success", "quality", higher_is_better=True, decimals=3,
+                            settings=("feature_net", "feature_net_hash", "resize", "num_samples"), default=True,
+                            console=True, role="alignment"),
+    "clip_direction": Metric("CLIP directional sim.", "quality", higher_is_better=True, decimals=3,
+                             settings=("clip_net", "clip_net_hash", "feature_net_hash", "num_samples"), default=True,
+                             role="alignment"),
     "nfe": Metric("NFE", "cost", decimals=0, console=True),  # a count of model calls: the same on any machine
     "nfe_classifier": Metric("classifier NFE", "cost", decimals=0),
     "latency_p50": Metric("latency p50 (ms/img)", "cost", scale=1000.0, settings=_MACHINE, deterministic=False,

@@ -32,12 +32,14 @@ from .plots import make_plots
 from .published import published_tables
 from .render import Report, failed_table, write_all
 from .tables import build_tables, first_stage_table
+from .tradeoff import tradeoff_plots, tradeoff_table
 
 __all__ = ["ReportError", "build_report", "main"]
 
 
-# tables a study kind adds to the ablation tables
-STUDY_TABLES = {"distill": (speedup_table,), "adapter": (adapter_table,)}
+# tables (and figures: fn(ok rows, plan, plots dir) -> [Figure]) a study kind adds to the ablation tables
+STUDY_TABLES = {"distill": (speedup_table,), "adapter": (adapter_table,), "edit": (tradeoff_table,)}
+STUDY_PLOTS = {"edit": (tradeoff_plots,)}
 CONFIG_KEYS = ("rows", "cols", "metric", "kind", "title", "split_by", "where", "err")
 
 
@@ -175,7 +177,9 @@ def build_report(results: list[str], out: str | None = None, *, rows=None, cols=
     os.umask(mask)
     os.chmod(tmp, 0o777 & ~mask)
     try:
-        report.figures = make_plots(df, plan, tmp / "plots") if plots else []
+        report.figures = [*make_plots(df, plan, tmp / "plots"),
+                          *(f for fn in STUDY_PLOTS.get(plan.kind, ()) for f in fn(df, plan, tmp / "plots"))
+                          ] if plots else []
         write_all(report, tmp)
         _swap(tmp, out_dir)
     except BaseException:

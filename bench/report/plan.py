@@ -23,9 +23,12 @@ RECORDED_SETTINGS = ("classifier_key", "vae_key", "text_encoder", "model_dtype",
 # Entries of a row's `key_settings` (bench.keys: every setting in the cell key, by dotted config key) in which two
 # seed blocks of one configuration differ. Not metric.seed: rows differing in it alone score the same images.
 SEED_KEYS = ("sampling.seed",)
-KINDS = ("auto", "steps", "eta", "guidance", "distill", "adapter", "generic")
+KINDS = ("auto", "steps", "eta", "guidance", "distill", "adapter", "edit", "generic")
 KIND_TITLES = {"steps": "sampler × steps", "eta": "DDIM η × steps", "guidance": "classifier-free guidance scale",
-               "distill": "distillation vs DDIM", "adapter": "adapters on a base model", "generic": "ablation"}
+               "distill": "distillation vs DDIM", "adapter": "adapters on a base model",
+               "edit": "SDEdit strength × target", "generic": "ablation"}
+# an editing study: each (data, target) is scored against its own target classes' reference images, so it is split
+EDIT_STRENGTH, EDIT_SPLIT = "task.strength", ("data", "task.target")
 
 
 @dataclass
@@ -71,12 +74,15 @@ def plan_study(df: pd.DataFrame, kind="auto", rows=None, cols=None, metrics=None
     var = varying(df)
     if kind == "auto":
         kind = ("distill" if has_distill(df) else "adapter" if has_adapter(df) else
+                "edit" if varying(df, (EDIT_STRENGTH,)) else
                 "guidance" if "guidance_scale" in var else
                 "eta" if "eta" in var else "steps" if {"sampler", "num_inference_steps"} & set(var) else "generic")
+    if kind == "edit" and not split_by:
+        split_by = varying(df, EDIT_SPLIT)
     steps = ["num_inference_steps"] if "num_inference_steps" in var else []
     auto_rows = {"steps": ["sampler"] if "sampler" in var else [], "eta": ["eta"], "guidance": ["guidance_scale"],
                  "distill": ["method"], "adapter": ["model_key", *(["lora_scale"] if "lora_scale" in var else [])],
-                 "generic": []}[kind]
+                 "edit": [EDIT_STRENGTH], "generic": []}[kind]
     auto_cols = ([] if kind == "guidance" else ["data"] if kind == "adapter" and "data" in var else
                  [c for c in steps if c not in auto_rows])
     if err not in ("se", "std", "ci95"):

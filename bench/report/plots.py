@@ -305,9 +305,9 @@ def make_plots(df: pd.DataFrame, plan: Plan, plots: Path) -> list[Figure]:
             figs.append(cfg_curves(part, plan, plan.metrics, plots, split))
         elif plan.kind == "distill":
             figs.append(distill(part, plan, primary, plots, split))
-        else:
+        elif plan.kind != "edit":
             figs.append(vs_nfe(part, plan, primary, plots, split))
-        if plan.kind not in ("guidance", "distill") and primary != "latency_p50":
+        if plan.kind not in ("guidance", "distill", "edit") and primary != "latency_p50":
             figs.append(vs_latency(part, plan, primary, plots, split))
         figs.append(sample_grids(part, plan, plots, split))
     return [f for f in figs if f]

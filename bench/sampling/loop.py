@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from bench.metrics.cost import CostMeter, counting
 from bench.models import LatentDenoiser
+from bench.sampling.img2img import img2img_timesteps, noise_to
 from bench.sampling.rng import image_generators, initial_noise
 from bench.schedule import alpha_sigma, train_sigmas
 from bench.training import objectives as obj
@@ -104,7 +105,8 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
            num_inference_steps: int, guidance_scale: float, num_classes: int, device, cost: CostMeter,
            eta: float = 0.0, class_labels: Sequence[int] | None = None, progress: bool = True,
            inference_mode: bool = True, channels_last: bool = False, check_every_step: bool = False,
-           start: int = 0, classifier_guidance: ClassifierGuidance | None = None) -> Iterator[Batch]:
+           start: int = 0, classifier_guidance: ClassifierGuidance | None = None, init: torch.Tensor | None = None,
+           strength: float = 1.0) -> Iterator[Batch]:
     """Generate ``num_samples`` images of ``shape``, streaming one :class:`Batch` per ``batch_size`` images.
     ``start``: the images are i = start, ..., start + num_samples - 1 (a shard of a larger cell, bench.distributed).
 
@@ -119,6 +121,9 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     the model in it) are speed options measured by ``bench-perf``. A :class:`LatentDenoiser` is sampled in its latent
     space (noise of ``model.latent_shape``, seeded the same way) and each batch decoded to ``shape`` before it is
     yielded (the decoder's time is in the batch's latency, not in ``nfe``).
+    ``init`` (image-to-image, SDEdit): image i starts from ``init[i]`` (data space; a latent family encodes
+    it with image i's generator) noised to ``strength`` of the forward process, and runs the last int(S · strength)
+    timesteps (:mod:`bench.sampling.img2img`); its noise is image i's, as the initial noise is.
     """
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be > 0")
@@ -147,11 +152,18 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
             with cost.batch(i1 - i0):
                 with torch.inference_mode() if inference_mode else torch.no_grad():
                     scheduler.set_timesteps(num_inference_steps, device=device)  # also resets multistep/Heun state
-                    x = initial_noise(gens, shape).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
+                    timesteps = scheduler.timesteps
+                    x = initial_noise(gens, shape).to(device)
+                    if init is None:
+                        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+                    else:
+                        x0 = init[i0:i1].to(device)
+                        x0 = model.encode(x0, gens) if latent else x0
+                        timesteps = img2img_timesteps(scheduler, num_inference_steps, strength)
+                        x = noise_to(scheduler, x0, x, timesteps[0])
                     if channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = labels.to(device) if labels is not None else None
-                    timesteps = scheduler.timesteps
                     finite = torch.ones(len(timesteps), dtype=torch.bool, device=device)
                     for k, t in enumerate(timesteps):
                         tb = t.float().expand(x.shape[0])

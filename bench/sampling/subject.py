@@ -47,6 +47,11 @@ class SamplingCall:
     channels_last: bool = False
     check_every_step: bool = False
     classes: tuple | None = None  # the labels images cycle through (image i: classes[i % len]); None: all
+    # image-to-image (bench.sampling.img2img): image i starts from init[i] (data space) noised to ``strength``, and
+    # is conditioned on class_labels[i] (else classes[i % len], else i % num_classes)
+    init: Any = None
+    strength: float = 1.0
+    class_labels: tuple | None = None
 
 
 def uses_channels_last(cost_cfg, model_cfg) -> bool:
@@ -122,8 +127,9 @@ class Denoiser:
                       guidance_scale=call.guidance_scale, num_classes=self.num_classes, device=call.device, cost=cost,
                       eta=call.eta, progress=progress, inference_mode=call.inference_mode,
                       channels_last=call.channels_last, check_every_step=call.check_every_step, start=start,
-                      classifier_guidance=self.guide,
-                      class_labels=None if call.classes is None else _Cycle(call.classes))
+                      classifier_guidance=self.guide, init=call.init, strength=call.strength,
+                      class_labels=(call.class_labels if call.class_labels is not None
+                                    else None if call.classes is None else _Cycle(call.classes)))
 
     def columns(self) -> Provenance:
         return self.provenance

@@ -1,7 +1,8 @@
 """Tasks: what a cell does with its model (``conf/task/<name>.yaml`` ↔ one entry of :data:`TASKS`).
 
 - ``generate``: sample from noise and score the samples (the cell's own path, bench.cell);
-- ``invert``: DDIM-invert held-out real images and reconstruct them (:mod:`bench.tasks.invert`).
+- ``invert``: DDIM-invert held-out real images and reconstruct them (:mod:`bench.tasks.invert`);
+- ``edit``: SDEdit held-out real images towards a target condition (:mod:`bench.tasks.edit`).
 
 A task on real images is one entry whose ``build(cfg, info, subject, call, work_dir)`` returns a
 :class:`~bench.tasks.common.TaskResult` (scores, cost, row columns); the cell writes its row through the same results,
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from bench.registry import Entry, Registry
 
-from . import invert
+from . import edit, invert
 from .common import RealImages, TaskResult, check_real_images, condition_of, held_out, task_call, task_columns
 
 
@@ -41,6 +42,8 @@ TASKS = Registry("task", "task.name", {
     "generate": Task(None, _check_generate, doc="sample from noise and score the samples"),
     "invert": Task(invert.run, _real(invert.check), real_images=True,
                    doc="DDIM inversion of held-out images and back: reconstruction scores"),
+    "edit": Task(edit.run, _real(edit.check), real_images=True,
+                 doc="SDEdit of held-out images towards a target: realism, faithfulness, edit success"),
 })
 
 __all__ = ["TASKS", "Task", "TaskResult", "RealImages", "held_out", "condition_of", "task_call", "task_columns",
