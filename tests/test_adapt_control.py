@@ -2,6 +2,7 @@
 the drawn masks, IoU/F1 by hand, ControlNet's zero convolutions leave the base model exactly unchanged, the
 T2I-Adapter meets the UNet's features, the control reaches both branches of CFG in the one loop."""
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SD_LAYOUT = ("model.down_block_types=[CrossAttnDownBlock2D,DownBlock2D]",
              "model.up_block_types=[UpBlock2D,CrossAttnUpBlock2D]")  # cross-attention at full resolution, as SD 1.x
+CONF = Path(__file__).resolve().parent.parent / "conf"
 ADAPTER = OmegaConf.create({"embedding_channels": 8, "num_res_blocks": 1, "conditioning_scale": 1.0})
 
 
@@ -103,8 +105,9 @@ def test_t2i_adapter_features_meet_the_unet(compose_cfg):
     info = get_data_info(compose_cfg("data=shapes").data)
     sd = build_model(compose_cfg("data=shapes", "model=text_unet", *SD_LAYOUT).model, info).unet
     plain_first = build_model(compose_cfg("data=shapes", "model=text_unet").model, info).unet
-    assert t2i_feature_shapes(sd, 16) == t2i_adapter_shapes([16, 32], 16) == [(16, 16), (32, 8)]
-    assert t2i_feature_shapes(plain_first, 16) == [(16, 8), (32, 8)]
+    assert t2i_feature_shapes(sd.config.down_block_types, [16, 32], 16) == [(16, 16), (32, 8)]
+    assert t2i_adapter_shapes([16, 32], 16) == [(16, 16), (32, 8)]
+    assert t2i_feature_shapes(plain_first.config.down_block_types, [16, 32], 16) == [(16, 8), (32, 8)]
 
 
 def test_the_loop_gives_the_control_to_both_cfg_branches(compose_cfg, inputs):
@@ -145,3 +148,207 @@ class _Bound(torch.nn.Module):
     def forward(self, x, t, class_labels=None):
         reps = x.shape[0] // self.control.shape[0]  # CFG's 2B rows: the control twice
         return self.model(x, t, class_labels, control=self.control.repeat(reps, 1, 1, 1))
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("overrides,fragments", [
+    (("adapter=controlnet",), ("adapter.kind='controlnet' is not allowed: a data set drawn with masks (data=shapes)",
+                               "data=digits has no masks")),
+    (("adapter=t2i_adapter", "data=shapes", "model=unet"), ("model='unet' is not allowed: text_unet",)),
+    (("adapter=t2i_adapter", "data=shapes", "model=text_unet"),
+     ("model.down_block_types=['DownBlock2D', 'CrossAttnDownBlock2D'] is not allowed", "[(16, 8), (32, 8)]",
+      "[(16, 16), (32, 8)]")),
+    (("adapter=controlnet", "data=shapes", "model=text_unet", "adapter.conditioning_scale=-1"),
+     ("adapter.conditioning_scale=-1",)),
+    (("adapter=controlnet", "data=shapes", "model=text_unet", "adapter.path=/tmp/x"),
+     ("adapter.path='/tmp/x' is not allowed: null with model=text_unet",)),
+])
+def test_bad_control_settings_are_one_line(compose_cfg, overrides, fragments):
+    from bench.schema import ConfigError
+    from bench.validate import validate
+
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(*overrides))
+    msg = str(e.value)
+    assert "\n" not in msg and all(f in msg for f in fragments), msg
+
+
+def test_a_control_on_data_without_masks_through_the_cli(tmp_path, capsys, monkeypatch, bench_cache):
+    import logging
+    import sys
+
+    from bench.run import main
+
+    out = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["bench", "experiment=smoke", "tracker=none", "adapter=controlnet",
+                                      f"out_dir={out}"])
+    logging.root.handlers.clear()
+    with pytest.raises(SystemExit) as e:
+        main()
+    logging.root.handlers.clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and sum(line.startswith("bench: error:") for line in err) == 1, err
+    assert err[-1].startswith("bench: error: adapter.kind='controlnet' is not allowed: a data set drawn with masks")
+    assert not list(bench_cache.rglob("*.safetensors")) and not list(out.rglob("results.jsonl"))
+
+
+def test_settings_of_other_kinds_have_no_effect(compose_cfg):
+    """conditioning_scale is LoRA's no-op, lora_scale the ControlNet's: normalised away, no key moves."""
+    from bench import keys
+
+    lora = compose_cfg("adapter=lora")
+    assert keys.cell_key(keys.normalise(compose_cfg("adapter=lora", "adapter.conditioning_scale=2"))) == \
+        keys.cell_key(lora)
+    cn = compose_cfg("data=shapes", "model=text_unet", "adapter=controlnet")
+    assert keys.cell_key(keys.normalise(compose_cfg("data=shapes", "model=text_unet", "adapter=controlnet",
+                                                    "adapter.num_res_blocks=5"))) == keys.cell_key(cn)
+    assert keys.cell_key(compose_cfg("data=shapes", "model=text_unet", "adapter=controlnet",
+                                     "adapter.conditioning_scale=2")) != keys.cell_key(cn)
+
+
+# ------------------------------------------------------------------------------------ trained, cached, scored
+
+@pytest.fixture(scope="module")
+def controlled_rows(tmp_path_factory):
+    """A base text UNet (SD layout) on shapes; a ControlNet and a T2I-Adapter trained on it through the runner and
+    the cache; rows of the base, the ControlNet at scales 0 and 1, and the T2I-Adapter at 1."""
+    from hydra import compose, initialize_config_dir
+
+    from bench.cell import run_cell
+    from bench.schema import register
+
+    register()
+    root = tmp_path_factory.mktemp("control")
+    common = ["experiment=smoke", "tracker=none", f"out_dir={root}/runs", f"cache_dir={root}/cache", "data=shapes",
+              "data.num_train=480", "model=text_unet", *SD_LAYOUT, "train.max_steps=12", "train.batch_size=32",
+              "sampling.num_samples=32", "sampling.batch_size=32", "sampling.num_inference_steps=3",
+              "metric.kid_subset_size=16"]
+    small = ["adapter.max_steps=4", "adapter.batch_size=16", "adapter.warmup_steps=1", "adapter.embedding_channels=8",
+             "adapter.num_res_blocks=1"]
+
+    def run(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return run_cell(compose("bench", overrides=[*common, *overrides]))
+
+    return {"base": run(), "cn0": run("adapter=controlnet", *small, "adapter.conditioning_scale=0"),
+            "cn1": run("adapter=controlnet", *small), "t2i": run("adapter=t2i_adapter", *small), "root": root}
+
+
+def test_conditioning_scale_zero_samples_the_base_model(controlled_rows):
+    """Residuals x 0: the base model's images, so its scores to the last bit, with control fidelity beside them."""
+    base, zero, one = controlled_rows["base"], controlled_rows["cn0"], controlled_rows["cn1"]
+    assert zero["fid"] == base["fid"] and zero["kid"] == base["kid"] and zero["clip_score"] == base["clip_score"]
+    assert "control_iou" not in base and 0 <= zero["control_iou"] <= 1 and 0 <= zero["control_f1"] <= 1
+    assert zero["control_iou"] <= zero["control_f1"]  # F1 = 2 IoU / (1 + IoU) per image
+    assert one["fid"] != base["fid"] and one["cell_key"] != zero["cell_key"]
+    assert (zero["conditioning_scale"], one["conditioning_scale"]) == (0.0, 1.0)
+
+
+def test_a_control_adapter_is_trained_cached_and_keyed_on_its_base(controlled_rows):
+    from safetensors.torch import load_file
+
+    base, zero, one, t2i = (controlled_rows[k] for k in ("base", "cn0", "cn1", "t2i"))
+    assert one["adapter_key"] == zero["adapter_key"] == one["model_key"] != t2i["adapter_key"]  # scale: cell only
+    assert one["base_model_key"] == t2i["base_model_key"] == base["model_key"] and one["train_steps"] == 12
+    for row, prefix in ((one, "adapter.net."), (t2i, "adapter.net.")):
+        path = controlled_rows["root"] / "cache" / "models" / row["adapter_key"] / "model.safetensors"
+        state = load_file(path)
+        assert all(k.startswith(prefix) for k in state)  # the adapter's weights only, not the base's
+        assert sum(v.numel() for v in state.values()) == row["adapter_trainable_params"]
+        assert row["adapter_bytes"] == path.stat().st_size and row["adapter_train_steps"] == 4
+        assert row["adapter_train_seconds"] > 0 and row["nfe"] == 3
+    zero_convs = load_file(controlled_rows["root"] / "cache" / "models" / one["adapter_key"] / "model.safetensors")
+    assert float(zero_convs["adapter.net.controlnet_mid_block.weight"].abs().max()) > 0  # trained off zero
+    assert one["adapter"] == "controlnet" and t2i["adapter"] == "t2i_adapter" and "adapter_rank" not in t2i
+
+
+# ------------------------------------------------------------------------- a given ControlNet on a pipeline
+
+@pytest.fixture(scope="module")
+def tiny_sd_controlnet(tmp_path_factory):
+    """The tiny random-weight Stable Diffusion pipeline (built offline) and a ControlNet for it: from_unet with a
+    two-level embedding (16 px control -> the 8 x 8 latents), its zero convolutions made random so it steers."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    from bench.models import tiny
+
+    root = tmp_path_factory.mktemp("pipeline_controlnet")
+    path = tiny.save("sd", root / "sd")
+    net = ControlNetModel.from_unet(StableDiffusionPipeline.from_pretrained(path).unet,
+                                    conditioning_embedding_out_channels=(8, 16))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "controlnet_" in name and "cond_embedding" not in name or "conv_out" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    net.save_pretrained(root / "controlnet")
+    return path, root / "controlnet", sum(p.numel() for p in net.parameters())
+
+
+def _pipeline(compose_cfg, path, *overrides):
+    from bench.subjects import load_subject
+    from bench.validate import validate
+
+    cfg = compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", "device=cpu",
+                      "sampling.num_inference_steps=2", "sampling.num_samples=3", "sampling.batch_size=2", *overrides)
+    info = validate(cfg)
+    subject, train_info = load_subject(cfg, info, "cpu")
+    return cfg, info, subject, train_info
+
+
+def _images(cfg, info, subject):
+    from bench.sampling.subject import sampling_call
+
+    call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
+    batches = list(subject.batches(call, CostMeter("cpu")))
+    return torch.cat([b.x for b in batches]), batches
+
+
+def test_a_controlnet_directory_on_a_pipeline(tiny_sd_controlnet, compose_cfg):
+    """StableDiffusionControlNetPipeline through the harness: at scale 0 the pipeline's own images, at scale 1 other
+    ones equal to the pipeline's own __call__ one image at a time (generator seed + i, that image's mask); the row
+    names the ControlNet (parameters, bytes, scale) and a key of the pipeline and the directory."""
+    from bench.sampling import diffusers_pipeline as pipelines
+
+    path, net_dir, params = tiny_sd_controlnet
+    plain = _images(*_pipeline(compose_cfg, path)[:3])[0]
+    zero = _images(*_pipeline(compose_cfg, path, "adapter=controlnet", f"adapter.path={net_dir}",
+                              "adapter.conditioning_scale=0")[:3])[0]
+    cfg, info, subject, train_info = _pipeline(compose_cfg, path, "adapter=controlnet", f"adapter.path={net_dir}")
+    one, batches = _images(cfg, info, subject)
+    assert float((zero - plain).abs().max()) <= 1e-5 and float((one - plain).abs().max()) > 1e-3
+    p = subject.prompts
+    masks = control_masks(cfg.data, torch.as_tensor([p.labels[p.of(i)] for i in range(3)]), torch.arange(3))
+    assert torch.equal(torch.cat([b.control for b in batches]), masks)  # scored against these (IoU, F1)
+    own = []
+    for i in range(3):  # the pipeline's own __call__, as a diffusers user would run it
+        kw = pipelines.call_kwargs(subject, range(i, i + 1), num_inference_steps=2, guidance_scale=1.0, eta=0.0,
+                                   size=16, gens=[torch.Generator().manual_seed(i)], control=masks[i:i + 1])
+        own.append(pipelines.to_model_space(subject.pipe(**kw).images))
+    assert type(subject.pipe).__name__ == "StableDiffusionControlNetPipeline"
+    assert float((torch.cat(own) - one).abs().max()) <= 1e-4
+    cols = {k: v for g in subject.columns().groups for k, v in g.columns().items()}
+    assert cols["adapter"] == "controlnet" and cols["conditioning_scale"] == 1.0
+    assert cols["adapter_trainable_params"] == params
+    assert cols["adapter_bytes"] == sum(f.stat().st_size for f in net_dir.iterdir())
+    assert cols["base_model_key"] != train_info["model_key"] == cols["adapter_key"]
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (("adapter=controlnet",), "adapter.path=None is not allowed: a ControlNet directory"),
+    (("adapter=controlnet", "adapter.path=/nonexistent/cn"), "no such directory"),
+    (("adapter=t2i_adapter",), "adapter.kind='t2i_adapter' is not allowed: controlnet"),
+    (("adapter=controlnet", "adapter.path=NET", "prompts=file", "prompts.path=P", "metric=none"),
+     "prompts='file' is not allowed: shapes with adapter=controlnet"),
+])
+def test_bad_pipeline_controls_are_one_line(tiny_sd_controlnet, compose_cfg, tmp_path, overrides, fragment):
+    from bench.schema import ConfigError
+    from bench.validate import validate
+
+    path, net_dir, _ = tiny_sd_controlnet
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    overrides = [o.replace("NET", str(net_dir)).replace("=P", f"={tmp_path / 'p.txt'}") for o in overrides]
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", *overrides))
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
