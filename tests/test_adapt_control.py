@@ -352,3 +352,17 @@ def test_bad_pipeline_controls_are_one_line(tiny_sd_controlnet, compose_cfg, tmp
     with pytest.raises(ConfigError) as e:
         validate(compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", *overrides))
     assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_control_study_expands_and_validates():
+    """sweeps/control.yaml: two kinds x five scales on one base (one model key), every cell valid before any work."""
+    from bench import keys
+    from bench.preflight import compose_cfg, expand
+    from bench.validate import validate
+
+    cells = [compose_cfg(c) for c in expand(["-m", "sweep=control"])]
+    assert sorted((c.adapter.kind, float(c.adapter.conditioning_scale)) for c in cells) == sorted(
+        (k, s) for k in ("controlnet", "t2i_adapter") for s in (0.0, 0.25, 0.5, 1.0, 2.0))
+    assert len({keys.model_key(c) for c in cells}) == 1 and len({keys.cell_key(c) for c in cells}) == 10
+    for c in cells[:1] + cells[-1:]:
+        assert validate(c).id == "shapes-16px-c3-n6000"
