@@ -128,10 +128,12 @@ def _no_adapter(cfg) -> str | None:
     return None
 
 
-def _not_lora(cfg) -> str | None:
-    if cfg.get("adapter") is not None and cfg.adapter.kind != "lora":
-        return f"adapter.kind={cfg.adapter.kind}: a LoRA setting"
-    return None
+def _only_for(*kinds: str):
+    """An adapter setting with no effect unless ``adapter.kind`` is one of ``kinds``."""
+    def why(cfg) -> str | None:
+        kind = cfg.adapter.kind if cfg.get("adapter") is not None else "none"
+        return None if kind in kinds else f"adapter.kind={kind}: only {' | '.join(kinds)} take it"
+    return why
 
 
 def _task_is(*names: str, why: str = ""):
@@ -285,10 +287,13 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "adapter": {**{k: _m(v, 5, no_effect=_no_adapter) for k, v in (
         ("kind", "none"), ("classes", None), ("max_steps", 300), ("batch_size", 64), ("lr", 1e-3),
         ("warmup_steps", 20), ("ema_decay", 0.99), ("seed", 0))},
-        **{k: _m(v, 5, no_effect=_not_lora) for k, v in (
+        **{k: _m(v, 5, no_effect=_only_for("lora")) for k, v in (
             ("rank", 4), ("alpha", None), ("target_modules", ["to_k", "to_q", "to_v", "to_out.0"]), ("conv", False))},
         "path": _m(None, 5, content=Content(_files, "path_content"), no_effect=_no_adapter),
-        "lora_scale": _c(1.0, 5, no_effect=_not_lora)},
+        "lora_scale": _c(1.0, 5, no_effect=_only_for("lora")),
+        "conditioning_scale": _c(1.0, 5, no_effect=_only_for("controlnet", "t2i_adapter")),
+        "embedding_channels": _m(16, 5, no_effect=_only_for("controlnet")),
+        "num_res_blocks": _m(2, 5, no_effect=_only_for("t2i_adapter"))},
     "cost": {k: _r(v) for k, v in (("warmup_batches", 1), ("min_timed_batches", 5), ("repeats", 1),
                                    ("num_threads", 0), ("inference_mode", True))} | {
         # channels_last rounds differently (~1e-3 after 50 steps, as another batch size does): recorded in the row

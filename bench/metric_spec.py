@@ -71,6 +71,11 @@ METRICS: dict[str, Metric] = {
     "clip_direction": Metric("CLIP directional sim.", "quality", higher_is_better=True, decimals=3,
                              settings=("clip_net", "clip_net_hash", "feature_net_hash", "num_samples"), default=True,
                              role="alignment"),
+    # control fidelity: the control mask against the mask re-extracted from each sample (bench.data.masks)
+    "control_iou": Metric("control IoU", "quality", higher_is_better=True, decimals=3, settings=("num_samples",),
+                          default=True, console=True, role="alignment"),
+    "control_f1": Metric("control F1", "quality", higher_is_better=True, decimals=3, settings=("num_samples",),
+                         role="alignment"),
     "nfe": Metric("NFE", "cost", decimals=0, console=True),  # a count of model calls: the same on any machine
     "nfe_classifier": Metric("classifier NFE", "cost", decimals=0),
     "latency_p50": Metric("latency p50 (ms/img)", "cost", scale=1000.0, settings=_MACHINE, deterministic=False,

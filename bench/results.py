@@ -83,6 +83,7 @@ class AdapterColumns(Columns):
     adapter_train_seconds: float | None = None
     adapter_classes: list | None = None
     lora_scale: float | None = None
+    conditioning_scale: float | None = None
 
 
 @dataclass(frozen=True)

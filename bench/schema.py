@@ -412,7 +412,7 @@ class AdapterConfig(OptimConfig):
     (``classes``) and its optimisation (``max_steps`` ... ``seed``; weight decay, gradient clipping and label dropout
     are ``train``'s). Cached like a model under a key = the base model's key + these settings + its data."""
 
-    kind: str = "none"  # none | lora | full (every weight of the base, the baseline)
+    kind: str = "none"  # none | lora | full (every weight of the base, the baseline) | controlnet | t2i_adapter
     rank: int = bounded(4, "[1, inf)")  # lora: r
     alpha: float | None = bounded(None, "(0, inf)")  # lora: lora_alpha (null = rank: scaling alpha / r = 1)
     # lora: the modules (name suffixes) that get a low-rank update; diffusers' attention projections by default
@@ -428,6 +428,10 @@ class AdapterConfig(OptimConfig):
     # model=pipeline: a given LoRA file or directory (diffusers' load_lora_weights), not trained here
     path: str | None = None
     lora_scale: float = bounded(1.0, "[0, inf)")  # the low-rank update's weight when sampling (0 = the base model)
+    # controlnet, t2i_adapter (the shape's mask as the control): the residuals' weight when sampling (0 = the base)
+    conditioning_scale: float = bounded(1.0, "[0, inf)")
+    embedding_channels: int = bounded(16, "[1, inf)")  # controlnet: its conditioning embedding's width
+    num_res_blocks: int = bounded(2, "[1, inf)")  # t2i_adapter: ResNet blocks per scale
 
 
 @dataclass

@@ -74,18 +74,18 @@ def load_denoiser(cfg, info: DataInfo, device: str) -> tuple[Denoiser, dict]:
     scheduler = build_sampler(cfg.sampler, cfg.schedule, cfg.objective.name, lcm_grid=cfg.distill.num_ddim_timesteps)
     provenance = Provenance(cfg.objective.name, cfg.schedule.name, cfg.sampler.timestep_spacing, tuple(groups))
     num_classes = getattr(model, "num_classes", info.num_classes)  # the model's own conditioning
-    eager = Denoiser(model, scheduler, num_classes, provenance, guide)
+    eager = Denoiser(model, scheduler, num_classes, provenance, guide, control=adapt.controls(cfg))
     call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, device)
     return compiled.compile_denoiser(eager, cfg.cost.compile, train_info["model_key"], call), train_info
 
 
 def load_pipeline(cfg, info: DataInfo, device: str) -> tuple[Subject, dict]:
-    """A saved diffusers pipeline (:func:`diffusers_pipeline.load`), with the LoRA file of ``adapter.path`` loaded
-    into it when ``adapter=lora`` (the row's model_key is then the adapted pipeline's)."""
+    """A saved diffusers pipeline (:func:`diffusers_pipeline.load`), with the file of ``adapter.path`` loaded into it
+    by its kind (a LoRA, a ControlNet; the row's model_key is then the adapted pipeline's)."""
     loaded, train_info = diffusers_pipeline.load(cfg, info, device)
     if cfg.adapter.kind == "none":
         return loaded, train_info
-    columns = adapt.lora.load_into_pipeline(cfg, loaded.pipe, train_info["model_key"])
+    columns = adapt.KINDS[cfg.adapter.kind].into_pipeline(cfg, loaded, train_info["model_key"])
     loaded.extra = (columns,)
     return loaded, {**train_info, "model_key": columns.adapter_key}
 

@@ -4,7 +4,9 @@
 - ``lora``: low-rank updates of the attention projections (and optionally the ResNet convolutions), through peft
   (:mod:`bench.adapt.lora`); with ``model=pipeline``, a given LoRA file (``adapter.path``) at ``lora_scale``;
 - ``full``: every weight of the denoiser fine-tuned: the baseline an adapter's parameters and forgetting are
-  measured against.
+  measured against;
+- ``controlnet``, ``t2i_adapter``: steered by the shape's mask (:mod:`bench.adapt.control`); with
+  ``model=pipeline``, a given ControlNet directory (``adapter.path``) at ``conditioning_scale``.
 
 Every kind trains through the Lightning runner and the model store (:func:`load_or_adapt`), is keyed by the base
 model's key + its settings + its data (:func:`adapter_key`) and is sampled by the cell as its model
@@ -12,12 +14,15 @@ model's key + its settings + its data (:func:`adapter_key`) and is sampled by th
 """
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
+from bench.data.masks import control_masks
 from bench.registry import Registry
 from bench.schema import ConfigError
 
-from . import lora
+from . import control, lora
 from .common import (
     OPTIM_FIELDS,
     AdapterModule,
@@ -48,15 +53,21 @@ def _check_none(cfg, info) -> None:
 def _check_full(cfg, info) -> None:
     check_common(cfg, info)
     if cfg.model.name == "pipeline":
-        raise ConfigError("adapter.kind", "full", "none or lora (a given LoRA file) with model=pipeline",
+        raise ConfigError("adapter.kind", "full", "none or lora (a given LoRA file) or controlnet (a given ControlNet "
+                          "directory) with model=pipeline",
                           "the harness fine-tunes its own families")
 
 
 KINDS = Registry("adapter", "adapter.kind", {
     "none": Kind(check=_check_none, doc="the model itself"),
     "lora": Kind(lora.inject, lora.check, fields=lora.FIELDS, for_sampling=lora.scaled, rank="rank", scaled=True,
-                 doc="low-rank updates through peft (diffusers' conventions)"),
+                 into_pipeline=lora.into_pipeline, doc="low-rank updates through peft (diffusers' conventions)"),
     "full": Kind(_full, _check_full, fields=OPTIM_FIELDS, doc="every weight of the denoiser fine-tuned"),
+    "controlnet": Kind(control.controlnet, control.check, fields=control.CONTROLNET_FIELDS, for_sampling=control.scaled,
+                       controlled=True, loss=control.annotated_loss, into_pipeline=control.into_pipeline,
+                       doc="ControlNet (from_unet, zero convolutions) steered by the shape's mask"),
+    "t2i_adapter": Kind(control.t2i_adapter, control.check, fields=control.T2I_FIELDS, for_sampling=control.scaled,
+                        controlled=True, loss=control.annotated_loss, doc="T2I-Adapter steered by the shape's mask"),
 })
 
 
@@ -65,5 +76,10 @@ def load_adapted(cfg):
     return load_or_adapt(cfg, KINDS[cfg.adapter.kind])
 
 
-__all__ = ["KINDS", "Kind", "AdapterModule", "adapter_key", "check_common", "load_adapted", "load_or_adapt",
+def controls(cfg):
+    """Each image's control map, ``controls(labels, seeds)``, for a controlled kind (a mask of its class); else None."""
+    return functools.partial(control_masks, cfg.data) if KINDS[cfg.adapter.kind].controlled else None
+
+
+__all__ = ["KINDS", "Kind", "AdapterModule", "adapter_key", "check_common", "controls", "load_adapted", "load_or_adapt",
            "network", "scored", "scored_classes", "trainable", "trained_classes"]

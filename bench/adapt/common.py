@@ -40,12 +40,18 @@ class Kind(Entry):
     ``check(cfg, info)``: its settings against the base model; ``fields``: the ``adapter.*`` settings that change
     its weights (its key); ``for_sampling(adapter_cfg, model)``: the trained model as a cell samples it;
     ``rank``: the ``adapter.*`` setting reported as its rank (None: none); ``scaled``: ``adapter.lora_scale``
-    weights its update when sampling."""
+    weights its update when sampling; ``controlled``: it is steered by a control map per image (the shape's mask,
+    ``adapter.conditioning_scale``); ``loss(module, x0, labels, generator)``: its training loss, if not the base
+    objective's; ``into_pipeline(cfg, loaded, base_key)``: a given file (``adapter.path``) loaded into a
+    ``model=pipeline`` subject, returning its columns."""
 
     fields: tuple = ()
     for_sampling: Callable = _identity
     rank: str | None = None
     scaled: bool = False
+    controlled: bool = False
+    loss: Callable | None = None
+    into_pipeline: Callable | None = None
 
 
 OPTIM_FIELDS = ("max_steps", "batch_size", "lr", "warmup_steps", "ema_decay", "seed")
@@ -143,7 +149,15 @@ def adapter_train(cfg):
 
 
 class AdapterModule(training.DiffusionModule):
-    """The base model's diffusion objective, optimising only the adapter's parameters (those requiring grad)."""
+    """The base model's diffusion objective (or the kind's ``loss``), optimising only the adapter's parameters (those
+    requiring grad)."""
+
+    def __init__(self, *args, loss: Callable | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss = loss
+
+    def compute_loss(self, x0: torch.Tensor, labels, g: torch.Generator) -> torch.Tensor:
+        return super().compute_loss(x0, labels, g) if self.loss is None else self.loss(self, x0, labels, g)
 
     def configure_optimizers(self):
         tc = self.train_cfg
@@ -172,7 +186,8 @@ def load_or_adapt(cfg, kind: Kind) -> tuple[torch.nn.Module, dict]:
 
     def train(work: Path) -> dict:
         def make() -> AdapterModule:  # after fit's seeding: the adapter's initial weights are part of its key
-            return AdapterModule(cfg.model, cfg.objective, cfg.schedule, settings, info, model=adapted())
+            return AdapterModule(cfg.model, cfg.objective, cfg.schedule, settings, info, model=adapted(),
+                                 loss=kind.loss)
 
         module = training.fit(make, with_classes(cfg.data, classes), settings, cfg.trainer, work)
         names = trainable(module.model)
@@ -191,6 +206,7 @@ def load_or_adapt(cfg, kind: Kind) -> tuple[torch.nn.Module, dict]:
                              adapter_train_steps=int(meta["train_steps"]),
                              adapter_train_seconds=round(float(meta["train_seconds"]), 3),
                              adapter_classes=None if classes is None else list(classes),
-                             lora_scale=float(cfg.adapter.lora_scale) if kind.scaled else None)
+                             lora_scale=float(cfg.adapter.lora_scale) if kind.scaled else None,
+                             conditioning_scale=float(cfg.adapter.conditioning_scale) if kind.controlled else None)
     return model, {**base_info, "model_key": key, "path": str(path), "cached": base_info["cached"] and hit,
                    "adapter": columns}

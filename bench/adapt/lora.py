@@ -134,11 +134,11 @@ def _check_pipeline(cfg) -> None:
         raise ConfigError("model.compile", True, "false with adapter=lora", "the LoRA layers are loaded after load")
 
 
-def load_into_pipeline(cfg, pipe, base_key: str) -> AdapterColumns:
-    """``pipe`` with the LoRA of ``adapter.path`` (``load_lora_weights``) weighted by ``adapter.lora_scale``
-    (``set_adapters``); its columns: key = the pipeline's key + the file's content, rank and parameters read from
-    the file."""
-    a, file = cfg.adapter, lora_file(cfg.adapter.path)
+def into_pipeline(cfg, loaded, base_key: str) -> AdapterColumns:
+    """The loaded pipeline with the LoRA of ``adapter.path`` (``load_lora_weights``) weighted by
+    ``adapter.lora_scale`` (``set_adapters``); its columns: key = the pipeline's key + the file's content, rank and
+    parameters read from the file."""
+    a, file, pipe = cfg.adapter, lora_file(cfg.adapter.path), loaded.pipe
     pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=PIPELINE_ADAPTER)
     pipe.set_adapters([PIPELINE_ADAPTER], adapter_weights=[float(a.lora_scale)])
     with safe_open(str(file), "pt") as f:

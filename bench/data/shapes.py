@@ -1,7 +1,9 @@
 """Procedurally rendered coloured shapes at positions, with captions: a small text-to-image stand-in.
 
 Class k = (colour, shape, position), 4 x 3 x 4 = 48 classes; caption "a red circle at the top left". Every item is
-drawn from its own seeded generator, so the data set is a pure function of (split_seed, split, index).
+drawn from its own seeded generator, so the data set is a pure function of (split_seed, split, index). Each item's
+mask (the pixels the shape covers at least half of, drawn with the image) is kept beside it: the control of a
+ControlNet or T2I-Adapter.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ BACKGROUND = (16, 16, 24)
 SUPERSAMPLE = 4  # draw at 4x, then box-downsample: antialiased edges
 SIZE_RANGE = (0.55, 0.95)  # shape extent as a fraction of its quadrant's side
 DEFAULT_NUM_TRAIN = 6000
-_SPLIT_CODE = {"train": 0, "test": 1}
+_SPLIT_CODE = {"train": 0, "test": 1, "control": 2}
+MASK_COVERAGE = 0.5  # a pixel is in a shape's mask when the shape covers at least half of it
 
 
 def shapes_class(k: int) -> tuple[str, str, str]:
@@ -37,6 +40,13 @@ def render_shape(colour: str, kind: str, position: str, size: float, rng: np.ran
                  image_size: int = 16) -> np.ndarray:
     """One uint8 (H, W, 3) image: a ``colour`` ``kind`` of side ``size`` (fraction of its quadrant, 0..1) placed
     at a random offset (``rng``) inside the ``position`` quadrant of a dark background."""
+    return draw_shape(colour, kind, position, size, rng, image_size)[0]
+
+
+def draw_shape(colour: str, kind: str, position: str, size: float, rng: np.random.Generator,
+               image_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`render_shape`'s image, its coverage): float32 (H, W) in [0, 1], the fraction of each pixel the shape
+    covers (its supersampled silhouette, box-downsampled as the image is). ``coverage >= MASK_COVERAGE`` is the mask."""
     side = image_size * SUPERSAMPLE
     quad = side / 2
     extent = float(np.clip(size, 0.05, 1.0)) * quad
@@ -45,17 +55,29 @@ def render_shape(colour: str, kind: str, position: str, size: float, rng: np.ran
     y0 = (quad if row == "bottom" else 0.0) + rng.uniform(0.0, quad - extent)
     x1, y1 = x0 + extent, y0 + extent
     img = Image.new("RGB", (side, side), BACKGROUND)
-    draw = ImageDraw.Draw(img)
-    fill = SHAPES_COLOURS[colour]
-    if kind == "circle":
-        draw.ellipse([x0, y0, x1, y1], fill=fill)
-    elif kind == "square":
-        draw.rectangle([x0, y0, x1, y1], fill=fill)
-    elif kind == "triangle":
-        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
-    else:
-        raise ValueError(f"shape kind={kind!r} is not allowed: {' | '.join(SHAPES_KINDS)}")
-    return np.asarray(img.resize((image_size, image_size), Image.Resampling.BOX))
+    silhouette = Image.new("L", (side, side), 0)
+    for canvas, fill in ((img, SHAPES_COLOURS[colour]), (silhouette, 255)):
+        draw = ImageDraw.Draw(canvas)
+        if kind == "circle":
+            draw.ellipse([x0, y0, x1, y1], fill=fill)
+        elif kind == "square":
+            draw.rectangle([x0, y0, x1, y1], fill=fill)
+        elif kind == "triangle":
+            draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+        else:
+            raise ValueError(f"shape kind={kind!r} is not allowed: {' | '.join(SHAPES_KINDS)}")
+    small = (image_size, image_size)
+    coverage = np.asarray(silhouette.resize(small, Image.Resampling.BOX), dtype=np.float32) / 255.0
+    return np.asarray(img.resize(small, Image.Resampling.BOX)), coverage
+
+
+def shapes_item(split_seed: int, split: str, i: int, label: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) of item ``i`` of ``split`` drawn as class ``label``: uint8 (H, W, 3) and bool (H, W). ``split``
+    "control" is a third stream of the same distribution, for the controls a cell is sampled with."""
+    rng = np.random.default_rng([int(split_seed), _SPLIT_CODE[split], int(i)])
+    colour, kind, position = shapes_class(label)
+    img, coverage = draw_shape(colour, kind, position, rng.uniform(*SIZE_RANGE), rng, image_size)
+    return img, coverage >= MASK_COVERAGE
 
 
 class ShapesDataset(InMemoryDataset):
@@ -72,11 +94,11 @@ class ShapesDataset(InMemoryDataset):
         n, size = self.num_items(data_cfg, split), int(data_cfg.image_size)
         self.y = torch.arange(n, dtype=torch.int64) % self.num_classes
         imgs = np.empty((n, size, size, 3), np.uint8)
+        masks = np.empty((n, 1, size, size), bool)
         for i in range(n):
-            rng = np.random.default_rng([int(data_cfg.split_seed), _SPLIT_CODE[split], i])
-            colour, kind, position = shapes_class(int(self.y[i]))
-            imgs[i] = render_shape(colour, kind, position, rng.uniform(*SIZE_RANGE), rng, size)
+            imgs[i], masks[i, 0] = shapes_item(data_cfg.split_seed, split, i, int(self.y[i]), size)
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         if int(data_cfg.channels) == 1:  # ITU-R 601 luma, as PIL's convert("L")
             x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         self.x = x.contiguous()
+        self.masks = torch.from_numpy(masks)  # (n, 1, H, W) bool: item i's mask

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bench.data import sample_true
+from bench.data.masks import extract_masks, iou_f1
 from bench.evaluators import load_feature_net, resolve_feature_net
 from bench.evaluators.clip import cmmd_weights_message, load_clip, load_cmmd_clip
 from bench.evaluators.dinov2 import ARCHS as DINOV2_ARCHS, MIN_SIZE as DINOV2_MIN_SIZE, load_dinov2
@@ -252,6 +253,7 @@ class Scorer:
         # auto: CLIP score on shapes when the samples are text(caption)-conditioned; metric.clip_score=true insists
         self.want_clip = bool(m.clip_score) or (m.name == "auto" and cfg.data.name == "shapes" and info.num_classes > 0)
         self.clip_scores: list[torch.Tensor] = []
+        self.control: dict[str, list[np.ndarray]] = {"control_iou": [], "control_f1": []}  # controlled samples only
         self.clip = None
         prompted = cfg.get("prompts") is not None and cfg.prompts.name == "file"  # captions from a prompt file
         if self.want_clip:
@@ -274,7 +276,7 @@ class Scorer:
     @property
     def measured(self) -> tuple:
         """The names :meth:`measure` may return (what a saved shard hands back to :meth:`add`)."""
-        return ("feats", "logits", "clip", "points", *getattr(self, "score_feats", ()))
+        return ("feats", "logits", "clip", "points", "control_iou", "control_f1", *getattr(self, "score_feats", ()))
 
     def update(self, batch) -> None:
         self.add(batch.index, **self.measure(batch))
@@ -302,12 +304,19 @@ class Scorer:
         if text is not None:
             img = feats if self.clip is self.net else self.clip(u8)[0]
             out["clip"] = distances.clip_score(img, text).detach().cpu().numpy()
+        if getattr(batch, "control", None) is not None:  # control fidelity: the mask the saved image shows
+            iou, f1 = iou_f1(batch.control, extract_masks(u8.float() / 127.5 - 1))
+            out.update(control_iou=iou.numpy(), control_f1=f1.numpy())
         return out
 
-    def add(self, index, feats=None, logits=None, clip=None, points=None, **score_feats) -> None:
+    def add(self, index, feats=None, logits=None, clip=None, points=None, control_iou=None, control_f1=None,
+            **score_feats) -> None:
         """Fold in the :meth:`measure` outputs of images ``index`` (image i counts in seed block i // num_samples)."""
         index = torch.as_tensor(np.asarray(index)).long()
         self.n_gen += len(index)
+        if control_iou is not None:
+            self.control["control_iou"].append(np.asarray(control_iou, dtype=np.float64))
+            self.control["control_f1"].append(np.asarray(control_f1, dtype=np.float64))
         if points is not None:
             self.points.append(np.asarray(points, dtype=np.float64))
         if feats is None:
@@ -372,6 +381,10 @@ class Scorer:
                 row["clip_score_skipped"] = "no labels (unconditional samples have no caption)"
             if self.clip is not self.net:
                 row.update(clip_net=self.clip.name, clip_net_hash=self.clip.weights_hash)
+        if self.control["control_iou"]:
+            iou, f1 = (np.concatenate(self.control[k]) for k in ("control_iou", "control_f1"))
+            row.update(control_iou=float(iou.mean()), control_iou_std=float(iou.std(ddof=1)) if len(iou) > 1 else 0.0,
+                       control_f1=float(f1.mean()), control_f1_std=float(f1.std(ddof=1)) if len(f1) > 1 else 0.0)
         return row
 
     def own_space_features(self, name: str) -> np.ndarray:

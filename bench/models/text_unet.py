@@ -147,7 +147,12 @@ class TextUNetDenoiser(nn.Module):
         return cls(unet, states, f"{clip.label}#{clip.weights_hash}")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        t, states = self.condition(x, t, class_labels)
+        return self.unet(x, t, encoder_hidden_states=states).sample
+
+    def condition(self, x: torch.Tensor, t, class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The UNet's timestep (B,) and ``encoder_hidden_states`` for ``x`` (also what an adapter on it is fed)."""
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         if class_labels is None:
             class_labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        return self.unet(x, t, encoder_hidden_states=self.text_states[class_labels].to(x.dtype)).sample
+        return t, self.text_states[class_labels].to(x.dtype)

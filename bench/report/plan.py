@@ -16,7 +16,7 @@ from .stats import groups
 # and `model_key` are, so two sweeps or two trained models are never averaged together as if they were seeds.
 FACTORS = ("name", "data", "model", "objective", "schedule", "sampler", "method", "eta", "timestep_spacing",
            "num_inference_steps", "guidance_scale", "classifier_scale", "distill_method", "distill_steps", "batch_size",
-           "train_steps", "model_key", "lora_scale")
+           "train_steps", "model_key", "lora_scale", "conditioning_scale")
 # Settings that rows written before `key_settings` record beside the factors and that change their numbers.
 RECORDED_SETTINGS = ("classifier_key", "vae_key", "text_encoder", "model_dtype", "prompts_sha256", "negative_prompt",
                      "num_prompts", "images_per_prompt")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +180,8 @@ class LoadedPipeline:
     compile_s: float = 0.0
     options: dict = field(default_factory=dict)  # the GPU options it was loaded with (model.*), recorded in the row
     extra: tuple = ()  # column groups of what was loaded into it (a LoRA: bench.adapt)
+    control: Callable | None = None  # a ControlNet in it: each image's control map, control(labels, seeds)
+    conditioning_scale: float = 1.0  # the ControlNet's residuals' weight
 
     def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: int | None = None,
                 progress: bool = False) -> Iterator[Batch]:
@@ -246,8 +248,9 @@ def load(cfg, info, device: str) -> tuple[LoadedPipeline, dict]:
 # ------------------------------------------------------------------------------------------------------ sampling
 
 def call_kwargs(loaded: LoadedPipeline, idx: range, *, num_inference_steps: int, guidance_scale: float, eta: float,
-                size: int, gens) -> dict:
-    """The ``__call__`` arguments for images ``idx`` (also what tests pass to the pipeline directly)."""
+                size: int, gens, control: torch.Tensor | None = None) -> dict:
+    """The ``__call__`` arguments for images ``idx`` (also what tests pass to the pipeline directly); ``control``:
+    their control maps (B, 1, H, W) in [0, 1], given to a ControlNet as its conditioning image."""
     c, p = loaded.checkpoint, loaded.prompts
     kw = {"num_inference_steps": num_inference_steps, "generator": gens}
     kw["output_type"] = "pt" if c.takes_prompt else "np"  # DDPM/DDIM pipelines return numpy only
@@ -262,6 +265,9 @@ def call_kwargs(loaded: LoadedPipeline, idx: range, *, num_inference_steps: int,
         kw["batch_size"] = len(idx)
     if "eta" in c.call_params:  # DDIM's eta (0 unless sampler=ddim: checked); other schedulers ignore it
         kw["eta"] = eta
+    if control is not None:
+        channels = int(loaded.pipe.controlnet.config.conditioning_channels)
+        kw.update(image=control.expand(-1, channels, -1, -1), controlnet_conditioning_scale=loaded.conditioning_scale)
     return kw
 
 
@@ -281,8 +287,13 @@ def sample(loaded: LoadedPipeline, *, num_samples: int, batch_size: int, seed: i
         with tqdm(total=num_samples, disable=not progress, desc=c.pipeline_class, unit="img") as bar:
             for i0 in range(start, start + num_samples, batch_size):
                 idx = range(i0, min(i0 + batch_size, start + num_samples))
+                index = torch.arange(idx.start, idx.stop)
+                control = None
+                if loaded.control is not None:  # a mask of each prompt's class (checked: the prompts have classes)
+                    control = loaded.control(torch.as_tensor([p.labels[p.of(i)] for i in idx]), seed + index)
                 kw = call_kwargs(loaded, idx, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                 eta=eta, size=size, gens=image_generators(seed, idx.start, idx.stop))
+                                 eta=eta, size=size, gens=image_generators(seed, idx.start, idx.stop),
+                                 control=control)
                 if takes_callback:
                     kw["callback_on_step_end"] = _finite_check(num_inference_steps)
                 with cost.batch(len(idx)), torch.inference_mode():
@@ -295,9 +306,9 @@ def sample(loaded: LoadedPipeline, *, num_samples: int, batch_size: int, seed: i
                 if c.takes_prompt and guidance_scale == 0:
                     labels = None  # unconditional samples have no caption to be scored against
                 bar.update(len(idx))
-                yield Batch(x=x.contiguous(), labels=labels, index=torch.arange(idx.start, idx.stop),
+                yield Batch(x=x.contiguous(), labels=labels, index=index,
                             prompts=None if p is None or labels is not None or guidance_scale == 0
-                            else [p.texts[p.of(i)] for i in idx])
+                            else [p.texts[p.of(i)] for i in idx], control=control)
     finally:
         den.forward = own_forward
 

@@ -3,7 +3,7 @@ counters."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,21 +33,25 @@ class Batch:
     labels: torch.Tensor | None  # int64 (B,) class of each image; None when not class-conditioned
     index: torch.Tensor  # int64 (B,) image indices i (image i was seeded with seed + i)
     prompts: list | None = None  # text-to-image pipelines: each image's prompt when it has no class (labels)
+    control: torch.Tensor | None = None  # float (B, 1, H, W): the control mask each image was steered by
 
 
-def guided(model, x, t, labels, guidance_scale: float, num_classes: int):
+def guided(model, x, t, labels, guidance_scale: float, num_classes: int, **cond):
     """Model output under classifier-free guidance (Ho & Salimans 2022, eq. 6 in diffusers' convention):
     out_u + s (out_c - out_u), cond and uncond rows in ONE forward of 2B. s == 1: conditional only; s == 0:
     unconditional only (null class = num_classes). Applied to the raw output, which is exact for every linear
-    parameterisation (eps, v, x0, flow velocity)."""
+    parameterisation (eps, v, x0, flow velocity). ``cond``: per-row inputs beyond the class (a control map), given
+    to both branches (as diffusers' ControlNet pipelines do outside guess mode)."""
     if labels is None:
-        return model(x, t)
+        return model(x, t, **cond)
     if guidance_scale == 1:
-        return model(x, t, class_labels=labels)
+        return model(x, t, class_labels=labels, **cond)
     null = torch.full_like(labels, num_classes)
     if guidance_scale == 0:
-        return model(x, t, class_labels=null)
-    out_c, out_u = model(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([labels, null])).chunk(2)
+        return model(x, t, class_labels=null, **cond)
+    both = {k: torch.cat([v, v]) for k, v in cond.items()}
+    out_c, out_u = model(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([labels, null]),
+                         **both).chunk(2)
     return out_u + guidance_scale * (out_c - out_u)
 
 
@@ -106,7 +110,8 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
            eta: float = 0.0, class_labels: Sequence[int] | None = None, progress: bool = True,
            inference_mode: bool = True, channels_last: bool = False, check_every_step: bool = False,
            start: int = 0, classifier_guidance: ClassifierGuidance | None = None, init: torch.Tensor | None = None,
-           strength: float = 1.0) -> Iterator[Batch]:
+           strength: float = 1.0,
+           control: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
     """Generate ``num_samples`` images of ``shape``, streaming one :class:`Batch` per ``batch_size`` images.
     ``start``: the images are i = start, ..., start + num_samples - 1 (a shard of a larger cell, bench.distributed).
 
@@ -118,7 +123,9 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
     Raises NonFiniteError(step) on NaN/Inf after a step: the finite check of every step is kept on the device and
     read once per batch (``check_every_step=True`` reads it after each step: a host sync per step on GPU).
     ``inference_mode`` (else ``no_grad``) and ``channels_last`` (4-D inputs in that memory format; the caller puts
-    the model in it) are speed options measured by ``bench-perf``. A :class:`LatentDenoiser` is sampled in its latent
+    the model in it) are speed options measured by ``bench-perf``. ``control(labels, seeds)``: each image's control
+    map (image i: its label, guided or not, and seed + i), passed to the model as ``control=`` and kept in the
+    batch. A :class:`LatentDenoiser` is sampled in its latent
     space (noise of ``model.latent_shape``, seeded the same way) and each batch decoded to ``shape`` before it is
     yielded (the decoder's time is in the batch's latency, not in ``nfe``).
     ``init`` (image-to-image, SDEdit): image i starts from ``init[i]`` (data space; a latent family encodes
@@ -142,10 +149,10 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
         for i0 in range(start, start + num_samples, batch_size):
             i1 = min(i0 + batch_size, start + num_samples)
             index = torch.arange(i0, i1)
-            labels = None
-            if conditional:
-                labels = (torch.as_tensor([class_labels[i] for i in range(i0, i1)]) if class_labels is not None
-                          else index % num_classes).long()
+            classes = (torch.as_tensor([class_labels[i] for i in range(i0, i1)]) if class_labels is not None
+                       else index % max(num_classes, 1)).long()
+            labels = classes if conditional else None
+            ctl = control(classes, seed + index) if control is not None else None  # unguided too: its class's
             gens = image_generators(seed, i0, i1)
             if "generator" in step_params:
                 step_kwargs["generator"] = gens  # row k's step noise from image k's generator (randn_tensor)
@@ -164,11 +171,12 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
                     if channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = labels.to(device) if labels is not None else None
+                    cond = {} if ctl is None else {"control": ctl.to(device)}
                     finite = torch.ones(len(timesteps), dtype=torch.bool, device=device)
                     for k, t in enumerate(timesteps):
                         tb = t.float().expand(x.shape[0])
                         x_in = scale(x, t)
-                        out = guided(net, x_in, tb, y, guidance_scale, num_classes)
+                        out = guided(net, x_in, tb, y, guidance_scale, num_classes, **cond)
                         if classifier_guidance is not None:
                             out = classifier_guided(out, x_in, tb, y, classifier_guidance, cost)
                         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
@@ -184,4 +192,4 @@ def sample(model, scheduler, *, shape: Sequence[int], num_samples: int, batch_si
                 x = x.to("cpu", torch.float32, memory_format=torch.contiguous_format, copy=True)
             bar.update(i1 - i0)
             bar.set_postfix(batch=f"{(i0 - start) // batch_size + 1}/{num_batches}")
-            yield Batch(x=x, labels=labels, index=index)
+            yield Batch(x=x, labels=labels, index=index, control=ctl)

@@ -15,7 +15,7 @@ cell, its sharded path and ``bench-perf`` never ask which kind they got.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -111,13 +111,15 @@ class _Cycle:
 @dataclass
 class Denoiser:
     """The harness's own model (any family, a distilled student) sampled by the one loop (:func:`sample`) with
-    ``scheduler``; ``guide``: classifier guidance in the loop; ``num_classes``: the model's own conditioning."""
+    ``scheduler``; ``guide``: classifier guidance in the loop; ``num_classes``: the model's own conditioning;
+    ``control``: each image's control map (a ControlNet or T2I-Adapter on the model), ``control(labels, seeds)``."""
 
     model: nn.Module
     scheduler: Any
     num_classes: int
     provenance: Provenance
     guide: ClassifierGuidance | None = None
+    control: Callable | None = None
 
     def batches(self, call: SamplingCall, cost: CostMeter, start: int = 0, stop: int | None = None,
                 progress: bool = False) -> Iterator[Batch]:
@@ -127,7 +129,8 @@ class Denoiser:
                       guidance_scale=call.guidance_scale, num_classes=self.num_classes, device=call.device, cost=cost,
                       eta=call.eta, progress=progress, inference_mode=call.inference_mode,
                       channels_last=call.channels_last, check_every_step=call.check_every_step, start=start,
-                      classifier_guidance=self.guide, init=call.init, strength=call.strength,
+                      classifier_guidance=self.guide, control=self.control, init=call.init,
+                      strength=call.strength,
                       class_labels=(call.class_labels if call.class_labels is not None
                                     else None if call.classes is None else _Cycle(call.classes)))
 
