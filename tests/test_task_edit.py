@@ -10,6 +10,7 @@ from bench.data import get_data_info, shapes_caption
 from bench.sampling.img2img import img2img_timesteps, noise_to
 from bench.schema import ConfigError
 from bench.tasks import edit
+from bench.tasks.common import PSNR_MAX_DB
 
 
 @pytest.mark.parametrize("cls", [DDIMScheduler, EulerDiscreteScheduler])
@@ -71,18 +72,132 @@ def test_bad_edit_settings_are_one_line_errors(compose_cfg, overrides, match):
         _validate(compose_cfg("task=edit", *overrides))
 
 
-def test_a_loaded_pipeline_is_refused(compose_cfg):
-    """Its own __call__ starts from noise: never a silent generation recorded as an edit."""
-    cfg = compose_cfg("task=edit", "model=pipeline", "model.path=/x")
-    with pytest.raises(ConfigError, match=r"^model='pipeline' is not allowed: a harness model family"):
-        edit.check(cfg, get_data_info(cfg.data))
+# ---------------------------------------------------------------------------- a diffusers pipeline's own components
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """The tiny random-weight StableDiffusionPipeline (bench.models.tiny, as the inversion tests use it), saved."""
+    from bench.models import tiny
+
+    return tiny.save("sd", tmp_path_factory.mktemp("edit-pipeline") / "sd")
+
+
+def _pipeline_args(path, *extra):
+    return ("task=edit", "data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", "device=cpu",
+            "sampler=ddim", *extra)
+
+
+@pytest.mark.parametrize("target, match", [
+    ("3", r"^task\.target='3' is not allowed: same, a caption of .* or an attribute value"),
+    ("a pink cube", r"^task\.target='a pink cube' is not allowed: same, a caption of"),
+])
+def test_a_prompt_pipeline_edits_towards_captions_only(compose_cfg, tiny_sd, target, match):
+    with pytest.raises(ConfigError, match=match):
+        _validate(compose_cfg(*_pipeline_args(tiny_sd, f"task.target={target}")))
+    _validate(compose_cfg(*_pipeline_args(tiny_sd, "task.target=red")))
+
+
+def test_a_pipeline_edit_is_diffusers_img2img(compose_cfg, tiny_sd, one_thread):
+    """model=pipeline edits through its own unet, VAE and text encoder on its scheduler config with the configured
+    sampler: on the same images, target captions, strength and per-image generators (seed + i), the edits equal
+    diffusers' own StableDiffusionImg2ImgPipeline built from the same components and scheduler config, and the run
+    makes int(S · s) UNet calls per image, twice that under CFG."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    from bench.keys import normalise
+    from bench.metrics.cost import CostMeter
+    from bench.sampling.rng import image_generators
+    from bench.sampling.subject import sampling_call
+    from bench.subjects import load_subject
+    from bench.tasks import held_out, task_call
+    from bench.validate import validate
+
+    S, s, w, n = 10, 0.6, 3.0, 3
+    cfg = normalise(compose_cfg(*_pipeline_args(tiny_sd, "task.target=red", f"task.num_images={n}",
+                                                f"task.strength={s}", f"sampling.num_inference_steps={S}",
+                                                f"sampling.guidance_scale={w}")))
+    info = validate(cfg)
+    subject, _ = load_subject(cfg, info, "cpu")
+    assert isinstance(subject.scheduler, DDIMScheduler)
+    real = next(held_out(cfg, info, n))
+    target = edit.target_labels("red", real.labels, info)
+    captions = [info.class_names[k] for k in target.tolist()]
+    call = dataclasses.replace(task_call(sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model,
+                                                       info, "cpu"), cfg), init=real.x, strength=s)
+    meter = CostMeter("cpu")
+    ours = torch.cat([b.x for b in edit.pipeline_edits(subject, call, captions, meter)])
+    assert meter.summary()["nfe"] == 2 * int(S * s) == 12
+
+    pipe = StableDiffusionImg2ImgPipeline(**subject.pipe.components)
+    pipe.scheduler = DDIMScheduler.from_config(subject.scheduler.config)
+    theirs = pipe(prompt=captions, image=(real.x + 1) / 2, strength=s, num_inference_steps=S, guidance_scale=w, eta=0.0,
+                  generator=image_generators(int(cfg.sampling.seed), 0, n), output_type="pt").images
+    err = float(((ours + 1) / 2 - theirs).abs().max())
+    assert err < 1e-5, err
+    assert float((ours - real.x).abs().mean()) > 1e-3  # an edit, not the input handed back
+
+
+def test_a_pixel_pipeline_edit_is_the_img2img_loop(compose_cfg, tmp_path, one_thread):
+    """An unconditional pixel pipeline (DDPMPipeline: UNet2DModel, no VAE): target ``same`` only, and its edit is
+    the img2img loop written out here on its unet and scheduler (x_t = add_noise(x0, eps_i, t_start), eps_i from
+    generator seed + i, then DDIM on the last int(S · s) timesteps)."""
+    import dataclasses
+
+    from bench.keys import normalise
+    from bench.metrics.cost import CostMeter
+    from bench.models import tiny
+    from bench.sampling.rng import image_generators, initial_noise
+    from bench.sampling.subject import sampling_call
+    from bench.subjects import load_subject
+    from bench.tasks import held_out, task_call
+    from bench.validate import validate
+
+    path = tiny.save("ddpm", tmp_path / "ddpm")
+    args = ("task=edit", "data=shapes", "model=pipeline", f"model.path={path}", "device=cpu", "sampler=ddim")
+    with pytest.raises(ConfigError, match=r"^task\.target='3' is not allowed: same for model=pipeline"):
+        _validate(compose_cfg(*args, "task.target=3"))
+    S, s, n = 10, 0.5, 2
+    cfg = normalise(compose_cfg(*args, f"task.num_images={n}", f"task.strength={s}",
+                                f"sampling.num_inference_steps={S}"))
+    info = validate(cfg)
+    subject, _ = load_subject(cfg, info, "cpu")
+    x0 = next(held_out(cfg, info, n)).x
+    call = dataclasses.replace(task_call(sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model,
+                                                       info, "cpu"), cfg), init=x0, strength=s)
+    meter = CostMeter("cpu")
+    ours = torch.cat([b.x for b in edit.pipeline_edits(subject, call, None, meter)])
+    assert meter.summary()["nfe"] == int(S * s)
+
+    sched, unet = DDIMScheduler.from_config(subject.scheduler.config), subject.pipe.unet
+    sched.set_timesteps(S)
+    ts = sched.timesteps[S - int(S * s):]
+    x = sched.add_noise(x0, initial_noise(image_generators(int(cfg.sampling.seed), 0, n), x0.shape[1:]), ts[:1])
+    with torch.no_grad():
+        for t in ts:
+            x = sched.step(unet(x, t).sample, t, x).prev_sample
+    assert len(ts) == 5 and float((ours - x.clamp(-1, 1)).abs().max()) < 1e-5
+
+
+def test_a_pipeline_edit_cell_writes_its_row(compose_cfg, tiny_sd, tmp_path, one_thread):
+    """The cell path end to end on the tiny pipeline: one row with the task's columns, NFE int(S · s) per image
+    doubled under CFG, the faithfulness scores."""
+    from bench.cell import run_cell
+
+    row = run_cell(compose_cfg(*_pipeline_args(tiny_sd, "task.target=red", "task.num_images=4",
+                                               "task.strength=0.5", "sampling.num_inference_steps=4",
+                                               "sampling.guidance_scale=3", f"out_dir={tmp_path}")))
+    assert row["status"] == "ok" and row["task"] == "edit" and row["num_real_images"] == row["n_gen"] == 4
+    assert row["nfe"] == 2 * int(4 * 0.5) and row["key_settings"]["task.target"] == "red"
+    assert row["edit_l2"] > 0 and 0 < row["edit_psnr"] < PSNR_MAX_DB and -1 <= row["edit_ssim"] <= 1
 
 
 def test_faithfulness_scores():
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 256, (4, 3, 16, 16), generator=g, dtype=torch.uint8)
     same = edit.faithfulness(a, a)
-    assert same["l2"].tolist() == [0] * 4 and same["psnr"].tolist() == [edit.PSNR_MAX_DB] * 4
+    assert same["l2"].tolist() == [0] * 4 and same["psnr"].tolist() == [PSNR_MAX_DB] * 4
     assert torch.allclose(same["ssim"], torch.ones(4, dtype=torch.float64))
     b = (a.int() + 10).clamp(0, 255).to(torch.uint8)
     f = edit.faithfulness(b, a)
@@ -165,7 +280,7 @@ def test_edit_scores_on_real_images(compose_cfg):
     done, none = scores["edited"], scores["unedited"]
     red = int((build_dataset(cfg.data, "train").y < 12).sum())  # classes 0..11: the red captions
     assert done["ref_id"].endswith(":classes=0,1,2,3,4,5,6,7,8,9,10,11") and done["n_ref"] == red > 100
-    assert none["edit_l2"] == 0 and none["edit_psnr"] == edit.PSNR_MAX_DB and none["edit_ssim"] == pytest.approx(1)
+    assert none["edit_l2"] == 0 and none["edit_psnr"] == PSNR_MAX_DB and none["edit_ssim"] == pytest.approx(1)
     assert done["edit_accuracy"] > 0.8 and none["edit_accuracy"] < 0.3  # 12 of the 48 inputs are red already
     assert done["clip_direction"] > 0.1 and none["clip_direction"] == 0
     assert done["clip_score"] > none["clip_score"] and done["fid"] < none["fid"]

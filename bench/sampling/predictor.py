@@ -116,10 +116,16 @@ class PipelinePredictor:
         self.num_classes = 0
         self.dtype = self.unet.dtype
 
-    def encode(self, x):
+    def encode(self, x, generators=None):
+        """z = scaling_factor · the mode of q(z | x) (deterministic: inversion), or with one generator per image a
+        draw from it (diffusers' img2img ``retrieve_latents``: image i's noise from ``generators[i]``)."""
         if self.vae is None:
             return x.to(self.dtype)
-        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode() * self.vae.config.scaling_factor
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        if generators is None:
+            return dist.mode() * self.vae.config.scaling_factor
+        eps = torch.stack([torch.randn(tuple(dist.mean.shape[1:]), generator=g) for g in generators])
+        return (dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)) * self.vae.config.scaling_factor
 
     def decode(self, z):
         if self.vae is None:

@@ -1,6 +1,7 @@
 """What every task on real images shares: its held-out images (:func:`held_out`), what the model is conditioned on
-(:func:`condition_of`), the checks every such task makes (:func:`check_real_images`, :func:`check_target`) and what
-its row records (:class:`TaskResult`, :class:`bench.results.TaskColumns`)."""
+(:func:`condition_of`), the checks every such task makes (:func:`check_real_images`, :func:`check_target`), how an
+output image is compared with its real one (:func:`image_scores`) and what its row records (:class:`TaskResult`,
+:class:`bench.results.TaskColumns`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,8 @@ from bench.results import Columns, TaskColumns
 from bench.schema import ConfigError
 
 SPLITS = ("test", "train")
+PSNR_MAX_DB = 100.0  # an image identical to its reference (MSE 0) counts as 100 dB rather than +inf
+SSIM_SIGMA = 1.5  # SSIM's Gaussian window (Wang et al. 2004; torchmetrics' default)
 
 
 @dataclass
@@ -113,3 +116,18 @@ def check_target(cfg, info) -> None:
                               f"model={cfg.model.name} is conditioned on the {info.num_classes} classes of {info.id}")
     elif not target.strip():
         raise ConfigError("task.target", target, "same or a non-empty caption")
+
+
+def image_scores(preds: torch.Tensor, target: torch.Tensor, kernel_size: int = 11) -> dict[str, torch.Tensor]:
+    """Per-image scores (each (B,), float64) of ``preds`` against ``target``, both (B, C, H, W) intensities in [0, 1]:
+    ``mse``, ``l2`` (Euclidean distance), ``psnr`` (dB, at most :data:`PSNR_MAX_DB`) and ``ssim`` (torchmetrics,
+    Gaussian window sigma = :data:`SSIM_SIGMA` of ``kernel_size`` pixels, data range 1). The one pixel comparison of
+    every task (an edit to its input, a reconstruction to its real image); each task records its kernel size."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim  # lazy: slow import
+
+    a, b = preds.double(), target.double()
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return {"mse": mse, "l2": (a - b).flatten(1).norm(dim=1),
+            "psnr": 10 * torch.log10(1 / mse.clamp(min=10 ** (-PSNR_MAX_DB / 10))),
+            "ssim": ssim(a, b, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=int(kernel_size), data_range=1.0,
+                         reduction="none")}

@@ -6,7 +6,8 @@ condition; a realism–faithfulness trade controlled by s (the paper's Fig. 3).
   ``num_inference_steps`` = S timesteps the last ``int(S · s)`` are run, from x_t = ``scheduler.add_noise(x0, eps,
   t_start)``, eps drawn from image i's own generator (seed + i) as a generated image's initial noise is. The
   denoising is the cell's one sampling loop (:class:`bench.sampling.subject.Subject`, :mod:`bench.sampling.img2img`),
-  so NFE, latency and every sampler come with it.
+  so NFE, latency and every sampler come with it. A loaded pipeline (``model=pipeline``) is edited through its own
+  components and scheduler as diffusers' ``StableDiffusionImg2ImgPipeline`` runs it (:func:`pipeline_edits`).
 - **Targets** (``task.target``): ``same`` (each input's own condition; the only one of an unconditional model: a
   pure realism–faithfulness trade), a class index ``k`` or a caption of the data set (every input edited into it),
   or on captioned shapes an attribute value: a colour (``red``), a shape (``circle``) or a position (``top left``),
@@ -21,7 +22,9 @@ condition; a realism–faithfulness trade controlled by s (the paper's Fig. 3).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -35,14 +38,25 @@ from bench.metrics import distances
 from bench.metrics.cost import CostMeter
 from bench.metrics.refstats import SUBSET_SEED, get_reference
 from bench.metrics.stats import FeatureStats
+from bench.models import diffusers_checkpoint as ckpt
+from bench.sampling.img2img import img2img_timesteps, noise_to
+from bench.sampling.loop import Batch, NonFiniteError
+from bench.sampling.rng import image_generators, initial_noise
 from bench.schema import ConfigError
 
-from .common import TaskResult, check_target, condition_of, held_out, task_columns
+from .common import (
+    SSIM_SIGMA,
+    TaskResult,
+    check_target,
+    condition_of,
+    held_out,
+    image_scores,
+    task_columns,
+)
 
 SAME = "same"
 ATTRIBUTES = {"colour": tuple(SHAPES_COLOURS), "shape": SHAPES_KINDS, "position": SHAPES_POSITIONS}
-PSNR_MAX_DB = 100.0  # an edit identical to its input (MSE 0) counts as 100 dB rather than +inf
-SSIM = {"gaussian_kernel": True, "sigma": 1.5, "kernel_size": 11, "data_range": 1.0}  # torchmetrics' defaults
+SSIM_KERNEL = 11  # SSIM's Gaussian window on every image size (recorded in the row: edit_ssim_kernel)
 
 
 # ------------------------------------------------------------------------------------------------------ targets
@@ -125,15 +139,11 @@ def target_reference(cfg, info, net, classes) -> tuple[np.ndarray, dict]:
 
 
 def faithfulness(edit_u8: torch.Tensor, input_u8: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image L2 (Euclidean, pixels in [0, 1], as SDEdit's Table 1), PSNR and SSIM (torchmetrics) of the edit to
-    its input, both quantised as a saved PNG holds them."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim  # lazy: slow import
-
-    a, b = edit_u8.double() / 255, input_u8.double() / 255
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return {"l2": (a - b).flatten(1).norm(dim=1),
-            "psnr": (10 * torch.log10(1 / mse.clamp(min=10 ** (-PSNR_MAX_DB / 10)))),
-            "ssim": ssim(a, b, reduction="none", **SSIM)}
+    """Per-image L2 (Euclidean, pixels in [0, 1], as SDEdit's Table 1), PSNR and SSIM
+    (:func:`bench.tasks.common.image_scores`, window :data:`SSIM_KERNEL`) of the edit to its input, both quantised as
+    a saved PNG holds them."""
+    s = image_scores(edit_u8.double() / 255, input_u8.double() / 255, kernel_size=SSIM_KERNEL)
+    return {k: s[k] for k in ("l2", "psnr", "ssim")}
 
 
 class EditScorer:
@@ -195,7 +205,7 @@ class EditScorer:
             out[col] = round(float(v.mean()), 6) if name.endswith("accuracy") else float(v.mean())
             out[f"{col}_std"] = float(v.std()) if len(v) > 1 else 0.0
         if "edit_ssim" in out:
-            out["edit_ssim_kernel"] = f"gaussian sigma={SSIM['sigma']} size={SSIM['kernel_size']}"
+            out["edit_ssim_kernel"] = f"gaussian sigma={SSIM_SIGMA} size={SSIM_KERNEL}"
         if self.clip is not None and self.clip is not self.net:
             out.update(clip_net=self.clip.name, clip_net_hash=self.clip.weights_hash)
         return out
@@ -216,14 +226,70 @@ def check_strength(strength: float, num_inference_steps: int) -> None:
 
 # --------------------------------------------------------------------------------------------------------- task
 
+CONTROL_ADAPTERS = ("controlnet", "t2i_adapter")
+
+
+def check_pipeline(cfg, info) -> None:
+    """``model=pipeline``: edited through its own UNet (and VAE, text encoder), so a UNet pipeline with no control
+    branch; a text-to-image one needs captioned data (its condition is each image's caption). One-line ConfigError."""
+    c = ckpt.read_checkpoint(cfg.model)
+    if c.denoiser != "unet":
+        raise ConfigError("model.path", cfg.model.path, "a pipeline denoising with a UNet with task=edit",
+                          f"{c.pipeline_class} denoises with its {c.denoiser}; the edit calls the pipeline's own unet")
+    if cfg.adapter.kind in CONTROL_ADAPTERS:
+        raise ConfigError("adapter", cfg.adapter.kind, "none, lora or full with task=edit on model=pipeline",
+                          "the edit calls the pipeline's unet, not its control branch")
+    if c.takes_prompt and not (info.num_classes and info.class_names):
+        raise ConfigError("model.path", cfg.model.path, f"an unconditional pipeline on data {info.id}",
+                          f"{c.pipeline_class} is conditioned on captions and {info.id} has none")
+
+
 def check(cfg, info) -> None:
     """SDEdit's own settings, before any work: a strength in (0, 1] that runs at least one step, a target the model's
-    conditioning can express, a subject sampled by the harness's loop. Each a one-line ConfigError."""
+    conditioning can express, a pipeline the edit can reach through its components. Each a one-line ConfigError."""
     check_strength(cfg.task.strength, int(cfg.sampling.num_inference_steps))
     if cfg.model.name == "pipeline":
-        raise ConfigError("model", "pipeline", "a harness model family with task=edit",
-                          "a loaded pipeline samples through its own __call__, which starts from noise")
+        check_pipeline(cfg, info)
     check_edit_target(cfg, info)
+
+
+def pipeline_edits(subject, call, captions: list | None, meter: CostMeter) -> Iterator[Batch]:
+    """SDEdit on a loaded pipeline through its own components (:meth:`LoadedPipeline.predictor`) and its scheduler
+    (the checkpoint's config with the configured sampler), as diffusers' ``StableDiffusionImg2ImgPipeline`` runs it:
+    image i (generator seed + i) is encoded by the VAE (z = scaling_factor · z_q, z_q ~ q(z | x) from the generator;
+    pixel pipelines: z = x), noised with the generator's next draw to the first of the last int(S · s) timesteps, and
+    denoised on them, conditioned on ``captions[i]`` (CFG as the pipeline's own: one 2B forward). One :class:`Batch`
+    of decoded edits in [-1, 1] per ``call.batch_size`` images; NonFiniteError on NaN/Inf."""
+    pred, scheduler, S = subject.predictor(), subject.scheduler, call.num_inference_steps
+    step_params = inspect.signature(scheduler.step).parameters
+    step_kwargs = {"eta": call.eta} if "eta" in step_params else {}
+    scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
+    device, n = call.device, len(call.init)
+    for i0 in range(0, n, call.batch_size):
+        i1 = min(i0 + call.batch_size, n)
+        gens = image_generators(call.seed, i0, i1)
+        if "generator" in step_params:
+            step_kwargs["generator"] = gens
+        with meter.batch(i1 - i0), torch.inference_mode() if call.inference_mode else torch.no_grad():
+            scheduler.set_timesteps(S, device=device)
+            timesteps = img2img_timesteps(scheduler, S, call.strength)
+            z0 = pred.encode(call.init[i0:i1].to(device), gens)
+            z = noise_to(scheduler, z0, initial_noise(gens, z0.shape[1:]).to(device, z0.dtype), timesteps[0])
+            cond = pred.condition(None, None if captions is None else captions[i0:i1])
+            for k, t in enumerate(timesteps):
+                out = pred.output(scale(z, t), t.float().expand(len(z)), cond, call.guidance_scale, meter)
+                z = scheduler.step(out, t, z, **step_kwargs).prev_sample
+                if not torch.isfinite(z).all():
+                    raise NonFiniteError(k, float(t), len(timesteps))
+            x = pred.decode(z).clamp(-1, 1).to("cpu", torch.float32, copy=True)
+        yield Batch(x=x, labels=None, index=torch.arange(i0, i1))
+
+
+def _edits(cfg, subject, call, captions, meter, progress: bool = False) -> Iterator[Batch]:
+    """The edits of ``call``: a loaded pipeline's through its components, every other subject's own loop."""
+    if cfg.model.name == "pipeline":
+        return pipeline_edits(subject, call, captions, meter)
+    return subject.batches(call, meter, progress=progress)
 
 
 def run(cfg, info, subject, call, work_dir) -> TaskResult:
@@ -237,10 +303,13 @@ def run(cfg, info, subject, call, work_dir) -> TaskResult:
     edit_call = dataclasses.replace(call, init=x0, strength=float(t.strength),
                                     class_labels=tuple(target.tolist()) if target is not None else None)
     classes = sorted(set(target.tolist())) if target is not None else None
+    captions = None  # a text-to-image pipeline's prompts: the target captions
+    if cfg.model.name == "pipeline" and target is not None and condition_of(cfg, info) == "text":
+        captions = [info.class_names[k] for k in target.tolist()]
     scorer = EditScorer(cfg, info, classes)
     meter = CostMeter(call.device, c.warmup_batches, c.min_timed_batches)
     score_s, kept = 0.0, []
-    for batch in subject.batches(edit_call, meter, progress=bool(cfg.trainer.enable_progress_bar)):
+    for batch in _edits(cfg, subject, edit_call, captions, meter, bool(cfg.trainer.enable_progress_bar)):
         t0 = time.perf_counter()
         i = batch.index
         scorer.update(batch.x, x0[i], None if source is None else source[i], None if target is None else target[i])
@@ -251,7 +320,7 @@ def run(cfg, info, subject, call, work_dir) -> TaskResult:
     score_s += time.perf_counter() - t0
     for _ in range(c.repeats - 1):  # re-time the sampling only; the edits are the ones already scored
         again = CostMeter(call.device, c.warmup_batches)
-        for _ in subject.batches(edit_call, again):
+        for _ in _edits(cfg, subject, edit_call, captions, again):
             pass
         meter.add_timing(again)
     edits = torch.cat(kept)

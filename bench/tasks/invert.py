@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from bench.artifacts import write_grid
 from bench.evaluators import load_feature_net
@@ -38,7 +37,7 @@ from bench.results import Columns
 from bench.sampling import NonFiniteError
 from bench.schema import ConfigError
 
-from .common import TaskResult, condition_of, held_out, task_columns
+from .common import TaskResult, condition_of, held_out, image_scores, task_columns
 
 METHODS = ("plain", "null_text")
 SPACINGS = ("leading", "trailing")  # DDIMInverseScheduler.set_timesteps knows no other
@@ -176,11 +175,11 @@ def ssim_kernel(size: int) -> int:
 
 
 def pixel_scores(x, xr) -> dict:
-    """Per-image reconstruction errors in [0, 1] intensity: squared error, PSNR, SSIM (torchmetrics), each (B,)."""
+    """Per-image reconstruction errors in [0, 1] intensity: squared error, PSNR, SSIM (each (B,);
+    :func:`bench.tasks.common.image_scores` with the window :func:`ssim_kernel`) of ``xr`` against ``x``."""
     a, b = (x.double().clamp(-1, 1) + 1) / 2, (xr.double().clamp(-1, 1) + 1) / 2
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    s = ssim(b, a, data_range=1.0, kernel_size=ssim_kernel(x.shape[-1]), reduction="none")
-    return {"mse": mse, "psnr": 10 * torch.log10(1 / mse), "ssim": s}
+    s = image_scores(b, a, kernel_size=ssim_kernel(x.shape[-1]))
+    return {k: s[k] for k in ("mse", "psnr", "ssim")}
 
 
 def _scores(cfg, info, reals: torch.Tensor, recons: torch.Tensor, per: dict) -> dict:
