@@ -176,6 +176,13 @@ def _method_unused(cfg) -> str | None:
     return None
 
 
+def _no_lora_layers(cfg) -> str | None:
+    a = cfg.get("adapter")
+    if a is not None and a.kind == "dreambooth" and a.get("method") == "lora":
+        return None  # DreamBooth's LoRA: the same layers
+    return _only_for("lora")(cfg)
+
+
 def _m(default=None, since: int = 1, **kw) -> Setting:
     return Setting(MODEL, default, since, **kw)
 
@@ -287,13 +294,17 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "adapter": {**{k: _m(v, 5, no_effect=_no_adapter) for k, v in (
         ("kind", "none"), ("classes", None), ("max_steps", 300), ("batch_size", 64), ("lr", 1e-3),
         ("warmup_steps", 20), ("ema_decay", 0.99), ("seed", 0))},
-        **{k: _m(v, 5, no_effect=_only_for("lora")) for k, v in (
+        **{k: _m(v, 5, no_effect=_no_lora_layers) for k, v in (
             ("rank", 4), ("alpha", None), ("target_modules", ["to_k", "to_q", "to_v", "to_out.0"]), ("conv", False))},
         "path": _m(None, 5, content=Content(_files, "path_content"), no_effect=_no_adapter),
         "lora_scale": _c(1.0, 5, no_effect=_only_for("lora")),
         "conditioning_scale": _c(1.0, 5, no_effect=_only_for("controlnet", "t2i_adapter")),
         "embedding_channels": _m(16, 5, no_effect=_only_for("controlnet")),
-        "num_res_blocks": _m(2, 5, no_effect=_only_for("t2i_adapter"))},
+        "num_res_blocks": _m(2, 5, no_effect=_only_for("t2i_adapter")),
+        **{k: _m(v, 5, no_effect=_only_for("dreambooth")) for k, v in (
+            ("method", "full"), ("instance", None), ("num_instance", 4), ("token", "sks"), ("prior_weight", 1.0),
+            ("num_class_images", 100), ("class_steps", 20), ("class_guidance", 2.0))},
+        "num_eval": _c(32, 5, no_effect=_only_for("dreambooth"))},
     "cost": {k: _r(v) for k, v in (("warmup_batches", 1), ("min_timed_batches", 5), ("repeats", 1),
                                    ("num_threads", 0), ("inference_mode", True))} | {
         # channels_last rounds differently (~1e-3 after 50 steps, as another batch size does): recorded in the row

@@ -12,6 +12,7 @@ _IMAGE = ("feature_net", "feature_net_hash", "resize", "quantize", "ref_id", "re
 _TOY = ("n_ref", "num_samples")  # toy2d ref_id carries the seed (fresh true samples per seed): not a setting
 _MACHINE = ("hardware", "device")  # timings and memory are comparable on one machine only
 _REAL = ("real_split", "num_real_images")  # a task's held-out real images: which split, how many
+_DREAMBOOTH = ("dreambooth_net_hash", "dreambooth_num_eval", "instance")  # DreamBooth's scores: one CLIP, N, subject
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,13 @@ METRICS: dict[str, Metric] = {
                           default=True, console=True, role="alignment"),
     "control_f1": Metric("control F1", "quality", higher_is_better=True, decimals=3, settings=("num_samples",),
                          role="alignment"),
+    # DreamBooth (Ruiz et al. 2023), bench.adapt.dreambooth: subject and prompt fidelity, prior preservation (lower:
+    # the class prompt kept its own images), diversity, and drift (FID of class-prompt samples vs the base model's)
+    "clip_i": Metric("CLIP-I", "quality", higher_is_better=True, decimals=3, settings=_DREAMBOOTH, role="alignment"),
+    "clip_t": Metric("CLIP-T", "quality", higher_is_better=True, decimals=3, settings=_DREAMBOOTH, role="alignment"),
+    "pres": Metric("PRES", "quality", decimals=3, settings=_DREAMBOOTH, role="distance"),
+    "div": Metric("DIV", "quality", higher_is_better=True, decimals=3, settings=_DREAMBOOTH, role="score"),
+    "drift": Metric("drift (FID vs base)", "quality", decimals=2, settings=_DREAMBOOTH, role="distance"),
     "nfe": Metric("NFE", "cost", decimals=0, console=True),  # a count of model calls: the same on any machine
     "nfe_classifier": Metric("classifier NFE", "cost", decimals=0),
     "latency_p50": Metric("latency p50 (ms/img)", "cost", scale=1000.0, settings=_MACHINE, deterministic=False,

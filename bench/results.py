@@ -87,6 +87,27 @@ class AdapterColumns(Columns):
 
 
 @dataclass(frozen=True)
+class DreamBoothColumns(AdapterColumns):
+    """A DreamBooth adapter (bench.adapt.dreambooth): its subject, token, prior weight and class images, and its scores
+    in the paper's terms (Ruiz et al. 2023): CLIP-I, CLIP-T, PRES, DIV, and drift (FID of its class-prompt samples
+    against the base model's), each on ``dreambooth_num_eval`` images per prompt in ``dreambooth_net``'s space."""
+
+    dreambooth_method: str | None = None
+    instance: str | None = None
+    token: str | None = None
+    prior_weight: float | None = None
+    num_class_images: int | None = None
+    clip_i: float | None = None
+    clip_t: float | None = None
+    pres: float | None = None
+    div: float | None = None
+    drift: float | None = None
+    dreambooth_num_eval: int | None = None
+    dreambooth_net: str | None = None
+    dreambooth_net_hash: str | None = None
+
+
+@dataclass(frozen=True)
 class PipelineColumns(Columns):
     """A loaded diffusers pipeline: what its checkpoint decided, the options it was loaded with, the scheduler it
     was sampled with and its prompt set (text-to-image pipelines)."""

@@ -412,7 +412,8 @@ class AdapterConfig(OptimConfig):
     (``classes``) and its optimisation (``max_steps`` ... ``seed``; weight decay, gradient clipping and label dropout
     are ``train``'s). Cached like a model under a key = the base model's key + these settings + its data."""
 
-    kind: str = "none"  # none | lora | full (every weight of the base, the baseline) | controlnet | t2i_adapter
+    # none | lora | full (every weight of the base, the baseline) | controlnet | t2i_adapter | dreambooth
+    kind: str = "none"
     rank: int = bounded(4, "[1, inf)")  # lora: r
     alpha: float | None = bounded(None, "(0, inf)")  # lora: lora_alpha (null = rank: scaling alpha / r = 1)
     # lora: the modules (name suffixes) that get a low-rank update; diffusers' attention projections by default
@@ -432,6 +433,18 @@ class AdapterConfig(OptimConfig):
     conditioning_scale: float = bounded(1.0, "[0, inf)")
     embedding_channels: int = bounded(16, "[1, inf)")  # controlnet: its conditioning embedding's width
     num_res_blocks: int = bounded(2, "[1, inf)")  # t2i_adapter: ResNet blocks per scale
+    # dreambooth (bench/adapt/dreambooth.py): what is trained (every weight, or a LoRA of adapter.rank), the subject
+    # (a shapes colour + shape the base never saw), its images, the rare token it is bound to, the prior-preservation
+    # weight and class images (drawn by the base model), and the images per prompt its scores are measured on
+    method: str = "full"  # full | lora
+    instance: str | None = None  # "<colour> <shape>" of data=shapes, e.g. "yellow circle"
+    num_instance: int = bounded(4, "[1, inf)")
+    token: str = "sks"
+    prior_weight: float = bounded(1.0, "[0, inf)")  # lambda: 0 = no prior preservation (no class images)
+    num_class_images: int = bounded(100, "[1, inf)")
+    class_steps: int = bounded(20, "[1, inf)")  # DDIM steps of the class images
+    class_guidance: float = bounded(2.0, "[0, inf)")  # their classifier-free guidance scale
+    num_eval: int = bounded(32, "[2, inf)")  # a cell setting: images per evaluation prompt
 
 
 @dataclass

@@ -6,7 +6,9 @@
 - ``full``: every weight of the denoiser fine-tuned: the baseline an adapter's parameters and forgetting are
   measured against;
 - ``controlnet``, ``t2i_adapter``: steered by the shape's mask (:mod:`bench.adapt.control`); with
-  ``model=pipeline``, a given ControlNet directory (``adapter.path``) at ``conditioning_scale``.
+  ``model=pipeline``, a given ControlNet directory (``adapter.path``) at ``conditioning_scale``;
+- ``dreambooth``: a subject bound to a rare token with prior preservation, full or LoRA
+  (:mod:`bench.adapt.dreambooth`), scored by CLIP-I, CLIP-T, PRES, DIV and drift.
 
 Every kind trains through the Lightning runner and the model store (:func:`load_or_adapt`), is keyed by the base
 model's key + its settings + its data (:func:`adapter_key`) and is sampled by the cell as its model
@@ -22,7 +24,7 @@ from bench.data.masks import control_masks
 from bench.registry import Registry
 from bench.schema import ConfigError
 
-from . import control, lora
+from . import control, dreambooth, lora
 from .common import (
     OPTIM_FIELDS,
     AdapterModule,
@@ -68,12 +70,20 @@ KINDS = Registry("adapter", "adapter.kind", {
                        doc="ControlNet (from_unet, zero convolutions) steered by the shape's mask"),
     "t2i_adapter": Kind(control.t2i_adapter, control.check, fields=control.T2I_FIELDS, for_sampling=control.scaled,
                         controlled=True, loss=control.annotated_loss, doc="T2I-Adapter steered by the shape's mask"),
+    "dreambooth": Kind(dreambooth.build, dreambooth.check, fields=dreambooth.FIELDS, training=dreambooth.prior_training,
+                       evaluate=dreambooth.evaluate,
+                       doc="a subject bound to a rare token, with prior preservation (full or LoRA)"),
 })
 
 
 def load_adapted(cfg):
-    """(the model a cell samples with ``cfg.adapter`` on its base, train_info): :func:`load_or_adapt` by kind."""
-    return load_or_adapt(cfg, KINDS[cfg.adapter.kind])
+    """(the model a cell samples with ``cfg.adapter`` on its base, train_info): :func:`load_or_adapt` by kind, its
+    own scores (``Kind.evaluate``) in its columns."""
+    kind = KINDS[cfg.adapter.kind]
+    model, train_info = load_or_adapt(cfg, kind)
+    if kind.evaluate is not None:
+        train_info = {**train_info, "adapter": kind.evaluate(cfg, model, train_info["adapter"])}
+    return model, train_info
 
 
 def controls(cfg):

@@ -43,7 +43,8 @@ class Kind(Entry):
     weights its update when sampling; ``controlled``: it is steered by a control map per image (the shape's mask,
     ``adapter.conditioning_scale``); ``loss(module, x0, labels, generator)``: its training loss, if not the base
     objective's; ``into_pipeline(cfg, loaded, base_key)``: a given file (``adapter.path``) loaded into a
-    ``model=pipeline`` subject, returning its columns."""
+    ``model=pipeline`` subject, returning its columns; ``training``, ``evaluate``: its own objective, items and
+    scores (DreamBooth's)."""
 
     fields: tuple = ()
     for_sampling: Callable = _identity
@@ -52,6 +53,10 @@ class Kind(Entry):
     controlled: bool = False
     loss: Callable | None = None
     into_pipeline: Callable | None = None
+    # cfg -> (the LightningModule class that trains it, its training items); None: AdapterModule on the data set's
+    # items of its classes
+    training: Callable | None = None
+    evaluate: Callable | None = None  # (cfg, model, columns) -> its columns with its own scores (DreamBooth's)
 
 
 OPTIM_FIELDS = ("max_steps", "batch_size", "lr", "warmup_steps", "ema_decay", "seed")
@@ -185,11 +190,13 @@ def load_or_adapt(cfg, kind: Kind) -> tuple[torch.nn.Module, dict]:
         return kind.build(cfg.adapter, copy.deepcopy(base).cpu().train())
 
     def train(work: Path) -> dict:
-        def make() -> AdapterModule:  # after fit's seeding: the adapter's initial weights are part of its key
-            return AdapterModule(cfg.model, cfg.objective, cfg.schedule, settings, info, model=adapted(),
-                                 loss=kind.loss)
+        module_cls, items = kind.training(cfg) if kind.training else (AdapterModule, None)
 
-        module = training.fit(make, with_classes(cfg.data, classes), settings, cfg.trainer, work)
+        def make() -> AdapterModule:  # after fit's seeding: the adapter's initial weights are part of its key
+            return module_cls(cfg.model, cfg.objective, cfg.schedule, settings, info, model=adapted(),
+                              loss=kind.loss)
+
+        module = training.fit(make, with_classes(cfg.data, classes), settings, cfg.trainer, work, train_set=items)
         names = trainable(module.model)
         return training.write_model_dir(module, cfg, info, work, key=key, config=key_cfg, names=set(names),
                                         base_key=base_info["model_key"], adapter=cfg.adapter.kind,

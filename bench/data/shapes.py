@@ -31,6 +31,22 @@ def shapes_class(k: int) -> tuple[str, str, str]:
     return list(SHAPES_COLOURS)[colour], SHAPES_KINDS[kind], SHAPES_POSITIONS[position]
 
 
+def shapes_classes_of(colour: str, kind: str) -> list[int]:
+    """The classes of a ``colour`` ``kind`` (its four positions); [] when there is no such colour or shape."""
+    if colour not in SHAPES_COLOURS or kind not in SHAPES_KINDS:
+        return []
+    first = (list(SHAPES_COLOURS).index(colour) * len(SHAPES_KINDS) + SHAPES_KINDS.index(kind)) * len(SHAPES_POSITIONS)
+    return list(range(first, first + len(SHAPES_POSITIONS)))
+
+
+def to_tensor(imgs: np.ndarray, channels: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, channels, H, W) in [-1, 1]; one channel: ITU-R 601 luma (PIL's "L")."""
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if int(channels) == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return x.contiguous()
+
+
 def shapes_caption(k: int) -> str:
     colour, kind, position = shapes_class(k)
     return f"a {colour} {kind} at the {position}"
@@ -97,8 +113,5 @@ class ShapesDataset(InMemoryDataset):
         masks = np.empty((n, 1, size, size), bool)
         for i in range(n):
             imgs[i], masks[i, 0] = shapes_item(data_cfg.split_seed, split, i, int(self.y[i]), size)
-        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        if int(data_cfg.channels) == 1:  # ITU-R 601 luma, as PIL's convert("L")
-            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        self.x = x.contiguous()
+        self.x = to_tensor(imgs, int(data_cfg.channels))
         self.masks = torch.from_numpy(masks)  # (n, 1, H, W) bool: item i's mask

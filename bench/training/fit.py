@@ -27,12 +27,13 @@ class TrainingStopped(RuntimeError):
 
 
 def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg, workdir: str | os.PathLike,
-        callbacks=(), logger=False) -> DiffusionModule:
+        callbacks=(), logger=False, train_set=None) -> DiffusionModule:
     """Train ``make_module()`` (a DiffusionModule; distillation passes its own) on ``data_cfg``'s train split per
     ``train`` (max_steps, batch_size, seed, grad_clip, checkpoint_every, accumulate_grad_batches) and the Lightning
     ``trainer_cfg`` in ``workdir``, resuming ``workdir/last.ckpt`` when present. The module is built after seeding:
     its initial weights are part of what the model key promises. ``logger``: a Lightning logger for the training
-    curves (``bench.tracking.training_logger``) or False. Raises :class:`TrainingStopped` when
+    curves (``bench.tracking.training_logger``) or False. ``train_set``: these items in place of the data set's
+    (an adapter's own: DreamBooth's instance and class images). Raises :class:`TrainingStopped` when
     ``trainer_cfg.max_time`` ends the training before ``train.max_steps``."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,7 @@ def fit(make_module: Callable[[], DiffusionModule], data_cfg, train, trainer_cfg
     if last.exists():
         _check_resumable(last)
     datamodule = BenchDataModule(data_cfg, train.batch_size, train.seed)
+    datamodule.train_set = train_set  # None: built from data_cfg at setup
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None,
                 weights_only=True)
     if spawned:  # ddp_spawn: the weights, EMA, loss curve and step count come from rank 0's final checkpoint
