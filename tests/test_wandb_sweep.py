@@ -43,8 +43,9 @@ def test_spec_grid_is_the_multirun_grid(study):
     hydra_cells = expand(["-m", f"sweep={study}"])
     keys = lambda cells: [cell_key(compose_cfg(c)) for c in cells]  # noqa: E731
     agent_keys, hydra_keys = keys(agent_cells), keys(hydra_cells)
-    assert len(set(agent_keys)) == len(agent_keys) == len(hydra_keys)  # one agent run per cell, no duplicates
-    assert set(agent_keys) == set(hydra_keys)
+    # one agent run per multirun cell: the same cells, each as often (a grid point whose setting has no effect there,
+    # e.g. a LoRA rank on the full fine-tune, is the same cell as its twin and resumes as finished)
+    assert sorted(agent_keys) == sorted(hydra_keys)
 
 
 def test_cli_writes_the_spec_and_rejects_a_bad_study(tmp_path, capsys):

@@ -176,7 +176,7 @@ def read_state(m) -> dict:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         _err("model.weights", m.weights, "a safetensors file or a torch.save file of tensors (weights_only)",
              _first_line(e))
@@ -223,7 +223,7 @@ def _read_table(path_str: str) -> np.ndarray:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
         if path.suffix in (".pt", ".pth"):
-            v = torch.load(str(path), map_location="cpu", weights_only=True)
+            v = torch.load(path, map_location="cpu", weights_only=True)
             return v.double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=np.float64)
         return np.loadtxt(path, dtype=np.float64, ndmin=1)
     except ConfigError:
