@@ -2,7 +2,6 @@
 way `wandb agent` runs it lands in the same results file and logs into the agent's run (WANDB_RUN_ID) only."""
 import json
 import os
-import sys
 
 import pytest
 import yaml
@@ -73,9 +72,9 @@ def test_create_registers_the_spec(tmp_path, monkeypatch, capsys):
 
 def test_agent_cells_land_in_the_results_file_each_in_its_own_wandb_run(tmp_path):
     """Two agent runs (as `wandb agent` starts them: WANDB_RUN_ID, WANDB_SWEEP_ID, params file), offline."""
-    import subprocess
-
     from wandb.sdk.lib import config_util
+
+    import cli_runner
 
     shrink = ["experiment=smoke", "sampling.num_samples=32", "tracker=wandb", f"out_dir={tmp_path / 'runs'}"]
     spec = sweep_spec("guidance", shrink + ["sampling.num_inference_steps=2"])
@@ -89,8 +88,7 @@ def test_agent_cells_land_in_the_results_file_each_in_its_own_wandb_run(tmp_path
                "WANDB_RUN_ID": run_id, "WANDB_SWEEP_ID": "sw1", "WANDB_SWEEP_PARAM_PATH": str(param_path)}
         argv = agent_command(spec, params)
         assert argv[0] == "bench"
-        p = subprocess.run([sys.executable, "-m", "bench.run", *argv[1:]], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+        p = cli_runner.run(argv[1:], cwd=ROOT, env=env, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
     root = tmp_path / "runs" / "guidance"
     got = rows(root / "results.jsonl")
