@@ -89,3 +89,37 @@ def run(argv: list[str], *, env: dict | None = None, cwd: str | os.PathLike | No
         stdout = Path(out).read_text(errors="replace")
         stderr = Path(err).read_text(errors="replace")
     return subprocess.CompletedProcess([sys.executable, "-m", "bench.run", *argv], code, stdout, stderr)
+
+
+def in_process(capsys, monkeypatch, *argv: str) -> tuple[int, list[str]]:
+    """``bench.run.main()`` in this process with ``argv``: (exit status, stderr lines). For tests that check what
+    the entry point does before any work (errors), where a child process would only add its start-up."""
+    import logging
+
+    from bench.run import main
+
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    capsys.readouterr()
+    code = 0
+    logging.root.handlers.clear()  # in-process Hydra runs leave handlers on streams pytest has closed since
+    try:
+        main()
+    except SystemExit as e:
+        code = 0 if e.code is None else e.code
+    finally:
+        logging.root.handlers.clear()
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_line_error(code: int, err: list[str], out: Path, *fragments: str) -> str:
+    """Bad input's contract: exit 2, one ``bench: error:`` line (the last, no traceback) holding ``fragments``, and
+    nothing half-written under ``out`` (no results, no cell directories)."""
+    assert code == 2, err
+    errors = [line for line in err if line.startswith("bench: error:")]
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    assert not any("Traceback" in line for line in err), err
+    for f in fragments:
+        assert f in errors[0], (f, errors[0])
+    out = Path(out)
+    assert not list(out.rglob("results.jsonl")) and not list(out.rglob("metrics.json")) and not list(out.rglob("cells"))
+    return errors[0]
