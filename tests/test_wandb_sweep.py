@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from bench.keys import cell_key
-from bench.preflight import compose_cfg, expand
+from bench.preflight import compose_cells, expand
 from bench.wandb_sweep import main, sweep_spec
 from test_run import ROOT, rows
 
@@ -40,7 +40,7 @@ def test_spec_grid_is_the_multirun_grid(study):
     agent_cells = [[a for a in agent_command(spec, p)[2:] if not a.startswith("hydra.sweep.subdir=")]
                    for p in grid_params(spec)]
     hydra_cells = expand(["-m", f"sweep={study}"])
-    keys = lambda cells: [cell_key(compose_cfg(c)) for c in cells]  # noqa: E731
+    keys = lambda cells: [cell_key(cfg) for cfg, _ in compose_cells(cells)]  # noqa: E731
     agent_keys, hydra_keys = keys(agent_cells), keys(hydra_cells)
     # one agent run per multirun cell: the same cells, each as often (a grid point whose setting has no effect there,
     # e.g. a LoRA rank on the full fine-tune, is the same cell as its twin and resumes as finished)
@@ -93,8 +93,8 @@ def test_agent_cells_land_in_the_results_file_each_in_its_own_wandb_run(tmp_path
     root = tmp_path / "runs" / "guidance"
     got = rows(root / "results.jsonl")
     assert [r["guidance_scale"] for r in got] == [0.0, 1.0] and all(r["status"] == "ok" for r in got)
-    hydra_keys = {cell_key(compose_cfg(c)) for c in expand(["-m", "sweep=guidance", *shrink,
-                                                            "sampling.num_inference_steps=2"])}
+    hydra_cells = expand(["-m", "sweep=guidance", *shrink, "sampling.num_inference_steps=2"])
+    hydra_keys = {cell_key(cfg) for cfg, _ in compose_cells(hydra_cells)}
     assert {r["cell_key"] for r in got} <= hydra_keys  # the same cells a Hydra multirun of the study runs
     runs = {d.name.rsplit("-", 1)[1]: d for d in (root / "wandb").glob("offline-run-*")}
     # one run per cell, the agent's; no ablation run per agent call; and the model's training run (the first call
