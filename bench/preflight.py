@@ -7,6 +7,7 @@ This is validation only; Hydra's launcher still runs the jobs.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import re
@@ -92,19 +93,59 @@ def _one_line(e: BaseException) -> str:
     return msg
 
 
+def _composition_error(e: Exception) -> CompositionError:
+    if isinstance(e, OmegaConfBaseException):
+        key = getattr(e, "full_key", None)
+        return CompositionError(f"{key}: {_one_line(e)}" if key else _one_line(e))
+    return CompositionError(_one_line(e))  # hydra.errors.* (ConfigCompositionException, OverrideParseException, ...)
+
+
 def compose_cfg(overrides: list[str], return_hydra_config: bool = False):
     register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose("bench", overrides=overrides, return_hydra_config=return_hydra_config)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise CompositionError(f"{key}: {_one_line(e)}" if key else _one_line(e)) from None
-    except Exception as e:  # hydra.errors.* (ConfigCompositionException, OverrideParseException, ...)
-        raise CompositionError(_one_line(e)) from None
+    except Exception as e:
+        raise _composition_error(e) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _config_groups() -> set[str]:
+    root = Path(CONF_DIR)
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir()}
+
+
+def _is_value_override(o: str, groups: set[str]) -> bool:
+    """A plain ``key=value`` on a key that is no config group: Hydra applies it to the config composed from the
+    defaults list (``config_overrides``), after every group choice, so cells that differ only in such overrides
+    compose the same defaults."""
+    if "=" not in o or o[:1] in "+~" or o.startswith("hydra"):
+        return False
+    key = o.split("=", 1)[0]
+    return "@" not in key and key not in groups
+
+
+def compose_cells(cells: list[list[str]]):
+    """Yield each cell's composed config (as :func:`compose_cfg` gives it) and its overrides. Cells share one
+    composition per set of group choices; each copy then gets the cell's value overrides the way Hydra's own
+    loader applies them (``ConfigLoaderImpl._apply_overrides_to_config``), so a 30-cell sampler x steps grid
+    composes 6 times instead of 30. Errors read as :func:`compose_cfg`'s."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    groups, parser, bases = _config_groups(), OverridesParser.create(), {}
+    for overrides in cells:
+        fixed = tuple(o for o in overrides if not _is_value_override(o, groups))
+        values = [o for o in overrides if _is_value_override(o, groups)]
+        if fixed not in bases:
+            bases[fixed] = compose_cfg(list(fixed))
+        cfg = copy.deepcopy(bases[fixed])
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(parser.parse_overrides(values), cfg)
+        except Exception as e:
+            raise _composition_error(e) from None
+        yield cfg, overrides
 
 
 def _unparsable(parser, overrides: list[str]) -> str:
@@ -215,8 +256,7 @@ def check(argv: Iterable[str]) -> int:
     cells = expand(argv)
     if cells is None:
         return 0
-    for overrides in cells[:MAX_CELLS]:
-        cfg = compose_cfg(overrides)
+    for cfg, _ in compose_cells(cells[:MAX_CELLS]):
         check_declared_keys(cfg)
         validate(cfg)
     return len(cells)

@@ -8,10 +8,9 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_runner
 from metrics_helpers import CACHE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,8 +82,7 @@ def bench(out_dir, *args, cache=CACHE, env=None, timeout=600):
     e = {**os.environ, "BENCH_CACHE": str(cache), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
          "OMP_NUM_THREADS": "1", **(env or {})}
     e.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "bench.run", *args, f"out_dir={out_dir}"], cwd=ROOT, env=e,
-                          capture_output=True, text=True, timeout=timeout)
+    return cli_runner.run([*args, f"out_dir={out_dir}"], cwd=ROOT, env=e, timeout=timeout)
 
 
 def rows(path) -> list[dict]:

@@ -6,15 +6,14 @@ statistics that do not match, a results file bench cannot read) stop the run wit
 leave no half-written cell. NaN/Inf and out-of-memory fail only their cell: a failed row, and the sweep goes on.
 """
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cli_runner import assert_one_line_error, in_process
 from reliability_helpers import DIGITS, TOY, bench, private_cache, rows, trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,32 +31,9 @@ def digits_model():
 
 def cli(tmp_path, capsys, monkeypatch, *args, out=None):
     """bench.run.main() with `args`: (exit status, stderr lines, results root)."""
-    from bench.run import main
-
     out = Path(out or tmp_path / "runs")
-    monkeypatch.setattr(sys, "argv", ["bench", *args, f"out_dir={out}"])
-    capsys.readouterr()
-    code = 0
-    logging.root.handlers.clear()  # in-process Hydra runs leave handlers on streams pytest has closed since
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        logging.root.handlers.clear()
-    return code, capsys.readouterr().err.strip().splitlines(), out
-
-
-def assert_one_line_error(code, err, out, *fragments):
-    assert code == 2, err
-    errors = [line for line in err if line.startswith("bench: error:")]
-    assert len(errors) == 1 and err[-1] == errors[0], err
-    assert not any("Traceback" in line for line in err), err
-    for f in fragments:
-        assert f in errors[0], (f, errors[0])
-    # nothing half-written: no results, no cell directories (config errors: no directory at all)
-    assert not list(out.rglob("results.jsonl")) and not list(out.rglob("metrics.json")) and not list(out.rglob("cells"))
-    return errors[0]
+    code, err = in_process(capsys, monkeypatch, *args, f"out_dir={out}")
+    return code, err, out
 
 
 # ------------------------------------------------------------------------------------------- config-level errors

@@ -3,11 +3,9 @@ files and torchvision's own readers, files written here in the published formats
 one-line refusals, the offline evaluator and one smoke cell."""
 import gzip
 import json
-import logging
 import pickle
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 from bench.data import build_dataset, get_data_info
 from bench.data.standard import read_split
 from bench.schema import ConfigError
+from cli_runner import assert_one_line_error, in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -285,27 +284,11 @@ def test_download_only_when_asked_and_through_torchvision(compose_cfg, tmp_path,
 
 # ------------------------------------------------------------------------------------- evaluator and a cell
 
-def cli(tmp_path, capsys, monkeypatch, *args):
-    from bench.run import main
-
-    monkeypatch.setattr(sys, "argv", ["bench", *args, f"out_dir={tmp_path / 'runs'}"])
-    capsys.readouterr()
-    code = 0
-    logging.root.handlers.clear()
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        logging.root.handlers.clear()
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
 def test_test_only_root_is_one_line_error_before_any_work(tmp_path, capsys, monkeypatch):
-    code, err = cli(tmp_path, capsys, monkeypatch, "experiment=smoke", "tracker=none", "data=mnist",
-                    f"data.root={OFFICIAL}")
-    assert code == 2 and len(err) == 1 and err[0].startswith("bench: error: data.root=")
-    assert "MNIST/raw/train-images-idx3-ubyte[.gz] not found" in err[0] and not (tmp_path / "runs").exists()
+    code, err = in_process(capsys, monkeypatch, "experiment=smoke", "tracker=none", "data=mnist",
+                           f"data.root={OFFICIAL}", f"out_dir={tmp_path / 'runs'}")
+    line = assert_one_line_error(code, err, tmp_path / "runs", "MNIST/raw/train-images-idx3-ubyte[.gz] not found")
+    assert line.startswith("bench: error: data.root=") and not (tmp_path / "runs").exists()
 
 
 def test_evaluator_trained_on_first_use_and_a_smoke_cell(blocks_root, tmp_path, capsys, monkeypatch, bench_cache):
@@ -338,7 +321,7 @@ def test_evaluator_trained_on_first_use_and_a_smoke_cell(blocks_root, tmp_path, 
     assert f"cached {Path(net.meta['path']).name}: sha256 {net.weights_hash}" in listed
     assert "cifar10_cnn: trained on first use" in listed
 
-    code, err = cli(tmp_path, capsys, monkeypatch, *args)
+    code, err = in_process(capsys, monkeypatch, *args, f"out_dir={tmp_path / 'runs'}")
     assert code == 0, err
     (row,) = [json.loads(line) for line in (tmp_path / "runs/smoke/results.jsonl").read_text().splitlines()]
     assert row["status"] == "ok" and row["feature_net"] == "mnist_cnn" and row["feature_net_hash"] == net.weights_hash

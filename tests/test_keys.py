@@ -1,6 +1,7 @@
 """Cell and model identity (bench/keys.py): the keys of every committed result recomputed from its recorded config."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,19 +17,28 @@ def committed_rows() -> list[tuple[Path, dict]]:
     return [(f.parent, json.loads(line)) for f in COMMITTED for line in f.read_text().splitlines() if line.strip()]
 
 
-def recorded_config(root: Path, row: dict):
-    """The config a committed row was run with: its cells/<key>/config.yaml over today's schema defaults (a key added
-    since the row was written takes its default, as a fresh compose of that command would)."""
+@functools.cache
+def _schema_defaults(family: str):
+    """Today's schema defaults with the model group as ``family``'s schema (built once per family: converting
+    every dataclass is most of the cost of reading a row back)."""
     from bench.schema import GROUPS, MODEL_SCHEMAS, BenchConfig
 
-    recorded = OmegaConf.load(root / row["config_path"])
     base = OmegaConf.structured(BenchConfig)
     for group, node in GROUPS.items():
         base[group] = OmegaConf.structured(node)
+    base.model = OmegaConf.structured(MODEL_SCHEMAS[family])
+    return base
+
+
+def recorded_config(root: Path, row: dict):
+    """The config a committed row was run with: its cells/<key>/config.yaml over today's schema defaults (a key added
+    since the row was written takes its default, as a fresh compose of that command would)."""
+    from bench.schema import MODEL_SCHEMAS
+
+    recorded = OmegaConf.load(root / row["config_path"])
     family = MODEL_SCHEMAS[recorded.model.name]  # the family's own keys: the others' are hashed at their frame value
-    base.model = OmegaConf.structured(family)
     recorded.model = {k: v for k, v in recorded.model.items() if k in family.__dataclass_fields__}
-    return OmegaConf.merge(base, recorded)
+    return OmegaConf.merge(_schema_defaults(recorded.model.name), recorded)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf
 
-from bench.preflight import CompositionError, compose_cfg, expand
+from bench.preflight import CompositionError, compose_cells, compose_cfg, expand
 from bench.schema import MODEL_SCHEMAS
 
 
@@ -129,3 +129,20 @@ def test_smoke_shrinks_the_unet_families_only():
     assert list(compose_cfg(["model=unet"]).model.block_out_channels) == [32, 64]
     assert compose_cfg(["experiment=smoke", "model=dit"]).model.patch_size == 2
 
+
+
+def test_cells_sharing_group_choices_compose_as_hydra_composes_each():
+    """The preflight composes once per set of group choices and applies each cell's value overrides to a copy:
+    every cell's config (and a bad value's one-line error) is the one a full compose of that cell gives."""
+    cells = expand(["-m", "experiment=smoke", "tracker=none", "sampler=ddim,euler",
+                    "sampling.num_inference_steps=2,3", "++train.max_steps=5"])
+    assert len(cells) == 4
+    got = [(OmegaConf.to_yaml(cfg), o) for cfg, o in compose_cells(cells)]
+    assert [o for _, o in got] == cells
+    assert [y for y, _ in got] == [OmegaConf.to_yaml(compose_cfg(o)) for o in cells]
+    bad = [*cells[0][:-1], "sampling.num_inference_steps=many"]
+    with pytest.raises(CompositionError) as full:
+        compose_cfg(bad)
+    with pytest.raises(CompositionError) as fast:
+        list(compose_cells([cells[0], bad]))
+    assert str(fast.value) == str(full.value) and "sampling.num_inference_steps" in str(fast.value)

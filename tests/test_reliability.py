@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+import cli_runner
 from reliability_helpers import CACHE, METRICS, ROOT, TOY, TOY_SWEEP, compose, trained
 
 # ------------------------------------------------------------------------------------------------ driver (child side)
@@ -231,12 +233,11 @@ def test_two_sweeps_append_to_one_results_file(toy_model, tmp_path):
     """Two real `bench` processes, same out_dir/name, overlapping grids: every row whole, one row per cell."""
     a = ["-m", *TOY, "sampler=ddim,euler", "sampling.num_inference_steps=2,3,4"]
     b = ["-m", *TOY, "sampler=euler,heun", "sampling.num_inference_steps=2,3,4"]
-    env = {"BENCH_CACHE": str(CACHE), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.run", *args, f"out_dir={tmp_path}"], cwd=ROOT,
-                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for args in (a, b)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+    env = {**os.environ, "BENCH_CACHE": str(CACHE), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    with ThreadPoolExecutor(2) as pool:  # two processes at once
+        procs = list(pool.map(lambda args: cli_runner.run([*args, f"out_dir={tmp_path}"], cwd=ROOT, env=env,
+                                                          timeout=600), (a, b)))
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-3000:] for p in procs]
     got = _check_results(tmp_path / "toy2d" / "results.jsonl")
     assert len(got) == 9  # 6 + 6 cells, 3 shared (euler): each once
     assert {(r["sampler"], r["num_inference_steps"]) for r in got.values()} == {

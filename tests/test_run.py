@@ -1,11 +1,12 @@
 """End to end through the real CLI (`bench`), with the real config shrunk (experiment=smoke / toy2d)."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+import cli_runner
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = [sys.executable, "-m", "bench.run"]
@@ -17,8 +18,7 @@ def bench(tmp_path, *args, check=True, env=None):
     e = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", **(env or {})}
     flags = [a for a in args if a.startswith("-")]  # Hydra wants -m before the overrides
     args = [a for a in args if not a.startswith("-")]
-    p = subprocess.run([*BENCH, *flags, f"out_dir={tmp_path / 'runs'}", *args], cwd=ROOT, env=e, capture_output=True,
-                       text=True, timeout=900)
+    p = cli_runner.run([*flags, f"out_dir={tmp_path / 'runs'}", *args], cwd=ROOT, env=e, timeout=900)
     if check and p.returncode != 0:
         raise AssertionError(f"bench {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
     return p

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -236,23 +235,13 @@ def test_inconsistent_declarations_are_one_line(compose_cfg, overrides, key):
 
 def test_bad_input_on_the_command_line_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
     """The real entry point (in-process): a failing probe is one `bench: error:` line, exit 2, no results."""
-    import logging
-
-    from bench.run import main
+    from cli_runner import assert_one_line_error, in_process
 
     out = tmp_path / "runs"
-    monkeypatch.setattr(sys, "argv", ["bench", "experiment=smoke", "tracker=none", "model=torch", *OWN,
-                                      "model.time_input=index", f"out_dir={out}"])
-    capsys.readouterr()
-    logging.root.handlers.clear()
-    with pytest.raises(SystemExit) as e:
-        main()
-    logging.root.handlers.clear()
-    err = capsys.readouterr().err.strip().splitlines()
-    lines = [ln for ln in err if ln.startswith("bench: error:")]
-    assert e.value.code == 2 and len(lines) == 1 and err[-1] == lines[0], err
-    assert "model.time_input='index' is not allowed" in lines[0] and "likely model.time_input=fraction" in lines[0]
-    assert not any(out.rglob("results.jsonl")) and not any(out.rglob("cells"))
+    code, err = in_process(capsys, monkeypatch, "experiment=smoke", "tracker=none", "model=torch", *OWN,
+                           "model.time_input=index", f"out_dir={out}")
+    line = assert_one_line_error(code, err, out)
+    assert "model.time_input='index' is not allowed" in line and "likely model.time_input=fraction" in line
 
 
 # ---------------------------------------------------------------------------------------------------------- keys

@@ -2,13 +2,12 @@
 way `wandb agent` runs it lands in the same results file and logs into the agent's run (WANDB_RUN_ID) only."""
 import json
 import os
-import sys
 
 import pytest
 import yaml
 
 from bench.keys import cell_key
-from bench.preflight import compose_cfg, expand
+from bench.preflight import compose_cells, expand
 from bench.wandb_sweep import main, sweep_spec
 from test_run import ROOT, rows
 
@@ -41,7 +40,7 @@ def test_spec_grid_is_the_multirun_grid(study):
     agent_cells = [[a for a in agent_command(spec, p)[2:] if not a.startswith("hydra.sweep.subdir=")]
                    for p in grid_params(spec)]
     hydra_cells = expand(["-m", f"sweep={study}"])
-    keys = lambda cells: [cell_key(compose_cfg(c)) for c in cells]  # noqa: E731
+    keys = lambda cells: [cell_key(cfg) for cfg, _ in compose_cells(cells)]  # noqa: E731
     agent_keys, hydra_keys = keys(agent_cells), keys(hydra_cells)
     # one agent run per multirun cell: the same cells, each as often (a grid point whose setting has no effect there,
     # e.g. a LoRA rank on the full fine-tune, is the same cell as its twin and resumes as finished)
@@ -73,9 +72,9 @@ def test_create_registers_the_spec(tmp_path, monkeypatch, capsys):
 
 def test_agent_cells_land_in_the_results_file_each_in_its_own_wandb_run(tmp_path):
     """Two agent runs (as `wandb agent` starts them: WANDB_RUN_ID, WANDB_SWEEP_ID, params file), offline."""
-    import subprocess
-
     from wandb.sdk.lib import config_util
+
+    import cli_runner
 
     shrink = ["experiment=smoke", "sampling.num_samples=32", "tracker=wandb", f"out_dir={tmp_path / 'runs'}"]
     spec = sweep_spec("guidance", shrink + ["sampling.num_inference_steps=2"])
@@ -89,14 +88,13 @@ def test_agent_cells_land_in_the_results_file_each_in_its_own_wandb_run(tmp_path
                "WANDB_RUN_ID": run_id, "WANDB_SWEEP_ID": "sw1", "WANDB_SWEEP_PARAM_PATH": str(param_path)}
         argv = agent_command(spec, params)
         assert argv[0] == "bench"
-        p = subprocess.run([sys.executable, "-m", "bench.run", *argv[1:]], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+        p = cli_runner.run(argv[1:], cwd=ROOT, env=env, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
     root = tmp_path / "runs" / "guidance"
     got = rows(root / "results.jsonl")
     assert [r["guidance_scale"] for r in got] == [0.0, 1.0] and all(r["status"] == "ok" for r in got)
-    hydra_keys = {cell_key(compose_cfg(c)) for c in expand(["-m", "sweep=guidance", *shrink,
-                                                            "sampling.num_inference_steps=2"])}
+    hydra_cells = expand(["-m", "sweep=guidance", *shrink, "sampling.num_inference_steps=2"])
+    hydra_keys = {cell_key(cfg) for cfg, _ in compose_cells(hydra_cells)}
     assert {r["cell_key"] for r in got} <= hydra_keys  # the same cells a Hydra multirun of the study runs
     runs = {d.name.rsplit("-", 1)[1]: d for d in (root / "wandb").glob("offline-run-*")}
     # one run per cell, the agent's; no ablation run per agent call; and the model's training run (the first call
