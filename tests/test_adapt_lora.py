@@ -16,6 +16,8 @@ from bench.schema import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 OLD, NEW = "[0,1,2,3,4]", "[5,6,7,8,9]"
 CONF = Path(__file__).resolve().parent.parent / "conf"
+# model=text_unet (UNet2DConditionModel: LoRA through its own add_adapter) needs the captioned shapes
+FAMILY = {"unet": "model=unet", "dit": "model=dit", "text_unet": "family=shapes_text_unet"}
 
 
 def _base_and_lora(compose_cfg, *overrides):
@@ -31,10 +33,15 @@ def _base_and_lora(compose_cfg, *overrides):
     return cfg, info, base, adapted
 
 
-@pytest.mark.parametrize("family", ["unet", "dit"])
+@pytest.mark.parametrize("family", ["unet", "dit", "text_unet"])
 def test_lora_leaves_the_output_unchanged_at_initialisation(compose_cfg, family):
     """B = 0 at initialisation: W x + (alpha / r) B A x = W x, bit for bit; A is not zero (the update can train)."""
-    cfg, info, base, adapted = _base_and_lora(compose_cfg, f"model={family}", "adapter.rank=4")
+    from bench.adapt import lora
+
+    cfg, info, base, adapted = _base_and_lora(compose_cfg, FAMILY[family], "adapter.rank=4")
+    if family == "text_unet":  # diffusers' PEFT mixin (add_adapter), not peft's inject_adapter_in_model
+        assert type(lora.diffusers_net(adapted)).__name__ == "UNet2DConditionModel"
+        assert hasattr(lora.diffusers_net(adapted), "add_adapter")
     x, t = torch.randn(6, *info.shape, generator=torch.Generator().manual_seed(1)), torch.linspace(1, 900, 6)
     y = torch.arange(6) % 10
     with torch.no_grad():
@@ -46,11 +53,11 @@ def test_lora_leaves_the_output_unchanged_at_initialisation(compose_cfg, family)
     assert all(float(p.detach().abs().sum()) > 0 for p in a) and all(float(p.detach().abs().sum()) == 0 for p in b)
 
 
-@pytest.mark.parametrize("family,rank", [("unet", 1), ("unet", 8), ("dit", 4)])
+@pytest.mark.parametrize("family,rank", [("unet", 1), ("unet", 8), ("dit", 4), ("text_unet", 4)])
 def test_trainable_parameters_are_r_times_in_plus_out_per_adapted_layer(compose_cfg, family, rank):
     from bench.adapt import trainable
 
-    cfg, _, base, adapted = _base_and_lora(compose_cfg, f"model={family}", f"adapter.rank={rank}")
+    cfg, _, base, adapted = _base_and_lora(compose_cfg, FAMILY[family], f"adapter.rank={rank}")
     targets = tuple(cfg.adapter.target_modules)
     layers = [m for n, m in base.named_modules() if isinstance(m, nn.Linear) and n.endswith(targets)]
     assert len(layers) >= 4  # one attention block at least: to_q, to_k, to_v, to_out.0
