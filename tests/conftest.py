@@ -56,6 +56,35 @@ def compose_cfg():
 
 
 @pytest.fixture
+def pipeline_run(compose_cfg):
+    """pipeline_run(path, *overrides, num_samples=3, batch_size=2) -> a cell of the tiny ``model=pipeline`` at
+    ``path`` on the shapes prompts (2 steps, cpu), loaded and sampled as the harness does: a namespace with ``cfg``,
+    ``info``, ``subject``, ``train_info``, its ``batches``, their images ``x`` and the row's adapter ``columns``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.metrics.cost import CostMeter
+    from bench.sampling.subject import sampling_call
+    from bench.subjects import load_subject
+    from bench.validate import validate
+
+    def _run(path, *overrides: str, num_samples: int = 3, batch_size: int = 2):
+        cfg = compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", "device=cpu",
+                          "sampling.num_inference_steps=2", f"sampling.num_samples={num_samples}",
+                          f"sampling.batch_size={batch_size}", *overrides)
+        info = validate(cfg)
+        subject, train_info = load_subject(cfg, info, "cpu")
+        call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
+        batches = list(subject.batches(call, CostMeter("cpu")))
+        columns = {k: v for g in subject.columns().groups for k, v in g.columns().items()}
+        return SimpleNamespace(cfg=cfg, info=info, subject=subject, train_info=train_info, batches=batches,
+                               x=torch.cat([b.x for b in batches]), columns=columns)
+
+    return _run
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls (~7x here)."""
     import torch

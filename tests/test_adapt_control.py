@@ -286,37 +286,17 @@ def tiny_sd_controlnet(tmp_path_factory):
     return path, root / "controlnet", sum(p.numel() for p in net.parameters())
 
 
-def _pipeline(compose_cfg, path, *overrides):
-    from bench.subjects import load_subject
-    from bench.validate import validate
-
-    cfg = compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", "device=cpu",
-                      "sampling.num_inference_steps=2", "sampling.num_samples=3", "sampling.batch_size=2", *overrides)
-    info = validate(cfg)
-    subject, train_info = load_subject(cfg, info, "cpu")
-    return cfg, info, subject, train_info
-
-
-def _images(cfg, info, subject):
-    from bench.sampling.subject import sampling_call
-
-    call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
-    batches = list(subject.batches(call, CostMeter("cpu")))
-    return torch.cat([b.x for b in batches]), batches
-
-
-def test_a_controlnet_directory_on_a_pipeline(tiny_sd_controlnet, compose_cfg):
+def test_a_controlnet_directory_on_a_pipeline(tiny_sd_controlnet, pipeline_run):
     """StableDiffusionControlNetPipeline through the harness: at scale 0 the pipeline's own images, at scale 1 other
     ones equal to the pipeline's own __call__ one image at a time (generator seed + i, that image's mask); the row
     names the ControlNet (parameters, bytes, scale) and a key of the pipeline and the directory."""
     from bench.sampling import diffusers_pipeline as pipelines
 
     path, net_dir, params = tiny_sd_controlnet
-    plain = _images(*_pipeline(compose_cfg, path)[:3])[0]
-    zero = _images(*_pipeline(compose_cfg, path, "adapter=controlnet", f"adapter.path={net_dir}",
-                              "adapter.conditioning_scale=0")[:3])[0]
-    cfg, info, subject, train_info = _pipeline(compose_cfg, path, "adapter=controlnet", f"adapter.path={net_dir}")
-    one, batches = _images(cfg, info, subject)
+    plain = pipeline_run(path).x
+    zero = pipeline_run(path, "adapter=controlnet", f"adapter.path={net_dir}", "adapter.conditioning_scale=0").x
+    run = pipeline_run(path, "adapter=controlnet", f"adapter.path={net_dir}")
+    cfg, subject, train_info, one, batches = run.cfg, run.subject, run.train_info, run.x, run.batches
     assert float((zero - plain).abs().max()) <= 1e-5 and float((one - plain).abs().max()) > 1e-3
     p = subject.prompts
     masks = control_masks(cfg.data, torch.as_tensor([p.labels[p.of(i)] for i in range(3)]), torch.arange(3))
@@ -328,7 +308,7 @@ def test_a_controlnet_directory_on_a_pipeline(tiny_sd_controlnet, compose_cfg):
         own.append(pipelines.to_model_space(subject.pipe(**kw).images))
     assert type(subject.pipe).__name__ == "StableDiffusionControlNetPipeline"
     assert float((torch.cat(own) - one).abs().max()) <= 1e-4
-    cols = {k: v for g in subject.columns().groups for k, v in g.columns().items()}
+    cols = run.columns
     assert cols["adapter"] == "controlnet" and cols["conditioning_scale"] == 1.0
     assert cols["adapter_trainable_params"] == params
     assert cols["adapter_bytes"] == sum(f.stat().st_size for f in net_dir.iterdir())

@@ -239,29 +239,18 @@ def tiny_sd_lora(tmp_path_factory):
     return path, root / "lora", sum(v.numel() for v in state.values())
 
 
-def _pipeline_images(compose_cfg, path, *overrides):
-    from bench.metrics.cost import CostMeter
-    from bench.sampling.subject import sampling_call
-    from bench.subjects import load_subject
-    from bench.validate import validate
-
-    cfg = compose_cfg("data=shapes", "model=pipeline", f"model.path={path}", "prompts=shapes", "device=cpu",
-                      "sampling.num_inference_steps=2", "sampling.num_samples=4", "sampling.batch_size=4", *overrides)
-    info = validate(cfg)
-    subject, train_info = load_subject(cfg, info, "cpu")
-    call = sampling_call(cfg.sampling, cfg.sampler, cfg.cost, cfg.metric, cfg.model, info, "cpu")
-    x = torch.cat([b.x for b in subject.batches(call, CostMeter("cpu"))])
-    return x, train_info, {k: v for g in subject.columns().groups for k, v in g.columns().items()}
-
-
-def test_a_lora_file_on_a_pipeline_at_each_lora_scale(tiny_sd_lora, compose_cfg):
+def test_a_lora_file_on_a_pipeline_at_each_lora_scale(tiny_sd_lora, pipeline_run):
     """load_lora_weights + set_adapters(lora_scale): scale 0 samples the pipeline itself, bit for bit; scale 1 other
     images; the row names the file's rank, parameters and bytes, and a key of the pipeline and the file."""
     path, lora_dir, params = tiny_sd_lora
-    base, base_info, _ = _pipeline_images(compose_cfg, path)
-    zero, zero_info, cols = _pipeline_images(compose_cfg, path, "adapter=lora", f"adapter.path={lora_dir}",
-                                             "adapter.lora_scale=0")
-    one, one_info, cols1 = _pipeline_images(compose_cfg, path, "adapter=lora", f"adapter.path={lora_dir}")
+
+    def run(*overrides):
+        r = pipeline_run(path, *overrides, num_samples=4, batch_size=4)
+        return r.x, r.train_info, r.columns
+
+    base, base_info, _ = run()
+    zero, zero_info, cols = run("adapter=lora", f"adapter.path={lora_dir}", "adapter.lora_scale=0")
+    one, one_info, cols1 = run("adapter=lora", f"adapter.path={lora_dir}")
     assert torch.equal(zero, base)
     assert (one - base).abs().max() > 1e-3
     assert cols["lora_scale"] == 0.0 and cols1["lora_scale"] == 1.0 and cols1["adapter_rank"] == 2
