@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, IntervalSweep
@@ -132,8 +133,6 @@ def compose_cells(cells: list[list[str]]):
     composition per set of group choices; each copy then gets the cell's value overrides the way Hydra's own
     loader applies them (``ConfigLoaderImpl._apply_overrides_to_config``), so a 30-cell sampler x steps grid
     composes 6 times instead of 30. Errors read as :func:`compose_cfg`'s."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
     groups, parser, bases = _config_groups(), OverridesParser.create(), {}
     for overrides in cells:
         fixed = tuple(o for o in overrides if not _is_value_override(o, groups))
