@@ -175,20 +175,12 @@ def test_bad_control_settings_are_one_line(compose_cfg, overrides, fragments):
 
 
 def test_a_control_on_data_without_masks_through_the_cli(tmp_path, capsys, monkeypatch, bench_cache):
-    import logging
-    import sys
-
-    from bench.run import main
+    from cli_runner import in_process
 
     out = tmp_path / "runs"
-    monkeypatch.setattr(sys, "argv", ["bench", "experiment=smoke", "tracker=none", "adapter=controlnet",
-                                      f"out_dir={out}"])
-    logging.root.handlers.clear()
-    with pytest.raises(SystemExit) as e:
-        main()
-    logging.root.handlers.clear()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and sum(line.startswith("bench: error:") for line in err) == 1, err
+    code, err = in_process(capsys, monkeypatch, "experiment=smoke", "tracker=none", "adapter=controlnet",
+                           f"out_dir={out}")
+    assert code == 2 and sum(line.startswith("bench: error:") for line in err) == 1, err
     assert err[-1].startswith("bench: error: adapter.kind='controlnet' is not allowed: a data set drawn with masks")
     assert not list(bench_cache.rglob("*.safetensors")) and not list(out.rglob("results.jsonl"))
 

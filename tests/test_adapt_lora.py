@@ -3,8 +3,6 @@ and scored on classes its base model never saw."""
 from __future__ import annotations
 
 import copy
-import logging
-import sys
 from pathlib import Path
 
 import pytest
@@ -103,17 +101,12 @@ def test_bad_adapter_settings_are_one_line(compose_cfg, overrides, fragments):
 
 
 def test_bad_target_modules_through_the_cli(tmp_path, capsys, monkeypatch, bench_cache):
-    from bench.run import main
+    from cli_runner import in_process
 
     out = tmp_path / "runs"
-    monkeypatch.setattr(sys, "argv", ["bench", "experiment=smoke", "tracker=none", "adapter=lora",
-                                      "adapter.target_modules=[qkv]", f"out_dir={out}"])
-    logging.root.handlers.clear()
-    with pytest.raises(SystemExit) as e:
-        main()
-    logging.root.handlers.clear()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err[-1].startswith("bench: error: adapter.target_modules=['qkv']"), err
+    code, err = in_process(capsys, monkeypatch, "experiment=smoke", "tracker=none", "adapter=lora",
+                           "adapter.target_modules=[qkv]", f"out_dir={out}")
+    assert code == 2 and err[-1].startswith("bench: error: adapter.target_modules=['qkv']"), err
     assert "to_q" in err[-1] and sum(line.startswith("bench: error:") for line in err) == 1
     assert not out.exists() or not list(out.rglob("results.jsonl"))
 

@@ -3,7 +3,6 @@ tiny random-weight pipelines built offline (bench/models/tiny.py): DDPM (linear/
 (UNet2DConditionModel + CLIPTextModel + AutoencoderKL + a CLIP tokenizer from local vocabulary files) and SD3 (flow
 matching, FlowMatchEulerDiscreteScheduler)."""
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -210,22 +209,15 @@ def test_cli_cell_records_the_checkpoint_and_prompts(tiny_dirs, tmp_path, monkey
     (scheduler.json), the prompt set's id and checksum, per-prompt CLIP scores; changing a weight file changes the
     cell key (the checkpoint is keyed by content)."""
     from bench.keys import cell_key
-    from bench.run import main
+    from cli_runner import in_process
 
     args = ["bench", "data=shapes", "model=pipeline", f"model.path={tiny_dirs['sd']}", "prompts=shapes",
             "sampler=dpmpp", "sampling.num_inference_steps=3", "sampling.guidance_scale=2", "sampling.num_samples=8",
             "sampling.batch_size=4", "metric.kid_subset_size=4", "metric.kid_subsets=2", "metric.is_splits=1",
             "tracker=none", "device=cpu", "hydra.mode=RUN", f"out_dir={tmp_path / 'runs'}",
             f"cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"]
-    monkeypatch.setattr(sys, "argv", args)
-    import logging
-    logging.root.handlers.clear()
-    try:
-        main()
-    except SystemExit as e:
-        assert e.code in (0, None), capsys.readouterr().err[-2000:]
-    finally:
-        logging.root.handlers.clear()
+    code, err = in_process(capsys, monkeypatch, *args[1:])
+    assert code == 0, err[-20:]
     (row,) = [json.loads(line) for line in (tmp_path / "runs" / "default" / "results.jsonl").read_text().splitlines()]
     assert row["status"] == "ok" and row["nfe"] == 6 and np.isfinite([row["fid"], row["kid"], row["is"],
                                                                       row["clip_score"]]).all()

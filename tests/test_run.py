@@ -1,7 +1,6 @@
 """End to end through the real CLI (`bench`), with the real config shrunk (experiment=smoke / toy2d)."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,6 @@ import numpy as np
 import cli_runner
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = [sys.executable, "-m", "bench.run"]
 
 
 def bench(tmp_path, *args, check=True, env=None):
