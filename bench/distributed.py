@@ -11,15 +11,17 @@ process (rank 0's side) then folds every shard into one Scorer *in index order*,
 its batches, and alone writes the scores, artifacts and row: FID/KID/IS do not depend on the world size (the
 features are gathered, not averaged; float64 statistics are computed once from them), and neither do the samples.
 
-Processes are started by Fabric on the local machine (``ddp_spawn``): one cell per node; SLURM fans cells out with
-the submitit launcher and a cell spreads over its node's GPUs. ``LightningEnvironment`` is pinned so a SLURM
-allocation with one task is not mistaken for a multi-task job.
+Processes are started by Fabric on the local machine (DDP; forkserver on CPU, spawn on CUDA): one cell per node;
+SLURM fans cells out with the submitit launcher and a cell spreads over its node's GPUs. ``LightningEnvironment`` is
+pinned so a SLURM allocation with one task is not mistaken for a multi-task job.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing as mp
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +30,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.fabric.strategies import DDPStrategy
+from lightning.fabric.strategies.launchers.multiprocessing import _GlobalStateSnapshot
 
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
@@ -127,8 +131,7 @@ def _errors(fn, *args) -> dict:
 
 
 class _Job:
-    """What every rank needs, in one plain object: Fabric's launcher rebuilds the dataclasses it finds among a
-    launch's arguments field by field (to unshare modules), which frozen ones (prompt sets, provenance) refuse."""
+    """What every rank needs, in one plain object, pickled by value for the ranks (:func:`_launch`)."""
 
     def __init__(self, subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg, cell_dir: Path, pending,
                  progress: bool):
@@ -158,14 +161,42 @@ def _launch(subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg
 
     world = int(sampling_cfg.devices)
     accelerator = "cuda" if str(call.device).startswith("cuda") else "cpu"
-    # spawn, on CPU too: a forked rank deadlocks in its first parallel op when the parent has used an OpenMP thread
-    # pool (OMP_NUM_THREADS > 1; seen here as ranks idle in load_state_dict); CUDA is initialised here anyway
-    fabric = L.Fabric(accelerator=accelerator, devices=world, strategy="ddp_spawn", plugins=[LightningEnvironment()])
-    try:  # spawned ranks get a CPU copy and move it to their own device
-        return fabric.launch(_fabric_worker, _Job(subject.to("cpu"), call, scorer_cfg, info, sampling_cfg, cell_dir,
-                                                  pending, progress))
+    fabric = L.Fabric(accelerator=accelerator, devices=world, strategy=_rank_strategy(accelerator),
+                      plugins=[LightningEnvironment()])
+    try:  # ranks get a CPU copy, by value (pickled here: no storage shared with this process), and move it
+        job = pickle.dumps(_Job(subject.to("cpu"), call, scorer_cfg, info, sampling_cfg, cell_dir, pending, progress))
+        return fabric.launch(_fabric_worker_pickled, job, dict(os.environ), _GlobalStateSnapshot.capture())
     finally:
         subject.to(call.device)
+
+
+def _rank_strategy(accelerator: str):
+    """How ranks start. Never a plain fork of this process: a forked rank deadlocks in its first parallel op when
+    the parent has used an OpenMP thread pool (OMP_NUM_THREADS > 1; seen as ranks idle in load_state_dict).
+    CPU: forkserver, preloaded with this module, so that each rank forks from a server that has imported torch and
+    the harness once but never computed (a spawned rank re-imports them: ~8 CPU-s a rank, at every cell of a sweep).
+    CUDA: spawn (CUDA is initialised here by then, and Lightning refuses to fork after that)."""
+    if accelerator == "cpu" and "forkserver" in mp.get_all_start_methods():
+        mp.set_forkserver_preload([__name__])  # read when the server starts (once per process)
+        return DDPStrategy(start_method="forkserver")
+    return "ddp_spawn"
+
+
+# what Lightning sets in a rank's environment (the rest is the launching process's, as a spawned rank has it)
+_RANK_ENV = ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _fabric_worker_pickled(fabric, job: bytes, env: dict, state):
+    """A rank started by the forkserver sees what a spawned one would: the launching process's environment now (the
+    server's is that of its own start) and torch's global state (determinism flags, RNG states), as spawn passes it."""
+    own = {k: os.environ[k] for k in _RANK_ENV if k in os.environ}
+    os.environ.clear()
+    os.environ.update({**env, **own})
+    state.restore()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # a spawned rank's interpreter reads it at start-up
+        torch.set_num_threads(int(threads))
+    return _fabric_worker(fabric, pickle.loads(job))
 
 
 def _raise_rank_errors(per_rank: list[dict]) -> None:
