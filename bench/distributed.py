@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing as mp
 import os
 import pickle
 import shutil
@@ -31,8 +30,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.strategies import DDPStrategy
-from lightning.fabric.strategies.launchers.multiprocessing import _GlobalStateSnapshot
 
+from bench import ranks
 from bench.metrics.cost import CostMeter
 from bench.metrics.scorer import Scorer
 from bench.metrics.stats import save_npz_atomic
@@ -165,37 +164,18 @@ def _launch(subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg
                       plugins=[LightningEnvironment()])
     try:  # ranks get a CPU copy, by value (pickled here: no storage shared with this process), and move it
         job = pickle.dumps(_Job(subject.to("cpu"), call, scorer_cfg, info, sampling_cfg, cell_dir, pending, progress))
-        return fabric.launch(_fabric_worker_pickled, job, dict(os.environ), _GlobalStateSnapshot.capture())
+        return fabric.launch(_fabric_worker_pickled, job, ranks.SpawnLike())
     finally:
         subject.to(call.device)
 
 
 def _rank_strategy(accelerator: str):
-    """How ranks start. Never a plain fork of this process: a forked rank deadlocks in its first parallel op when
-    the parent has used an OpenMP thread pool (OMP_NUM_THREADS > 1; seen as ranks idle in load_state_dict).
-    CPU: forkserver, preloaded with this module, so that each rank forks from a server that has imported torch and
-    the harness once but never computed (a spawned rank re-imports them: ~8 CPU-s a rank, at every cell of a sweep).
-    CUDA: spawn (CUDA is initialised here by then, and Lightning refuses to fork after that)."""
-    if accelerator == "cpu" and "forkserver" in mp.get_all_start_methods():
-        mp.set_forkserver_preload([__name__])  # read when the server starts (once per process)
-        return DDPStrategy(start_method="forkserver")
-    return "ddp_spawn"
+    """Forkserver ranks on CPU, spawned ones on CUDA (:mod:`bench.ranks`)."""
+    return DDPStrategy(start_method="forkserver") if ranks.forkserver(accelerator) else "ddp_spawn"
 
 
-# what Lightning sets in a rank's environment (the rest is the launching process's, as a spawned rank has it)
-_RANK_ENV = ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _fabric_worker_pickled(fabric, job: bytes, env: dict, state):
-    """A rank started by the forkserver sees what a spawned one would: the launching process's environment now (the
-    server's is that of its own start) and torch's global state (determinism flags, RNG states), as spawn passes it."""
-    own = {k: os.environ[k] for k in _RANK_ENV if k in os.environ}
-    os.environ.clear()
-    os.environ.update({**env, **own})
-    state.restore()
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:  # a spawned rank's interpreter reads it at start-up
-        torch.set_num_threads(int(threads))
+def _fabric_worker_pickled(fabric, job: bytes, spawn_like: ranks.SpawnLike):
+    spawn_like.restore()
     return _fabric_worker(fabric, pickle.loads(job))
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent / "bench"
 # unit (a package under bench/ or a top-level module) -> floor; imports may only point to the same or a lower floor
 FLOORS = {
     "bench": 0, "bench.schema": 0, "bench.utils": 0, "bench.registry": 0, "bench.env": 0, "bench.images": 0,
-    "bench.results": 0, "bench.metric_spec": 0,
+    "bench.results": 0, "bench.metric_spec": 0, "bench.ranks": 0,
     "bench.data": 1, "bench.models": 1, "bench.evaluators": 1, "bench.schedule": 1, "bench.tracking": 1,
     "bench.artifacts": 1, "bench.keys": 1,
     "bench.training": 2, "bench.sampling": 2, "bench.metrics": 2,

@@ -256,3 +256,48 @@ def test_tiny_sd_pipeline_on_two_processes_gives_the_images_and_scores_of_one(co
     assert two["world_size"] == 2 and [c["images"] for c in two["cost_per_rank"]] == [4, 4]
     for k in ("pipeline_class", "scheduler_class", "prompts_sha256", "objective", "schedule", "classifier_scale"):
         assert one[k] == two[k], k
+
+
+# ------------------------------------------------------------------------------- how ranks start on CPU (bench.ranks)
+
+def _probe_rank(process_idx, spawn_like, queue):
+    """A rank's view after bench.ranks' restore: an environment variable, a torch flag, its RNG."""
+    import os
+
+    import torch
+
+    spawn_like.restore()
+    queue.put((os.environ.get("BENCH_RANK_PROBE"), torch.are_deterministic_algorithms_enabled(),
+               float(torch.rand(()))))
+
+
+def test_forkserver_ranks_see_the_launching_process_as_it_is_at_launch(monkeypatch):
+    """The forkserver's own environment and torch state are those of its start; a rank must see the launching
+    process's at the launch (what a spawned rank sees), or a setting changed in between would silently not apply."""
+    import multiprocessing
+
+    import torch
+    import torch.multiprocessing as tmp
+
+    from bench import ranks
+
+    assert ranks.forkserver("cpu") and not ranks.forkserver("cuda")
+    queue = multiprocessing.get_context("forkserver").SimpleQueue()
+
+    def launch():
+        tmp.start_processes(_probe_rank, args=(ranks.SpawnLike(), queue), nprocs=1, start_method="forkserver")
+        return queue.get()
+
+    monkeypatch.setenv("BENCH_RANK_PROBE", "first")
+    assert launch()[0] == "first"  # the server is running now, started with this environment
+    monkeypatch.setenv("BENCH_RANK_PROBE", "second")
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(1234)
+    expected = float(torch.rand(()))
+    torch.manual_seed(1234)
+    try:
+        torch.use_deterministic_algorithms(not was)
+        env, deterministic, draw = launch()
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert (env, deterministic, draw) == ("second", not was, expected)

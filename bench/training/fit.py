@@ -14,7 +14,9 @@ import lightning as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT_STR
 
+from bench import ranks
 from bench.data import BenchDataModule
+from bench.ranks import ForkserverDDP
 from bench.schema import ConfigError
 
 from .module import DiffusionModule
@@ -85,12 +87,20 @@ def processes(trainer_cfg) -> int:
     return len(d) if hasattr(d, "__len__") and not isinstance(d, str) else 1
 
 
-def strategy(trainer_cfg) -> str:
-    """Lightning's strategy: ``ddp_spawn`` for N > 1 processes unless given. Not ``ddp``: it would re-launch the
-    whole bench job per rank, and each rank would wait on the model-cache lock the first one holds."""
+def strategy(trainer_cfg):
+    """Lightning's strategy: ``ddp_spawn`` for N > 1 processes unless given, its ranks forked from a preloaded
+    forkserver on CPU (:mod:`bench.ranks`). Not ``ddp``: it would re-launch the whole bench job per rank, and each
+    rank would wait on the model-cache lock the first one holds."""
     if processes(trainer_cfg) > 1 and trainer_cfg.strategy == "auto":
-        return "ddp_spawn"
+        return ForkserverDDP() if ranks.forkserver(_accelerator(trainer_cfg)) else "ddp_spawn"
     return trainer_cfg.strategy
+
+
+def _accelerator(trainer_cfg) -> str:
+    a = str(trainer_cfg.accelerator)
+    if a == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return a
 
 
 class _FinalCheckpoint(L.Callback):
