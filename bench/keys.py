@@ -24,7 +24,9 @@ beta_start/beta_end of the cosine schedule) is normalised to its default before 
 """
 from __future__ import annotations
 
+import contextvars
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,10 +398,41 @@ def _plain(v):
 
 # ----------------------------------------------------------------------------------------------------- sections
 
+# {id(cfg): (cfg, no_effect(cfg))} while a key function runs: its sections share one no_effect(cfg) (every declared
+# setting's predicate: the bulk of a key's cost) instead of one per section. None outside key functions.
+_MOOT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("bench_keys_moot", default=None)
+
+
+def _reads_cfg(fn):
+    """A key function: it reads ``cfg`` and never changes it, so within its call (and those it makes) no_effect(cfg)
+    is computed once per config object."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _MOOT.get() is not None:
+            return fn(*args, **kwargs)
+        token = _MOOT.set({})
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _MOOT.reset(token)
+
+    return wrapper
+
+
+def _moot(cfg) -> dict[str, str]:
+    memo = _MOOT.get()
+    if memo is None:
+        return no_effect(cfg)
+    if id(cfg) not in memo:
+        memo[id(cfg)] = (cfg, no_effect(cfg))  # holds cfg: its id is not reused while the memo lives
+    return memo[id(cfg)][1]
+
+
 def _values(cfg, group: str) -> dict:
     """{name: value} of a group's declared settings, normalised, with the frame default where the config has none."""
     node = cfg.get(group)
-    moot = no_effect(cfg)
+    moot = _moot(cfg)
     out = {}
     for name, s in SETTINGS[group].items():
         if f"{group}.{name}" in moot or node is None or name not in node:
@@ -409,6 +442,7 @@ def _values(cfg, group: str) -> dict:
     return out
 
 
+@_reads_cfg
 def section(cfg, group: str, roles=(MODEL, CELL), elide: bool = True, frozen: bool = False) -> dict:
     """What a key holds for ``group``: its settings of ``roles`` (version 1 always; later ones only away from their
     default unless ``elide`` is False), the RUN settings version 1 held (``frozen``) at their frame value, and the
@@ -439,6 +473,7 @@ def _trainer(cfg) -> dict:
 
 # ----------------------------------------------------------------------------------------------------- cell key
 
+@_reads_cfg
 def cell_config(cfg: DictConfig) -> dict:
     """The part of the config that determines a cell's numbers; its hash is the cell key."""
     out = {}
@@ -449,6 +484,7 @@ def cell_config(cfg: DictConfig) -> dict:
     return out
 
 
+@_reads_cfg
 def cell_key(cfg: DictConfig) -> str:
     return config_hash(cell_config(cfg))
 
@@ -458,6 +494,7 @@ def cell_key(cfg: DictConfig) -> str:
 SAMPLING_METRIC_SETTINGS = ("repeats",)
 
 
+@_reads_cfg
 def samples_key(cfg: DictConfig) -> str:
     """The sampling part of the cell key: the cell config without the settings that only score the images. Cells
     with one samples key sample the same images (bench.rescore scores a kept set of them again)."""
@@ -466,6 +503,7 @@ def samples_key(cfg: DictConfig) -> str:
     return config_hash(out)
 
 
+@_reads_cfg
 def key_settings(cfg: DictConfig) -> dict:
     """{dotted key: value} of every setting the cell key holds, after normalisation (content fingerprints as
     ``<group>.<entry>``): what the row records so that rows are only ever pooled within one configuration."""
@@ -483,6 +521,7 @@ def key_settings(cfg: DictConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- model keys
 
+@_reads_cfg
 def model_key_config(cfg) -> dict:
     """What changes a harness model's weights (resolved): ``model_key`` hashes it and its config.yaml records it.
     ``model.pretrained``: that checkpoint's content with the forward process it is sampled by."""
@@ -509,11 +548,13 @@ def pipeline_key_config(cfg) -> dict:
             "attention_slicing": m.attention_slicing, "vae_tiling": m.vae_tiling, "compile": m.compile}
 
 
+@_reads_cfg
 def model_key(cfg) -> str:
     """The key of the model a config names (before distillation): a loaded pipeline's, else the harness model's."""
     return config_hash(pipeline_key_config(cfg) if cfg.model.get("path") else model_key_config(cfg))
 
 
+@_reads_cfg
 def adapter_key_config(cfg, base_key: str, fields, classes) -> dict:
     """What an adapter's weights depend on: the base model's key, its kind's ``fields`` of ``adapter.*``, the classes
     it is trained on and the ``train.*`` settings it takes from the base's (label dropout, clipping, weight decay)."""
@@ -528,11 +569,13 @@ def adapter_key_config(cfg, base_key: str, fields, classes) -> dict:
     return out
 
 
+@_reads_cfg
 def vae_train(cfg) -> dict:
     """A latent family's first-stage training settings: ``train.*`` with ``model.vae_max_steps`` steps."""
     return {**section(cfg, "train"), "max_steps": int(cfg.model.vae_max_steps)}
 
 
+@_reads_cfg
 def vae_key_config(cfg) -> dict:
     """What changes a latent family's VAE: the data (folders by content) and the VAE's keys and training settings, or
     a pretrained VAE's content (its scaling factor and PSNR are measured on the data). Not the denoiser's keys."""
@@ -549,10 +592,12 @@ def vae_key_config(cfg) -> dict:
     return out
 
 
+@_reads_cfg
 def vae_key(cfg) -> str:
     return config_hash(vae_key_config(cfg))
 
 
+@_reads_cfg
 def classifier_key_config(cfg) -> dict:
     """What changes the guidance classifier's weights: the data (folders by content), the forward process it is noised
     with (schedule; the diffusion or the flow path) and ``classifier.*``. Not the denoiser: one classifier guides them
@@ -567,10 +612,12 @@ def classifier_key_config(cfg) -> dict:
     return out
 
 
+@_reads_cfg
 def classifier_key(cfg) -> str:
     return config_hash(classifier_key_config(cfg))
 
 
+@_reads_cfg
 def student_key_config(cfg, parent_key: str, steps: int | None, fields, timestep_spacing: bool) -> dict:
     """What a distilled student's weights depend on: its parent (teacher or previous round), the method's ``fields``
     of ``distill.*``, its step count, and (``timestep_spacing``) the DDIM grid it is trained on."""
