@@ -8,8 +8,9 @@ is neither: it imports the harness once, never computes, and forks each rank fro
 
 What a spawned rank gets and a forked-from-server one would not, and how it gets it here:
 
-- the launching process's environment *now* (the server's is that of its own start): :class:`SpawnLike` carries it
-  and the rank restores it, keeping what Lightning has set in the rank (ranks, address, port);
+- the launching process's environment and working directory *now* (the server's are those of its own start):
+  :class:`SpawnLike` carries them and the rank restores them, keeping what Lightning has set in the rank (ranks,
+  address, port);
 - torch's global state (determinism flags, cuDNN benchmark, RNG states): Lightning's own snapshot, as spawn passes it;
 - modules by value: torch pickles tensors for a forkserver through shared memory, so without a copy the ranks would
   train one set of weights in place together; the job is pickled by value (sampling) or the modules are copied in
@@ -48,7 +49,7 @@ class SpawnLike:
     """Captured in the launching process; :meth:`restore` in a forked rank makes it see what a spawned rank sees."""
 
     def __init__(self):
-        self.env = dict(os.environ)
+        self.env, self.cwd = dict(os.environ), os.getcwd()
         self.state = _GlobalStateSnapshot.capture()
 
     def restore(self, keep_rank_env: bool = True) -> None:
@@ -56,6 +57,7 @@ class SpawnLike:
         own = {k: os.environ[k] for k in RANK_ENV if k in os.environ} if keep_rank_env else {}
         os.environ.clear()
         os.environ.update({**self.env, **own})
+        os.chdir(self.cwd)  # relative paths (out_dir=runs) mean what they mean to the launching process
         self.state.restore()
         threads = os.environ.get("OMP_NUM_THREADS", "")
         if threads.isdigit() and int(threads) > 0:  # a spawned rank's interpreter reads it at start-up

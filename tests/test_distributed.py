@@ -261,23 +261,25 @@ def test_tiny_sd_pipeline_on_two_processes_gives_the_images_and_scores_of_one(co
 # ------------------------------------------------------------------------------- how ranks start on CPU (bench.ranks)
 
 def _probe_rank(process_idx, spawn_like, queue):
-    """A rank's view after bench.ranks' restore: an environment variable, a torch flag, its RNG."""
+    """A rank's view after bench.ranks' restore: an environment variable, its working directory, a torch flag, its
+    RNG."""
     import os
 
     import torch
 
     spawn_like.restore()
-    queue.put((os.environ.get("BENCH_RANK_PROBE"), torch.are_deterministic_algorithms_enabled(),
+    queue.put((os.environ.get("BENCH_RANK_PROBE"), os.getcwd(), torch.are_deterministic_algorithms_enabled(),
                float(torch.rand(()))))
 
 
-def test_forkserver_ranks_see_the_launching_process_as_it_is_at_launch(monkeypatch):
-    """The forkserver's own environment and torch state are those of its start; a rank must see the launching
-    process's at the launch (what a spawned rank sees), or a setting changed in between would silently not apply."""
+def test_forkserver_ranks_see_the_launching_process_as_it_is_at_launch(monkeypatch, tmp_path):
+    """The forkserver's own environment, working directory and torch state are those of its start; a rank must see
+    the launching process's at the launch (what a spawned rank sees), or a setting changed in between would silently
+    not apply."""
     import multiprocessing
 
     import torch
-    import torch.multiprocessing as tmp
+    import torch.multiprocessing as torch_mp
 
     from bench import ranks
 
@@ -285,19 +287,20 @@ def test_forkserver_ranks_see_the_launching_process_as_it_is_at_launch(monkeypat
     queue = multiprocessing.get_context("forkserver").SimpleQueue()
 
     def launch():
-        tmp.start_processes(_probe_rank, args=(ranks.SpawnLike(), queue), nprocs=1, start_method="forkserver")
+        torch_mp.start_processes(_probe_rank, args=(ranks.SpawnLike(), queue), nprocs=1, start_method="forkserver")
         return queue.get()
 
     monkeypatch.setenv("BENCH_RANK_PROBE", "first")
     assert launch()[0] == "first"  # the server is running now, started with this environment
     monkeypatch.setenv("BENCH_RANK_PROBE", "second")
+    monkeypatch.chdir(tmp_path)
     was = torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(1234)
     expected = float(torch.rand(()))
     torch.manual_seed(1234)
     try:
         torch.use_deterministic_algorithms(not was)
-        env, deterministic, draw = launch()
+        env, cwd, deterministic, draw = launch()
     finally:
         torch.use_deterministic_algorithms(was)
-    assert (env, deterministic, draw) == ("second", not was, expected)
+    assert (env, cwd, deterministic, draw) == ("second", str(tmp_path), not was, expected)
