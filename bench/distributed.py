@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
 import shutil
 import time
 from pathlib import Path
@@ -130,7 +129,8 @@ def _errors(fn, *args) -> dict:
 
 
 class _Job:
-    """What every rank needs, in one plain object, pickled by value for the ranks (:func:`_launch`)."""
+    """What every rank needs, in one plain object: Fabric's launcher rebuilds the dataclasses it finds among a
+    launch's arguments field by field (to unshare modules), which frozen ones (prompt sets, provenance) refuse."""
 
     def __init__(self, subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg, cell_dir: Path, pending,
                  progress: bool):
@@ -162,9 +162,9 @@ def _launch(subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg
     accelerator = "cuda" if str(call.device).startswith("cuda") else "cpu"
     fabric = L.Fabric(accelerator=accelerator, devices=world, strategy=_rank_strategy(accelerator),
                       plugins=[LightningEnvironment()])
-    try:  # ranks get a CPU copy, by value (pickled here: no storage shared with this process), and move it
-        job = pickle.dumps(_Job(subject.to("cpu"), call, scorer_cfg, info, sampling_cfg, cell_dir, pending, progress))
-        return fabric.launch(_fabric_worker_pickled, job, ranks.SpawnLike())
+    try:  # ranks get a CPU copy, by value, and move it to their own device
+        job = _Job(subject.to("cpu"), call, scorer_cfg, info, sampling_cfg, cell_dir, pending, progress)
+        return fabric.launch(_fabric_worker_forked, ranks.ByValue(job), ranks.SpawnLike())
     finally:
         subject.to(call.device)
 
@@ -174,9 +174,9 @@ def _rank_strategy(accelerator: str):
     return DDPStrategy(start_method="forkserver") if ranks.forkserver(accelerator) else "ddp_spawn"
 
 
-def _fabric_worker_pickled(fabric, job: bytes, spawn_like: ranks.SpawnLike):
+def _fabric_worker_forked(fabric, job: ranks.ByValue, spawn_like: ranks.SpawnLike):
     spawn_like.restore()
-    return _fabric_worker(fabric, pickle.loads(job))
+    return _fabric_worker(fabric, job.get())
 
 
 def _raise_rank_errors(per_rank: list[dict]) -> None:

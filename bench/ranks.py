@@ -12,9 +12,10 @@ What a spawned rank gets and a forked-from-server one would not, and how it gets
   :class:`SpawnLike` carries them and the rank restores them, keeping what Lightning has set in the rank (ranks,
   address, port);
 - torch's global state (determinism flags, cuDNN benchmark, RNG states): Lightning's own snapshot, as spawn passes it;
-- modules by value: torch pickles tensors for a forkserver through shared memory, so without a copy the ranks would
-  train one set of weights in place together; the job is pickled by value (sampling) or the modules are copied in
-  each rank as Lightning does for spawn on CPU (training).
+- modules: torch passes tensors to forkserver ranks through shared memory, so without a copy the ranks would train
+  one set of weights in place together; a training rank copies its modules as Lightning does for spawn on CPU. A
+  sampling job travels :class:`ByValue` instead: shared memory would send one file descriptor per tensor, and the
+  forkserver refuses more than 256 (a Stable Diffusion pipeline has more).
 
 CUDA keeps ``ddp_spawn``: CUDA is initialised in the launching process by then, and Lightning refuses to fork after.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle  # ByValue only: an object this process hands its own ranks, never a file
 
 import torch
 from lightning.fabric.strategies.launchers.multiprocessing import (
@@ -62,6 +64,17 @@ class SpawnLike:
         threads = os.environ.get("OMP_NUM_THREADS", "")
         if threads.isdigit() and int(threads) > 0:  # a spawned rank's interpreter reads it at start-up
             torch.set_num_threads(int(threads))
+
+
+class ByValue:
+    """An object handed to this process's own forkserver ranks as bytes (what multiprocessing would pickle anyway,
+    without torch's one file descriptor per tensor). Built from an object in memory, never from a file."""
+
+    def __init__(self, obj):
+        self._bytes = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def get(self):
+        return pickle.loads(self._bytes)
 
 
 class _ForkserverLauncher(_MultiProcessingLauncher):

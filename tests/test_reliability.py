@@ -292,17 +292,24 @@ def test_tracker_unavailable_or_failing_mid_run_loses_no_cell(toy_model, tmp_pat
 # ------------------------------------------------------------------------------------------------- safe loading
 
 def test_no_unsafe_deserialisation_in_the_code_base():
-    """Weights only via safetensors or torch.load(weights_only=True); no pickle / np.load(allow_pickle=True). The one
-    exception: an unpickler whose ``find_class`` allows a fixed list (CIFAR-10's batches are pickles), checked below."""
+    """Weights only via safetensors or torch.load(weights_only=True); no pickle / np.load(allow_pickle=True). Two
+    exceptions: an unpickler whose ``find_class`` allows a fixed list (CIFAR-10's batches are pickles), and
+    ``bench.ranks.ByValue``, which hands an object this process built to its own ranks (what multiprocessing pickles
+    anyway) and reads no file; both checked below."""
     import re
 
     bad = []
     for p in (ROOT / "bench").rglob("*.py"):
         text = p.read_text()
         restricted = re.search(r"class \w+\(pickle\.Unpickler\):", text) and "def find_class" in text
+        handoff = p == ROOT / "bench" / "ranks.py"
+        if handoff:  # in memory only: no file is opened or read there
+            assert not re.search(r"\bopen\(|read_bytes|\.load\(|np\.load|torch\.load", text), p
         for n, line in enumerate(text.splitlines(), 1):
             code = line.split("#")[0]
             if restricted and code.strip() == "import pickle":
+                continue
+            if handoff and code.strip() in ("import pickle", "return pickle.loads(self._bytes)"):
                 continue
             if re.search(r"\b(pickle|cloudpickle|dill|joblib)\b\.(load|loads)\b|import (pickle|dill|joblib)", code):
                 bad.append(f"{p}:{n}: {line.strip()}")
