@@ -2,6 +2,7 @@
 end through the real CLI (smoke model), with its bad inputs."""
 import types
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
@@ -66,6 +67,10 @@ def test_targets(compose_cfg):
     (("data.class_conditional=false", "task.target=3"), r"^task\.target='3' is not allowed: same for model=unet"),
     (("sampling.num_inference_steps=4", "task.strength=0.2"), r"^task\.strength=0\.2 is not allowed: >= 1/"),
     (("task.strength=1.5",), r"^task\.strength=1\.5 is not allowed: a number in \(0, 1\]"),
+    (("data=shapes", "metric.cmmd=true"),
+     r"^metric\.cmmd=True is not allowed: false with task=edit \(it computes prdc, fd_inf\)"),
+    (("metric.fd_inf=true", "task.num_images=48"),
+     r"^metric\.fd_inf=True is not allowed: at least 5 x metric\.fd_inf_points = 75 edited images"),
 ])
 def test_bad_edit_settings_are_one_line_errors(compose_cfg, overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -225,7 +230,8 @@ def sdedit_rows(tmp_path_factory):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("bench", overrides=[
                 "experiment=smoke", "tracker=none", "task=edit", "task.target=3", f"task.strength={s}",
-                "task.num_images=48", "sampling.num_inference_steps=10", "sampling.batch_size=16", f"out_dir={out}"])
+                "task.num_images=48", "sampling.num_inference_steps=10", "sampling.batch_size=16", f"out_dir={out}",
+                "metric.prdc=true", "metric.fd_inf=true", "metric.fd_inf_points=5"])
         rows[s] = run_cell(cfg)
     return rows, out / "smoke"
 
@@ -247,6 +253,11 @@ def test_edit_rows(sdedit_rows, compose_cfg):
     assert 0 < high["edit_ssim"] < low["edit_ssim"] <= 1
     assert low["edit_source_accuracy"] > 0.9  # the digits CNN on the unedited held-out inputs
     assert 0 <= low["edit_accuracy"] <= 1 and low["fid"] > 0 and "clip_direction" not in low
+    # beyond FID, on the same edits against the same reference: precision/recall, density/coverage, FD∞
+    for r in (low, high):
+        assert (r["prdc_n_gen"], r["prdc_n_ref"]) == (48, threes) and (r["pr_k"], r["dc_k"]) == (3, 5)
+        assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "coverage")) and r["density"] >= 0
+        assert np.isfinite(r["fd_inf"]) and r["fd_inf_n_max"] == 48 and r["fd_inf_points"] == 5
 
 
 def test_edit_report_draws_the_tradeoff(sdedit_rows, tmp_path):

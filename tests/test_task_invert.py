@@ -29,6 +29,7 @@ def _validate(cfg):
     (("task=invert", "task.num_images=0"), r"^task\.num_images=0 is not allowed: an integer in \[1, inf\)"),
     (("task=invert", "sampling.devices=2", "device=cpu"), r"^sampling\.devices=2 is not allowed: 1 with task=invert"),
     (("task=invert", "metric.repeats=2"), r"^metric\.repeats=2 is not allowed: 1 with task=invert"),
+    (("task=invert", "metric.prdc=true"), r"^metric\.prdc=True is not allowed: false with task=invert"),
     (("task=invert", "task.method=null_text", "sampling.guidance_scale=3", "task.null_lr=0"),
      r"^task\.null_lr=0\.0 is not allowed: a number in \(0, inf\)"),
     (("task=bogus",), None),  # an unknown option: Hydra's own error at composition

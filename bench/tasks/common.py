@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.data import build_dataset
+from bench.metrics.scorer import SCORES
 from bench.models import MODELS, diffusers_checkpoint as ckpt
 from bench.results import Columns, TaskColumns
 from bench.schema import ConfigError
@@ -97,6 +98,15 @@ def check_real_images(cfg, info) -> None:
     if int(cfg.metric.repeats) != 1:
         raise ConfigError("metric.repeats", cfg.metric.repeats, f"1 with task={t.name}",
                           "the real images are one fixed set: there are no seed blocks to repeat over")
+
+
+def check_scores(cfg, task: str, computes: tuple[str, ...] = ()) -> None:
+    """The scores beyond FID (``metric.<name>``, :data:`bench.metrics.scorer.SCORES`) that ``task`` computes: one
+    switched on that it does not compute is refused (a one-line ConfigError), never silently left out of the row."""
+    for name in SCORES:
+        if cfg.metric.get(name) and name not in computes:
+            allowed = f"false with task={task}" + (f" (it computes {', '.join(computes)})" if computes else "")
+            raise ConfigError(f"metric.{name}", True, allowed, f"task={task} does not compute {name}")
 
 
 def check_target(cfg, info) -> None:

@@ -36,6 +36,8 @@ from bench.evaluators import load_clip, load_feature_net
 from bench.images import quantize_uint8, to_uint8_nhwc
 from bench.metrics import distances
 from bench.metrics.cost import CostMeter
+from bench.metrics.fd_inf import fd_infinity
+from bench.metrics.prdc import prdc
 from bench.metrics.refstats import SUBSET_SEED, get_reference
 from bench.metrics.stats import FeatureStats
 from bench.models import diffusers_checkpoint as ckpt
@@ -47,6 +49,7 @@ from bench.schema import ConfigError
 from .common import (
     SSIM_SIGMA,
     TaskResult,
+    check_scores,
     check_target,
     condition_of,
     held_out,
@@ -146,6 +149,9 @@ def faithfulness(edit_u8: torch.Tensor, input_u8: torch.Tensor) -> dict[str, tor
     return {k: s[k] for k in ("l2", "psnr", "ssim")}
 
 
+EDIT_SCORES = ("prdc", "fd_inf")  # the scores beyond FID an edit computes (on its edits' features, as FID)
+
+
 class EditScorer:
     """Scores of one SDEdit cell, streamed: ``update(edits, inputs, source, target)`` per batch, ``compute()``."""
 
@@ -198,6 +204,12 @@ class EditScorer:
             k, k_std, size = distances.kid(feats, self.ref_feats, int(m.kid_subsets), int(m.kid_subset_size),
                                            int(m.seed))
             out.update(kid=k, kid_std=k_std, kid_std_over="subsets", kid_subset_size=size)
+        # beyond FID, against the same target reference: quality vs diversity of the edits, FID at N = infinity
+        if m.prdc:
+            out.update(prdc(self.ref_feats, feats, int(m.pr_k), int(m.dc_k)))
+        if m.fd_inf:
+            ref = FeatureStats.from_features(self.ref_feats, keep_features=False)
+            out.update(fd_infinity(feats, ref.mu, ref.sigma, int(m.fd_inf_points), int(m.seed)))
         for name, parts in self.per_image.items():
             v = torch.cat(parts)
             col = name if name.startswith("clip_") else f"edit_{name}"
@@ -248,6 +260,11 @@ def check(cfg, info) -> None:
     """SDEdit's own settings, before any work: a strength in (0, 1] that runs at least one step, a target the model's
     conditioning can express, a pipeline the edit can reach through its components. Each a one-line ConfigError."""
     check_strength(cfg.task.strength, int(cfg.sampling.num_inference_steps))
+    check_scores(cfg, "edit", EDIT_SCORES)
+    points, n = int(cfg.metric.fd_inf_points), int(cfg.task.num_images)
+    if cfg.metric.fd_inf and n < 5 * points:
+        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} edited images "
+                          f"(task.num_images)", f"task.num_images={n}")
     if cfg.model.name == "pipeline":
         check_pipeline(cfg, info)
     check_edit_target(cfg, info)

@@ -37,7 +37,7 @@ from bench.results import Columns
 from bench.sampling import NonFiniteError
 from bench.schema import ConfigError
 
-from .common import TaskResult, condition_of, held_out, image_scores, task_columns
+from .common import TaskResult, check_scores, condition_of, held_out, image_scores, task_columns
 
 METHODS = ("plain", "null_text")
 SPACINGS = ("leading", "trailing")  # DDIMInverseScheduler.set_timesteps knows no other
@@ -47,6 +47,7 @@ def check(cfg, info) -> None:
     """A deterministic DDIM path both ways (sampler=ddim, eta 0, a spacing the inverse scheduler has), no classifier
     guidance, a known method; null-text inversion only for a conditional model. Each a one-line ConfigError."""
     t, smp = cfg.task, cfg.sampler
+    check_scores(cfg, "invert")
     if t.method not in METHODS:
         raise ConfigError("task.method", t.method, " | ".join(METHODS))
     if smp.name != "ddim":
