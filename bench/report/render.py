@@ -162,6 +162,8 @@ def html(r: Report, plots: Path) -> str:
 
 # Published CSVs carry 6 significant digits: the same bootstrap or interpolation can differ in the last bit across
 # machines (BLAS/SIMD paths), and a table must not change a byte for that. Full precision stays in results.jsonl.
+# A value is first rounded to 12 significant digits, so that one sitting on a 6-digit rounding tie (an exact
+# fraction k/N such as a coverage of 171/640 = 0.2671875) rounds the same way whatever its last bit.
 CSV_SIGNIFICANT_DIGITS = 6
 
 
@@ -169,7 +171,7 @@ def csv_text(df: pd.DataFrame) -> str:
     """A table as CSV with every float (also inside object columns) written as %.6g; NaN/None stay empty."""
     def fmt(v):
         if isinstance(v, (float, np.floating)) and v == v:  # NaN != NaN stays as is (an empty cell)
-            return f"{v:.{CSV_SIGNIFICANT_DIGITS}g}"
+            return f"{float(f'{v:.12g}'):.{CSV_SIGNIFICANT_DIGITS}g}"
         return v
 
     return df.map(fmt).to_csv(index=False, lineterminator="\n")
