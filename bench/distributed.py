@@ -129,8 +129,7 @@ def _errors(fn, *args) -> dict:
 
 
 class _Job:
-    """What every rank needs, in one plain object: Fabric's launcher rebuilds the dataclasses it finds among a
-    launch's arguments field by field (to unshare modules), which frozen ones (prompt sets, provenance) refuse."""
+    """What every rank needs, in one plain object (sent to the ranks by value: :class:`bench.ranks.ByValue`)."""
 
     def __init__(self, subject: Subject, call: SamplingCall, scorer_cfg, info, sampling_cfg, cell_dir: Path, pending,
                  progress: bool):

@@ -121,10 +121,16 @@ def _check_cmmd(cfg, info) -> None:
 
 
 def _check_fd_inf(cfg, info) -> None:
-    points, n = int(cfg.metric.fd_inf_points), int(cfg.sampling.num_samples)  # per seed block
+    check_fd_inf_n(cfg, int(cfg.sampling.num_samples), "images per seed block", "sampling.num_samples")
+
+
+def check_fd_inf_n(cfg, n: int, images: str, setting: str) -> None:
+    """FD∞ fits FD at ``metric.fd_inf_points`` sizes between N/5 and N: N (``setting`` = n) must hold 5 x that many
+    ``images``. One-line ConfigError."""
+    points = int(cfg.metric.fd_inf_points)
     if n < 5 * points:
-        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} images per "
-                          f"seed block", f"sampling.num_samples = {n}: too few distinct sizes between N/5 and N")
+        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} {images}",
+                          f"{setting} = {n}: too few distinct sizes between N/5 and N")
 
 
 def _score_fd_inf(sc: Scorer, gen: np.ndarray, ref) -> dict:

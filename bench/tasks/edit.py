@@ -39,6 +39,7 @@ from bench.metrics.cost import CostMeter
 from bench.metrics.fd_inf import fd_infinity
 from bench.metrics.prdc import prdc
 from bench.metrics.refstats import SUBSET_SEED, get_reference
+from bench.metrics.scorer import check_fd_inf_n
 from bench.metrics.stats import FeatureStats
 from bench.models import diffusers_checkpoint as ckpt
 from bench.sampling.img2img import img2img_timesteps, noise_to
@@ -261,10 +262,8 @@ def check(cfg, info) -> None:
     conditioning can express, a pipeline the edit can reach through its components. Each a one-line ConfigError."""
     check_strength(cfg.task.strength, int(cfg.sampling.num_inference_steps))
     check_scores(cfg, "edit", EDIT_SCORES)
-    points, n = int(cfg.metric.fd_inf_points), int(cfg.task.num_images)
-    if cfg.metric.fd_inf and n < 5 * points:
-        raise ConfigError("metric.fd_inf", True, f"at least 5 x metric.fd_inf_points = {5 * points} edited images "
-                          f"(task.num_images)", f"task.num_images={n}")
+    if cfg.metric.fd_inf:
+        check_fd_inf_n(cfg, int(cfg.task.num_images), "edited images (task.num_images)", "task.num_images")
     if cfg.model.name == "pipeline":
         check_pipeline(cfg, info)
     check_edit_target(cfg, info)
