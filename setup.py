@@ -3,7 +3,8 @@ sweeps/) and ship inside the wheel as package data `bench/conf/`, so a non-edita
 from setuptools import find_packages, setup
 
 setup(
-    packages=find_packages(include=["bench", "bench.*"]) + ["bench.conf"],
+    # hydra_plugins/bench_sweeper: the sweeper conf/bench.yaml selects (Hydra loads plugins from that package only)
+    packages=find_packages(include=["bench", "bench.*"]) + ["bench.conf", "hydra_plugins.bench_sweeper"],
     package_dir={"bench.conf": "conf"},
     package_data={"bench.conf": ["*.yaml", "**/*.yaml"],
                   "bench.evaluators": ["shipped/*/*"]},  # frozen evaluators + reference statistics

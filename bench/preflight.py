@@ -3,7 +3,9 @@
 Hydra's multirun validates composition job by job, so a bad value in the fifth cell of a sweep would only show after
 four cells ran. Here each combination of the sweep (command-line sweep overrides and `hydra.sweeper.params` from the
 chosen experiment/sweep files) is composed with Hydra's compose API and passed to `bench.validate.validate`.
-This is validation only; Hydra's launcher still runs the jobs.
+This is validation only; Hydra's launcher still runs the jobs. Hydra's basic sweeper would compose every cell once
+more before launching it (``validate_batch_is_legal``); :class:`PreflightedSweeper` (``hydra/sweeper: preflighted``)
+skips the cells checked here (hydra_plugins/bench_sweeper).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ CONF_DIR = _conf_dir()
 warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema with the same name",
                         category=UserWarning)
 MAX_CELLS = 2000
+_CHECKED: set[frozenset] = set()  # the cells check() composed and validated in this process (see _cell_id)
 _PASS_FLAGS = {"-m", "--multirun"}
 
 
@@ -255,7 +258,22 @@ def check(argv: Iterable[str]) -> int:
     cells = expand(argv)
     if cells is None:
         return 0
-    for cfg, _ in compose_cells(cells[:MAX_CELLS]):
+    parser = OverridesParser.create()
+    for cfg, overrides in compose_cells(cells[:MAX_CELLS]):
         check_declared_keys(cfg)
         validate(cfg)
+        _CHECKED.add(_cell_id(parser, overrides))
     return len(cells)
+
+
+def _cell_id(parser, overrides: Iterable[str]) -> frozenset:
+    """A cell's overrides as a set of (key, value) pairs: the preflight's ``input_line`` and the sweeper's
+    ``key=value`` spellings of one override compare equal."""
+    return frozenset((o.get_key_element(), o.get_value_element_as_str())
+                     for o in parser.parse_overrides(list(overrides)))
+
+
+def unchecked(batch) -> list:
+    """The cells of a sweeper's batch that :func:`check` has not composed and validated in this process."""
+    parser = OverridesParser.create()
+    return [overrides for overrides in batch if _cell_id(parser, overrides) not in _CHECKED]

@@ -146,3 +146,42 @@ def test_cells_sharing_group_choices_compose_as_hydra_composes_each():
     with pytest.raises(CompositionError) as fast:
         list(compose_cells([cells[0], bad]))
     assert str(fast.value) == str(full.value) and "sampling.num_inference_steps" in str(fast.value)
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_hydra_composes_a_checked_cell_once_and_any_other_twice(checked, tmp_path, monkeypatch):
+    """After the preflight, the sweeper skips its own composition of each cell (the launcher still composes it);
+    a cell the preflight did not check is composed by both, as Hydra's basic sweeper does."""
+    import sys
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from bench import preflight, run
+
+    argv = ["-m", "sweep=ddim_eta", "experiment=smoke", "tracker=none", "sampling.num_samples=7",
+            "sampler.eta=0,0.5", f"out_dir={tmp_path}"]
+    composed, real = [], ConfigLoaderImpl.load_sweep_config
+
+    def counting(self, master_config, sweep_overrides):
+        composed.append(sorted(sweep_overrides))
+        return real(self, master_config, sweep_overrides)
+
+    real_check = preflight.check
+
+    def check(a):
+        n = real_check(a)
+        if not checked:
+            preflight._CHECKED.clear()
+        return n
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counting)
+    monkeypatch.setattr(preflight, "check", check)
+    monkeypatch.setattr(preflight, "_CHECKED", set())
+    monkeypatch.setattr(run, "run_job", lambda cfg: None)
+    monkeypatch.setattr(run.summary, "summarise", lambda cfg: None)
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    run.main()
+    cells = expand(argv)
+    assert len(cells) == 6  # 3 step counts x 2 etas
+    assert len(composed) == (1 if checked else 2) * len(cells)
+    assert len({tuple(c) for c in composed}) == len(cells)
