@@ -1,4 +1,5 @@
-"""Small shared helpers: stable hashing and atomic writes (no torch: bench-report imports this too)."""
+"""Small shared helpers: stable hashing, atomic writes, a writable-folder check (no torch: bench-report imports this
+too)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from bench.schema import ConfigError
 
 
 def to_plain(obj: Any) -> Any:
@@ -114,3 +117,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def check_output_dir(path: str | os.PathLike, key: str = "out_dir") -> None:
+    """The nearest existing ancestor of `path` must be a writable directory."""
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(key, str(path), "a writable directory", f"{p} is not writable")

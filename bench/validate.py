@@ -7,7 +7,6 @@ adds the checks that belong to no group (ranges of plain keys, the device, the o
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from bench.tasks import TASKS
 from bench.tracking import TRACKERS
 from bench.training.fit import check_trainer, processes
 from bench.training.objectives import OBJECTIVES
+from bench.utils import check_output_dir
 
 # one registry per config group, checked in this order (data first: the others need its DataInfo)
 REGISTRIES = (DATA, MODELS, OBJECTIVES, SCHEDULES, SAMPLERS, METRICS, TRACKERS, METHODS, PROMPTS, KINDS, TASKS)
@@ -43,15 +43,6 @@ def _get(cfg, dotted: str):
     for part in dotted.split("."):
         node = node[part]
     return node
-
-
-def check_output_dir(path: str | os.PathLike, key: str = "out_dir") -> None:
-    """The nearest existing ancestor of `path` must be a writable directory."""
-    p = Path(path).absolute()
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise ConfigError(key, str(path), "a writable directory", f"{p} is not writable")
 
 
 def _check_sharding(cfg) -> None:

@@ -18,15 +18,13 @@ import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from bench.utils import atomic_write_text, check_output_dir
 
-from bench.env import hardware, quiet_console
-from bench.metrics.cost import load_average
-from bench.perf.experiments import SIZES, Measurements, _cfg, measure, score_memory
-from bench.perf.render import Run, render
-from bench.utils import atomic_write_text
-from bench.validate import check_output_dir
+if TYPE_CHECKING:
+    from bench.perf.experiments import Measurements
+    from bench.perf.render import Run
 
 
 def lib_versions() -> str:
@@ -37,6 +35,13 @@ def lib_versions() -> str:
 
 def run(mode: str, argv: list) -> tuple[Run, Measurements]:
     """Measure everything at ``mode``'s sizes: (the run's header facts, the measurements)."""
+    import torch  # lazy: main() refuses bad arguments before torch and the harness are imported
+
+    from bench.env import hardware  # lazy: as torch
+    from bench.metrics.cost import load_average  # lazy: as torch
+    from bench.perf.experiments import SIZES, _cfg, measure  # lazy: as torch
+    from bench.perf.render import Run  # lazy: as torch
+
     P = SIZES[mode]
     load0, t0 = load_average(), time.perf_counter()
     m = measure(P, Path(_cfg().cache_dir),
@@ -55,20 +60,26 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: stable on a shared CPU)")
     ap.add_argument("--score-memory", type=int, default=None, help=argparse.SUPPRESS)  # internal: one fresh process
     a = ap.parse_args(argv)
-    quiet_console()
     if a.threads < 1:
         print(f"bench: error: --threads={a.threads} is not allowed: an integer >= 1", file=sys.stderr)
         sys.exit(2)
+    if a.score_memory is None:
+        try:
+            check_output_dir(Path(a.out).parent, "--out")
+        except Exception as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            sys.exit(2)
+    import torch  # lazy: the argument errors above come in a second, before these imports
+
+    from bench.env import quiet_console  # lazy: as torch
+    from bench.perf.experiments import score_memory  # lazy: as torch
+    from bench.perf.render import render  # lazy: as torch
+
+    quiet_console()
     torch.set_num_threads(a.threads)
     if a.score_memory is not None:
         print(json.dumps(score_memory(a.score_memory)))
         return
-
-    try:
-        check_output_dir(Path(a.out).parent, "--out")
-    except Exception as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        sys.exit(2)
     text = render(*run("quick" if a.quick else "full", argv))
     atomic_write_text(a.out, text)
     print(text)
