@@ -14,15 +14,18 @@ if WORKER:
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
-# The modules that take longest (they train models and start `bench` processes), slowest first. xdist's loadscope
-# hands a whole module to one worker; its default order (most tests first) would hand these few-test modules out
-# last, so one worker ran the slowest of them while the other sat idle. Slowest first, the short modules fill in at
-# the end (pyproject.toml turns xdist's own reordering off). Keep it roughly sorted by `--durations` when a module
-# grows; a module missing here only runs later.
-SLOW_FIRST = ("test_distributed.py", "test_models.py", "test_run.py", "test_classifier_guidance.py",
-              "test_reliability.py", "test_launchers.py", "test_sweeps.py", "test_perf.py", "test_bad_inputs.py",
-              "test_preflight.py", "test_training.py", "test_distill.py", "test_pipelines.py", "test_packaging.py",
-              "test_wandb_sweep.py", "test_determinism.py")
+# The modules that take longest (they train models and start `bench` processes), slowest first: xdist's loadscope
+# hands a whole module to one worker, and longest-first keeps the two workers' last modules short, so neither idles
+# long at the end (xdist's own order, most tests first, left a slow few-test module for last). Sorted by each
+# module's total in a one-worker `--durations=0` run; a module missing here runs after these (pyproject.toml turns
+# xdist's own reordering off). Re-sort when a module grows.
+SLOW_FIRST = ("test_perf.py", "test_distributed.py", "test_reliability.py", "test_bad_inputs.py",
+              "test_committed_reports.py", "test_models.py", "test_sweeps.py", "test_run.py", "test_validators.py",
+              "test_preflight.py", "test_launchers.py", "test_keys.py", "test_wandb_sweep.py", "test_training.py",
+              "test_schedulers.py", "test_distill.py", "test_adapt_control.py", "test_packaging.py",
+              "test_evaluators.py", "test_classifier_guidance.py", "test_compile.py", "test_data_standard.py",
+              "test_pipelines.py", "test_adapt_lora.py", "test_env.py", "test_task_invert.py", "test_cost.py",
+              "test_task_edit.py", "test_determinism.py", "test_torch_model.py", "test_metrics_sfid.py")
 
 
 def pytest_collection_modifyitems(config, items):
