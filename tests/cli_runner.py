@@ -6,8 +6,8 @@ call's argv, environment and working directory, writes its stdout/stderr to file
 ``sys.exit(2)``, an uncaught exception, a crash or a kill end it alone, as they would a fresh interpreter.
 
 What a fresh interpreter does that this does not: import the modules under the call's own environment. Tests whose
-subject is start-up itself (tests/test_env.py, the packaging and ``--help`` tests, the two-process and
-kill tests) keep starting real interpreters.
+subject is start-up itself (tests/test_env.py, the packaging and ``--help`` tests, the two-process kill test) keep
+starting real interpreters. :func:`run_script` runs a test's own script (the kill -9 drivers) the same way.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _context():
     return _CTX
 
 
-def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:  # runs in the forked child
+def _child(argv: list[str], env: dict, cwd: str, out: str, err: str,
+           script: str | None = None) -> None:  # runs in the forked child
     import atexit
     import traceback
 
@@ -46,12 +47,20 @@ def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:  #
         import torch
 
         torch.set_num_threads(int(threads))
-    from bench.run import main
+    if script is None:
+        from bench.run import main
 
-    sys.argv = [str(Path(sys.executable).with_name("bench")), *argv]
+        sys.argv = [str(Path(sys.executable).with_name("bench")), *argv]
+    else:
+        import runpy
+
+        sys.argv = [script, *argv]
+
+        def main():  # what `python script argv...` runs
+            runpy.run_path(script, run_name="__main__")
     code = 0
     try:
-        main()  # what the `bench` console script runs
+        main()  # what the `bench` console script (or the script) runs
     except SystemExit as e:
         if e.code is None:
             code = 0
@@ -75,20 +84,32 @@ def run(argv: list[str], *, env: dict | None = None, cwd: str | os.PathLike | No
         timeout: float = 900) -> subprocess.CompletedProcess:
     """Like ``subprocess.run([sys.executable, "-m", "bench.run", *argv], env=env, cwd=cwd, capture_output=True,
     text=True, timeout=timeout)``."""
+    return _run(None, argv, env, cwd, timeout)
+
+
+def run_script(script: str | os.PathLike, argv: list[str], *, env: dict | None = None,
+               cwd: str | os.PathLike | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Like ``subprocess.run([sys.executable, script, *argv], ...)`` (capture_output, text): the script runs as
+    ``__main__`` in a child of the forkserver, with the CLI's modules already imported."""
+    return _run(str(script), argv, env, cwd, timeout)
+
+
+def _run(script, argv, env, cwd, timeout) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *([script] if script else ["-m", "bench.run"]), *argv]
     env = dict(os.environ if env is None else env)
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         out, err = str(Path(tmp) / "stdout"), str(Path(tmp) / "stderr")
-        p = _context().Process(target=_child, args=(list(argv), env, str(cwd or os.getcwd()), out, err))
+        p = _context().Process(target=_child, args=(list(argv), env, str(cwd or os.getcwd()), out, err, script))
         p.start()
         p.join(timeout)
         if p.exitcode is None:
             p.kill()
             p.join()
-            raise subprocess.TimeoutExpired([sys.executable, "-m", "bench.run", *argv], timeout)
+            raise subprocess.TimeoutExpired(cmd, timeout)
         code = p.exitcode  # -N: killed by signal N, as subprocess reports it
         stdout = Path(out).read_text(errors="replace")
         stderr = Path(err).read_text(errors="replace")
-    return subprocess.CompletedProcess([sys.executable, "-m", "bench.run", *argv], code, stdout, stderr)
+    return subprocess.CompletedProcess(cmd, code, stdout, stderr)
 
 
 def in_process(capsys, monkeypatch, *argv: str) -> tuple[int, list[str]]:

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -181,12 +180,12 @@ def _train_driver(spec: dict) -> dict:
 
 
 def _driver(kind: str, spec: dict, tmp_path: Path, timeout: int = 600) -> dict:
-    """Run a driver in a fresh interpreter (fork-safe: no threads started yet); returns its JSON report."""
+    """Run a driver in a process of its own, forked from the CLI runner's forkserver (fork-safe: it has started no
+    threads; its imports are warm); returns the driver's JSON report."""
     spec = {**spec, "work": str(tmp_path)}
     env = {**os.environ, "BENCH_CACHE": str(CACHE), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)])}
-    p = subprocess.run([sys.executable, __file__, kind, json.dumps(spec)], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=timeout)
+    p = cli_runner.run_script(__file__, [kind, json.dumps(spec)], cwd=ROOT, env=env, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
