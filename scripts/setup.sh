@@ -27,7 +27,8 @@ if [ "${BENCH_SETUP_PIP:-0}" != 1 ] && "${pip[@]}" uv >/dev/null 2>&1; then
   for dir in /opt/pypi-more/files /opt/wheels; do
     [ -d "$dir" ] && links+=(--find-links "$dir")
   done
-  .venv/bin/uv pip install -q --python .venv/bin/python "${links[@]}" "${torch[@]}" -e ".[test]"
+  # --compile-bytecode: as pip does; without it every process compiles what it imports (PYTHONDONTWRITEBYTECODE)
+  .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python "${links[@]}" "${torch[@]}" -e ".[test]"
 else
   "${pip[@]}" --upgrade pip >/dev/null
   "${pip[@]}" "${torch[@]}"
