@@ -50,10 +50,17 @@ def decimals(metric: str, values) -> int:
     return min(6, max(0, d))
 
 
+def fixed(v: float, d: int) -> str:
+    """``v`` with ``d`` decimals, first rounded to 12 significant digits: a mean sitting on a rounding tie (precision
+    1011/1200 = 0.8425 shown with 3 decimals) rounds the same way whatever its last bits (the order its seed blocks
+    were summed in, a machine's SIMD path)."""
+    return f"{float(f'{v:.12g}'):.{d}f}" if math.isfinite(v) else f"{v:.{d}f}"
+
+
 def fmt_stat(mean, err, n, d, show_n) -> str:
-    s = f"{mean:.{d}f}"
+    s = fixed(mean, d)
     if err is not None and math.isfinite(err):
-        s += f" ± {err:.{d}f}"
+        s += f" ± {fixed(err, d)}"
     if show_n:
         s += f" (n={n})"
     return s
