@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a local venv at .venv with bench installed (editable) and its test extra.
-# Usage: bash scripts/setup.sh    (re-running is cheap: it skips the install when pyproject.toml is unchanged)
+# Usage: bash scripts/setup.sh    (cheap to re-run: it skips the install while pyproject.toml and setup.py are unchanged)
 # The install goes through uv (unpacks the ~5 GB of torch wheels in parallel: ~30 s instead of pip's ~100 s on a
 # 2-core machine); where uv cannot be had, or BENCH_SETUP_PIP=1, through pip, which resolves the same versions.
 set -euo pipefail
@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.bench-installed
-want=$(sha256sum pyproject.toml | cut -c1-16)
+# the editable install maps packages from both files (setup.py: hydra_plugins/, the configs): either changed, reinstall
+want=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
