@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +30,21 @@ from bench.training import ModelCacheError, TrainingStopped
 
 log = logging.getLogger("bench")
 register()
+
+
+def _register_sweeper() -> None:
+    """hydra/sweeper: preflighted. Hydra finds plugins by listing the hydra_plugins package's folders, which misses
+    the one an editable install maps through its import hook (the `bench` script run from outside the checkout), so
+    register it. After Hydra's scan: the scan re-executes the plugin modules it finds, BasicSweeper's among them, and
+    a sweeper class made before it would subclass a BasicSweeper that no longer is."""
+    plugins = Plugins.instance()
+    if "hydra_plugins.bench_sweeper.PreflightedSweeper" not in plugins.class_name_to_class:
+        from hydra_plugins.bench_sweeper import PreflightedSweeper  # lazy: only after the scan (above)
+
+        plugins.register(PreflightedSweeper)
+
+
+_register_sweeper()
 
 def _job_name(*, _root_: DictConfig) -> str:
     """``hydra.sweep.subdir``'s name for a job: sampler, steps and the cell key (its ``cells/<key>`` directory)."""
