@@ -46,6 +46,7 @@ def _register_sweeper() -> None:
 
 _register_sweeper()
 
+
 def _job_name(*, _root_: DictConfig) -> str:
     """``hydra.sweep.subdir``'s name for a job: sampler, steps and the cell key (its ``cells/<key>`` directory)."""
     cfg = OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"])

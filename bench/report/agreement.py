@@ -20,7 +20,7 @@ from scipy.stats import kendalltau
 
 from bench.metric_spec import spec
 
-from .formatting import label, split_title
+from .formatting import label, round12, split_title
 from .load import norm
 from .plan import Plan
 from .stats import groups
@@ -114,16 +114,11 @@ def _tau(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def _num(v, d: int) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{_r12(v) + 0.0:.{d}f}".replace("-0.00", "0.00")
+    return "—" if v is None or not math.isfinite(v) else f"{round12(v) + 0.0:.{d}f}".replace("-0.00", "0.00")
 
 
 def _sig(v) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{_r12(v):.3g}"
-
-
-def _r12(v: float) -> float:
-    """12 significant digits first (as the tables' means): a spread or gap on a rounding tie rounds one way."""
-    return float(f"{v:.12g}")
+    return "—" if v is None or not math.isfinite(v) else f"{round12(v):.3g}"
 
 
 def _pct(v) -> str:

@@ -50,11 +50,16 @@ def decimals(metric: str, values) -> int:
     return min(6, max(0, d))
 
 
+def round12(v: float) -> float:
+    """``v`` rounded to 12 significant digits, before any shorter rounding for display: a value sitting on a rounding
+    tie (precision 1011/1200 = 0.8425 shown with 3 decimals) rounds the same way whatever its last bits (the order its
+    seed blocks were summed in, a machine's SIMD path)."""
+    return float(f"{v:.12g}")
+
+
 def fixed(v: float, d: int) -> str:
-    """``v`` with ``d`` decimals, first rounded to 12 significant digits: a mean sitting on a rounding tie (precision
-    1011/1200 = 0.8425 shown with 3 decimals) rounds the same way whatever its last bits (the order its seed blocks
-    were summed in, a machine's SIMD path)."""
-    return f"{float(f'{v:.12g}'):.{d}f}" if math.isfinite(v) else f"{v:.{d}f}"
+    """``v`` with ``d`` decimals, after :func:`round12`."""
+    return f"{round12(v):.{d}f}" if math.isfinite(v) else f"{v:.{d}f}"
 
 
 def fmt_stat(mean, err, n, d, show_n) -> str:

@@ -11,7 +11,7 @@ import markupsafe
 import numpy as np
 import pandas as pd
 
-from .formatting import fmt_value, label
+from .formatting import fmt_value, label, round12
 from .plots import Figure
 from .tables import Cell, Table
 
@@ -171,7 +171,7 @@ def csv_text(df: pd.DataFrame) -> str:
     """A table as CSV with every float (also inside object columns) written as %.6g; NaN/None stay empty."""
     def fmt(v):
         if isinstance(v, (float, np.floating)) and v == v:  # NaN != NaN stays as is (an empty cell)
-            return f"{float(f'{v:.12g}'):.{CSV_SIGNIFICANT_DIGITS}g}"
+            return f"{round12(v):.{CSV_SIGNIFICANT_DIGITS}g}"
         return v
 
     return df.map(fmt).to_csv(index=False, lineterminator="\n")
