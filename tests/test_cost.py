@@ -45,7 +45,9 @@ def own_per_image(meter) -> np.ndarray:
     """Per-image seconds of a meter's timed batches, less the time each batch waited for a core."""
     t = meter.timings()
     own = np.asarray(meter.own[t["warmup_excluded"]:])
-    assert len(own) == len(t["seconds"]) and (own <= t["seconds"] + 1e-3).all()  # the same batches
+    # the same batches: one each, and the wrapper adds microseconds to most (a page fault or a collection between the
+    # meter's clock and the wrapper's can add milliseconds to a few, which only makes those batches look slower)
+    assert len(own) == len(t["seconds"]) and np.median(own - t["seconds"]) <= 1e-3
     return own / t["images"]
 
 
