@@ -7,7 +7,7 @@ import pandas as pd
 
 from bench.metric_spec import spec
 
-from .formatting import decimals, fmt_value, label
+from .formatting import decimals, fixed, fmt_value, label
 from .load import norm
 from .plan import Plan
 from .speedup import pareto_front, speedup_at_matched_fid
@@ -60,14 +60,14 @@ def speedup_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None:
             s_cost = speedup_at_matched_fid(t_cost, t["mean"], model_cost[key], r["mean"],
                                             t["std"].astype(float).fillna(0.0), norm(r["std"]))
         std = norm(r["std"])
-        cost_cells = [] if model_cost is None else [Cell(f"{model_cost[key] * 1000:.2f}"),
+        cost_cells = [] if model_cost is None else [Cell(fixed(model_cost[key] * 1000, 2)),
                                                      Cell(s_cost.text() if s_cost else "—")]
         body.append([Cell(fmt_value(v)) for v in key] + [
             Cell(fmt_value(extra["nfe"].get(key)) if "nfe" in extra else "—"),
-            Cell(f"{r['mean'] * scale:.{d}f}" + (f" ± {std * scale:.{d}f}" if std is not None else "")),
-            Cell(f"{r['mean_lat'] * 1000:.2f}"),
-            Cell(f"{same['mean'].iloc[0] * scale:.{d}f}" if len(same) and r["method"] != teacher else "—"),
-            Cell(f"{s.teacher_latency * 1000:.2f}" if s else "—"),
+            Cell(fixed(r["mean"] * scale, d) + (f" ± {fixed(std * scale, d)}" if std is not None else "")),
+            Cell(fixed(r["mean_lat"] * 1000, 2)),
+            Cell(fixed(same["mean"].iloc[0] * scale, d) if len(same) and r["method"] != teacher else "—"),
+            Cell(fixed(s.teacher_latency * 1000, 2) if s else "—"),
             Cell(s.text() if s else "—", best=bool(s and s.speedup >= 10 and s.bound != "<=")),
             Cell(f"{s.lo:.1f}–{s.hi:.1f}×" if s and s.lo is not None else "—"), *cost_cells,
             Cell(fmt_value(extra["distill_train_steps"].get(key)) if "distill_train_steps" in extra

@@ -8,7 +8,18 @@ import pandas as pd
 
 from bench.metric_spec import spec
 
-from .formatting import BOLD_NOTE, arrow, decimals, direction, fmt_stat, fmt_value, label, split_title, stats_note
+from .formatting import (
+    BOLD_NOTE,
+    arrow,
+    decimals,
+    direction,
+    fixed,
+    fmt_stat,
+    fmt_value,
+    label,
+    split_title,
+    stats_note,
+)
 from .load import ReportError, norm, sort_key
 from .plan import Plan, guard_settings, present
 from .stats import aggregate, best, groups
@@ -165,7 +176,7 @@ def first_stage_table(ok: pd.DataFrame, plan: Plan, split: dict) -> Table | None
         # one value per VAE (the mean, should its cells' rows differ)
         vals = {c: g[c].iloc[0] if d is None else g[c].astype(float).mean() for c, _, d in cols}
         body.append([Cell(fmt_value(model)), Cell(str(vae))] + [
-            Cell(fmt_value(vals[c]) if d is None or norm(vals[c]) is None else f"{vals[c]:.{d}f}") for c, _, d in cols])
+            Cell(fmt_value(vals[c]) if d is None or norm(vals[c]) is None else fixed(vals[c], d)) for c, _, d in cols])
         frames.append({"model": model, "vae_key": vae, **vals})
     title = "First stage (latent families): the VAE's reconstructions of the held-out split" + split_title(split)
     have = {c for c, _, _ in cols}
