@@ -202,6 +202,17 @@ def test_mixed_metric_settings_refused(tmp_path, setting, value):
         tables_for(tmp_path, rows, metric=["fid"])
 
 
+@pytest.mark.parametrize("setting", ["prdc_n_gen", "prdc_n_ref"])
+def test_precision_refuses_cells_scored_at_other_set_sizes(tmp_path, setting):
+    """k-NN balls shrink as a set grows: precision at N = 200 generated is not comparable with N = 500."""
+    prdc = {"precision": 0.7, "pr_k": 3, "prdc_n_gen": 500, "prdc_n_ref": 5500}
+    rows = [row(steps=10, **prdc), row(steps=20, **{**prdc, "precision": 0.6, setting: 200})]
+    with pytest.raises(ReportError, match=f"column precision mixes {setting} .*--split-by {setting}"):
+        tables_for(tmp_path, rows, metric=["precision"])
+    rows[1][setting] = prdc[setting]
+    tables_for(tmp_path, rows, metric=["precision"])
+
+
 def test_mixed_hardware_refused_for_latency(tmp_path):
     rows = [row(steps=10), row(steps=20, hardware="NVIDIA H100")]
     with pytest.raises(ReportError, match="column latency_p50 mixes hardware"):
