@@ -1,6 +1,7 @@
 """bench-report on synthetic rows in the documented row format (tests/fixtures/report_rows.py)."""
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import sys
@@ -59,6 +60,16 @@ def test_best_marks_higher_for_is_and_ties(tmp_path):
             row(sampler="ddpm", steps=10, **{"is": 5.0})]
     _, tables, _ = tables_for(tmp_path, rows, metric=["is"])
     assert {r[0].text: r[1].best for r in tables[0].body} == {"ddim": True, "ddpm": False, "heun": True}
+
+
+def test_equal_values_on_a_rounding_tie_stay_tied_whatever_their_last_bits():
+    """0.3125 shown with 3 decimals: a copy 1 ulp above it rounds to 0.313 by itself, yet both are shown 0.312."""
+    from bench.report.stats import best
+
+    tie, above = 0.3125, math.nextafter(0.3125, 1.0)
+    assert round(above, 3) != round(tie, 3)  # the case: plain rounding splits them
+    assert best([tie, above, 0.2], [None] * 3, "precision", 3) == {0, 1}
+    assert best([0.3126, tie, 0.2], [None] * 3, "precision", 3) == {0}  # a real difference is still told apart
 
 
 def test_one_factor_study_gives_one_metrics_table(tmp_path):

@@ -8,6 +8,7 @@ from scipy.stats import t as student_t
 
 from bench.metric_spec import spec
 
+from .formatting import round12
 from .load import norm, sort_key
 
 
@@ -66,13 +67,14 @@ def aggregate(ok: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
 
 
 def best(values: list, errs: list, metric: str, d: int) -> set:
-    """Indices of the best value and of every value tied with it: equal as displayed (``d`` decimals), or within 2
+    """Indices of the best value and of every value tied with it: equal as displayed (``d`` decimals after
+    ``round12``, as the tables show them, so that two equal values stay tied whatever their last bits), or within 2
     standard errors of it (sqrt(se_a² + se_b²)) when both carry one. Empty when fewer than two values."""
-    shown = [(i, round(v, d), errs[i]) for i, v in enumerate(values) if v is not None]
+    shown = [(i, round(round12(v), d), errs[i]) for i, v in enumerate(values) if v is not None]
     if len(shown) < 2:
         return set()
     pick = max if spec(metric).higher_is_better else min
     b, _, eb = pick(shown, key=lambda t: t[1])
     top = values[b]
-    return {i for i, v, e in shown if v == round(top, d)
+    return {i for i, v, e in shown if v == round(round12(top), d)
             or (e is not None and eb is not None and abs(values[i] - top) <= 2 * math.hypot(e, eb))}
