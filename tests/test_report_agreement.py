@@ -66,3 +66,20 @@ def test_shown_with_the_new_scores_or_when_asked(tmp_path):
     # KID's std over subsets is no spread over seed blocks: no spread, no resolved pairs for it
     kid = next(line for line in md.splitlines() if line.startswith("| KID"))
     assert kid.rstrip(" |").split("|")[-1].strip() == "—"
+
+
+def test_equal_cells_stay_unresolved_whatever_their_last_bits():
+    """Two cells with the same value and no spread over seeds (a density of 0.0002 in every block) are not told apart,
+    even when one of them is an ulp off (another machine's summation order); a real gap still is."""
+    import math
+
+    import pandas as pd
+
+    from bench.report.agreement import resolution
+
+    def st(means):
+        return pd.DataFrame({"mean": means, "std": [0.0] * len(means), "blocks": [2] * len(means)})
+
+    assert resolution(st([0.0, 0.0, 0.1]))["resolved"] == pytest.approx(2 / 3)
+    assert resolution(st([0.0002, math.nextafter(0.0002, 0.0), 0.1]))["resolved"] == pytest.approx(2 / 3)
+    assert resolution(st([0.2, math.nextafter(0.2, 1.0), 0.1]))["resolved"] == pytest.approx(2 / 3)

@@ -57,8 +57,11 @@ def _own_seed_std(row, metric: str) -> tuple[float | None, int]:
 
 
 def resolution(st: pd.DataFrame) -> dict:
-    """Seed spread against the gaps between cells (see the module docstring)."""
-    means, stds, blocks = st["mean"].to_numpy(float), st["std"].to_numpy(object), st["blocks"].to_numpy(int)
+    """Seed spread against the gaps between cells (see the module docstring). Means and spreads are taken at 12
+    significant digits, so that two cells with the same value (a gap of 0) stay unresolved whatever their last bits."""
+    means = np.array([round12(v) for v in st["mean"].to_numpy(float)])
+    stds = np.array([None if s is None else round12(float(s)) for s in st["std"].to_numpy(object)], dtype=object)
+    blocks = st["blocks"].to_numpy(int)
     pairs = list(itertools.combinations(range(len(st)), 2))
     gaps = [abs(means[i] - means[j]) for i, j in pairs]
     out = {"median_gap": float(np.median(gaps)) if gaps else None, "seed_spread": None, "spread_over_gap": None,
