@@ -74,7 +74,7 @@ def best(values: list, errs: list, metric: str, d: int) -> set:
     if len(shown) < 2:
         return set()
     pick = max if spec(metric).higher_is_better else min
-    b, _, eb = pick(shown, key=lambda t: t[1])
+    b, top_shown, eb = pick(shown, key=lambda t: t[1])
     top = values[b]
-    return {i for i, v, e in shown if v == round(round12(top), d)
+    return {i for i, v, e in shown if v == top_shown
             or (e is not None and eb is not None and abs(values[i] - top) <= 2 * math.hypot(e, eb))}
