@@ -190,12 +190,13 @@ def test_hydra_composes_a_checked_cell_once_and_any_other_twice(checked, tmp_pat
 def test_the_sweeper_plugin_is_known_to_hydra_outside_the_checkout(tmp_path):
     """A fresh interpreter started elsewhere (as the `bench` script is): an editable install reaches
     hydra_plugins/bench_sweeper only through its import hook, which Hydra's plugin scan does not list."""
+    import os
     import subprocess
     import sys
 
     code = ("import bench.run; from hydra.core.plugins import Plugins; "
             "print('hydra_plugins.bench_sweeper.PreflightedSweeper' in Plugins.instance().class_name_to_class)")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "True", p.stderr[-2000:]
